@@ -1,0 +1,1 @@
+"""BIDS input queries (pybids) and the one writer of BIDS derivatives."""

@@ -1,0 +1,1 @@
+"""Statistics across subjects and sites, and template-space frequency maps."""

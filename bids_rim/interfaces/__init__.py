@@ -1,0 +1,1 @@
+"""Thin Nipype interfaces over the pure functions of :mod:`bids_rim.preproc`."""

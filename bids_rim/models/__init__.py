@@ -1,0 +1,1 @@
+"""Networks: the asymmetric QSM-FLAIR model and the baselines, behind one registry."""

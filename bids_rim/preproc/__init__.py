@@ -1,0 +1,1 @@
+"""Pure functions on images: bias correction, masks, registration, lesions, patches."""

@@ -1,0 +1,1 @@
+"""The synthetic MS cohort (QSM + FLAIR BIDS datasets with ground truth)."""

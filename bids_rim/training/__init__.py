@@ -1,0 +1,1 @@
+"""Datasets, augmentation, pretraining, fine-tuning, losses, cross-validation, inference."""

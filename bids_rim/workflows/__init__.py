@@ -1,0 +1,1 @@
+"""Nipype workflow factories: ``init_participant_wf``, ``init_session_wf``."""
