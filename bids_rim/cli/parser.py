@@ -1,0 +1,331 @@
+"""The ``bids_rim`` command-line parser (BIDS App conventions, as fMRIPrep and MRIQC users expect).
+
+Only argument *syntax* is checked here (types, existing files); what the arguments mean is
+checked when the run configuration is built (:mod:`bids_rim.cli.run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from bids_rim import __version__
+
+#: Names of lesion masks that are recognised in derivative datasets (``-d``).
+LESION_MASK_PATTERNS = (
+    "*_label-lesion_mask.nii[.gz]",
+    "*_label-lesions_mask.nii[.gz]",
+    "*_desc-lesion_mask.nii[.gz]",
+    "*_desc-lesions_mask.nii[.gz]",
+    "*_label-WMH_mask.nii[.gz]",
+)
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones (None, False, []) that say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class _SpellingAwareParser(argparse.ArgumentParser):
+    """An ArgumentParser that accepts ``--some-option`` and ``--some_option`` alike."""
+
+    def add_argument_group(self, *args, **kwargs):  # type: ignore[override]
+        group = super().add_argument_group(*args, **kwargs)
+        original = group.add_argument
+
+        def add_argument(*names: str, **kw):
+            return original(*_with_underscore_spellings(names), **kw)
+
+        group.add_argument = add_argument  # type: ignore[method-assign]
+        return group
+
+
+def _with_underscore_spellings(names: tuple[str, ...]) -> tuple[str, ...]:
+    spelled = list(names)
+    for name in names:
+        if name.startswith("--") and "-" in name[2:]:
+            alternative = "--" + name[2:].replace("-", "_")
+            if alternative not in spelled:
+                spelled.append(alternative)
+    return tuple(spelled)
+
+
+def _existing_dir(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: no such directory")
+    return path.absolute()
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{value}: no such file")
+    return path.absolute()
+
+
+def _output_dir(value: str) -> Path:
+    return Path(value).expanduser().absolute()
+
+
+def _bids_label(value: str) -> str:
+    """A participant or session label, with or without its ``sub-``/``ses-`` prefix."""
+    label = value.removeprefix("sub-").removeprefix("ses-")
+    if not _LABEL_RE.match(label):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a BIDS label (letters and digits only, e.g. '01' or 'sub-01')"
+        )
+    return label
+
+
+def _json_file(value: str) -> dict:
+    path = _existing_file(value)
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{value}: not valid JSON ({error.msg}, line {error.lineno})")
+    if not isinstance(content, dict):
+        raise argparse.ArgumentTypeError(f"{value}: a BIDS filter file must hold a JSON object")
+    return content
+
+
+def _memory_mb(value: str) -> int:
+    """Parse ``16``, ``16GB``, ``16G`` or ``16000MB`` into megabytes (a bare number is GB)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([GgMm]?)[Bb]?\s*", value)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{value!r}: memory must look like 16, 16GB or 16000MB")
+    amount, unit = float(match.group(1)), match.group(2).upper()
+    return int(amount if unit == "M" else amount * 1000)
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be a positive integer")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be a positive number")
+    return number
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+        raise argparse.ArgumentTypeError(f"{value!r}: device must be auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``bids_rim BIDS_DIR OUTPUT_DIR {participant,group} [options]``."""
+    parser = _SpellingAwareParser(
+        prog="bids_rim",
+        description=(
+            "bids_rim finds paramagnetic rim lesions (PRL) of multiple sclerosis in QSM and "
+            "FLAIR. The participant level registers FLAIR to QSM, labels lesions, cuts one 3D "
+            "patch per lesion and gives each a rim probability; the group level gathers the "
+            "tables into statistics across subjects and sites, or trains a model (--train)."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=_existing_dir, help="the root of the raw BIDS dataset")
+    parser.add_argument(
+        "output_dir",
+        type=_output_dir,
+        help="where the derivatives are written (a BIDS derivative dataset; must not lie inside bids_dir)",
+    )
+    parser.add_argument(
+        "analysis_level",
+        choices=["participant", "group"],
+        help="'participant' processes each subject; 'group' aggregates participant outputs or trains (--train)",
+    )
+    parser.add_argument("--version", action="version", version=f"bids_rim {__version__}")
+
+    selection = parser.add_argument_group("Selecting the data to process")
+    selection.add_argument(
+        "--participant-label",
+        nargs="+",
+        type=_bids_label,
+        metavar="LABEL",
+        help="participants to process, with or without 'sub-' (default: all)",
+    )
+    selection.add_argument(
+        "--session-label",
+        nargs="+",
+        type=_bids_label,
+        metavar="LABEL",
+        help="sessions to process, with or without 'ses-' (default: all)",
+    )
+    selection.add_argument(
+        "--bids-filter-file",
+        type=_json_file,
+        metavar="FILE",
+        help=(
+            "a JSON file of pybids filters per input, e.g. "
+            '{"flair": {"acquisition": "3D"}, "qsm": {"run": 1}}; keys: flair, qsm, magnitude'
+        ),
+    )
+    selection.add_argument(
+        "-d",
+        "--derivatives",
+        nargs="+",
+        type=_existing_dir,
+        metavar="DIR",
+        help=(
+            "derivative datasets that hold QSM maps (e.g. QSMxT's *_Chimap.nii[.gz]) or lesion "
+            "masks; recognised lesion mask names: " + ", ".join(LESION_MASK_PATTERNS)
+        ),
+    )
+    selection.add_argument(
+        "--skip-bids-validation",
+        action="store_true",
+        help="do not validate the input dataset with the official BIDS validator first",
+    )
+
+    lesions = parser.add_argument_group("Lesions and patches")
+    lesions.add_argument(
+        "--lesion-source",
+        choices=["auto", "mask", "builtin"],
+        default="auto",
+        help=(
+            "where lesions come from: 'mask' requires a lesion mask in a derivative dataset, "
+            "'builtin' segments FLAIR hyperintensities, 'auto' uses a mask when one is found"
+        ),
+    )
+    lesions.add_argument(
+        "--min-lesion-volume",
+        type=_positive_float,
+        default=14.1,
+        metavar="MM3",
+        help="smallest lesion kept, in mm³ (a 3 mm sphere, after the NAIMS consensus)",
+    )
+    lesions.add_argument(
+        "--confluent-policy",
+        choices=["split", "merge"],
+        default="split",
+        help="confluent lesions: 'split' at distance-transform watersheds, or 'merge' into one lesion",
+    )
+    lesions.add_argument(
+        "--patch-size",
+        type=_positive_int,
+        default=32,
+        metavar="VOXELS",
+        help="edge of the cubic patch cut around each lesion, in voxels",
+    )
+    lesions.add_argument(
+        "--patch-spacing",
+        type=_positive_float,
+        default=1.0,
+        metavar="MM",
+        help="isotropic voxel size of the patches in mm; lesions too large to fit are sampled coarser and flagged",
+    )
+    lesions.add_argument(
+        "--output-spaces",
+        nargs="*",
+        default=[],
+        metavar="SPACE",
+        help="template spaces (TemplateFlow names, e.g. MNI152NLin2009cAsym) to write lesion and rim maps in",
+    )
+
+    model = parser.add_argument_group("Rim classification model")
+    model.add_argument(
+        "--model",
+        type=_existing_file,
+        metavar="FILE",
+        help="a bids_rim model file (default: the bundled model, trained on synthetic data only)",
+    )
+    model.add_argument(
+        "--no-inference",
+        action="store_true",
+        help="stop after the lesion table and patches (no rim probabilities)",
+    )
+
+    group = parser.add_argument_group("Group level")
+    group.add_argument(
+        "--covariates",
+        nargs="+",
+        metavar="COLUMN",
+        help="participants.tsv columns for the PRL count regression (default: EDSS, age, sex, disease_duration when present)",
+    )
+    group.add_argument(
+        "--count-model",
+        choices=["negbin", "poisson"],
+        default="negbin",
+        help="distribution of the PRL count regression",
+    )
+    group.add_argument("--train", action="store_true", help="train a rim model on the participant outputs")
+    group.add_argument(
+        "--rim-annotations",
+        type=_existing_dir,
+        metavar="DIR",
+        help="a derivative dataset of rim annotations (*_desc-rim_annotations.tsv) for --train",
+    )
+    group.add_argument("--arch", default="asym", metavar="NAME", help="network architecture to train")
+    group.add_argument("--folds", type=_positive_int, default=5, help="patient-level cross-validation folds")
+    group.add_argument(
+        "--pretrain-epochs", type=int, default=20, metavar="N", help="self-supervised pretraining epochs (0 skips it)"
+    )
+    group.add_argument("--finetune-epochs", type=_positive_int, default=40, metavar="N", help="fine-tuning epochs")
+    group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="training batch size")
+
+    performance = parser.add_argument_group("Performance and execution")
+    performance.add_argument(
+        "--nprocs",
+        "--nthreads",
+        "--n-cpus",
+        type=_positive_int,
+        metavar="N",
+        help="processes Nipype may run at once (default: all CPUs)",
+    )
+    performance.add_argument(
+        "--omp-nthreads",
+        type=_positive_int,
+        metavar="N",
+        help="threads per process for ANTs and torch (default: min(8, nprocs))",
+    )
+    performance.add_argument(
+        "--mem",
+        "--mem-mb",
+        type=_memory_mb,
+        metavar="MEMORY",
+        help="memory limit for the workflow (16, 16GB or 16000MB; a bare number is GB)",
+    )
+    performance.add_argument(
+        "--use-plugin",
+        type=_existing_file,
+        metavar="FILE",
+        help="a Nipype plugin file (YAML or JSON: {plugin: MultiProc|Linear|SLURM|SGE, plugin_args: {...}})",
+    )
+    performance.add_argument(
+        "--device", type=_device, default="auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:N"
+    )
+
+    workflow = parser.add_argument_group("Workflow configuration")
+    workflow.add_argument(
+        "-w",
+        "--work-dir",
+        type=_output_dir,
+        metavar="DIR",
+        help="Nipype working directory; reusing it skips steps whose inputs did not change (default: ./work)",
+    )
+    workflow.add_argument("--seed", type=int, default=0, help="random seed for registration sampling and training")
+    workflow.add_argument(
+        "--config-file",
+        type=_existing_file,
+        metavar="FILE",
+        help="a TOML file of option values (keys as the long option names, e.g. nprocs = 4); the command line wins",
+    )
+    workflow.add_argument(
+        "-v", "--verbose", dest="verbose_count", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    return parser
