@@ -1,0 +1,141 @@
+"""The one writer of bids_rim's BIDS derivatives: names, dataset files and atomic writes.
+
+Every output file goes through :func:`atomic_copy` or :func:`atomic_write_text`: it is
+written under a temporary name in its final folder and moved into place with ``os.replace``,
+so a reader (or a crash) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bids_rim import __version__
+
+#: Entity order in file names (BIDS order; from/to/mode as fMRIPrep writes transforms).
+ENTITY_ORDER = (
+    ("subject", "sub"),
+    ("session", "ses"),
+    ("run", "run"),
+    ("from", "from"),
+    ("to", "to"),
+    ("mode", "mode"),
+    ("space", "space"),
+    ("res", "res"),
+    ("label", "label"),
+    ("desc", "desc"),
+)
+
+#: Files of ours that the BIDS specification has no suffix for.
+BIDSIGNORE = """\
+# bids_rim outputs that BIDS has no suffix for (documented in the README)
+*_table.tsv
+*_table.json
+*_patches.npz
+*_patches.json
+*.html
+sub-*/figures/
+sub-*/log/
+logs/
+group/
+models/
+"""
+
+CODE_URL = "https://github.com/bids-rim/bids_rim"
+
+
+def bids_name(entities: dict[str, Any], suffix: str, extension: str) -> str:
+    """``sub-01_ses-1_space-QSM_desc-lesions_dseg.nii.gz`` from entities, suffix, extension."""
+    known = {key for key, _ in ENTITY_ORDER}
+    unknown = set(entities) - known
+    if unknown:
+        raise ValueError(f"unknown BIDS entities {sorted(unknown)}")
+    parts = [f"{short}-{entities[key]}" for key, short in ENTITY_ORDER if entities.get(key) is not None]
+    return "_".join([*parts, suffix]) + extension
+
+
+def derivative_path(output_dir: Path, entities: dict[str, Any], suffix: str, extension: str,
+                    datatype: str = "anat") -> Path:
+    """Where a derivative file lives: ``OUT/sub-X/[ses-Y/]datatype/<bids_name>``."""
+    folder = output_dir / f"sub-{entities['subject']}"
+    if entities.get("session") is not None:
+        folder = folder / f"ses-{entities['session']}"
+    return folder / datatype / bids_name(entities, suffix, extension)
+
+
+def _temporary_sibling(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write text to ``path`` atomically."""
+    temporary = _temporary_sibling(path)
+    try:
+        temporary.write_text(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def atomic_copy(source: Path, path: Path) -> Path:
+    """Copy ``source`` to ``path`` atomically (content only: reruns give identical files)."""
+    temporary = _temporary_sibling(path)
+    try:
+        shutil.copyfile(source, temporary)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_json(path: Path, content: dict[str, Any]) -> Path:
+    """Write a JSON file atomically, sorted and indented so that reruns are identical."""
+    return atomic_write_text(path, json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_write_tsv(path: Path, table: pd.DataFrame, sidecar: dict[str, Any] | None = None) -> Path:
+    """Write a TSV (``n/a`` for missing values, as BIDS asks) and its JSON sidecar atomically."""
+    atomic_write_text(path, table.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
+    if sidecar is not None:
+        atomic_write_json(path.with_suffix(".json"), sidecar)
+    return path
+
+
+def container_entry() -> dict[str, str] | None:
+    """GeneratedBy's Container entry when running in Docker or Apptainer/Singularity."""
+    if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
+        return {"Type": "singularity", "Tag": f"bids_rim:{__version__}"}
+    if Path("/.dockerenv").exists() or os.environ.get("BIDS_RIM_DOCKER"):
+        return {"Type": "docker", "Tag": f"bids_rim:{__version__}"}
+    return None
+
+
+def write_dataset_description(output_dir: Path, source_dataset: Path) -> Path:
+    """``dataset_description.json`` and ``.bidsignore`` of the derivative dataset."""
+    generated_by: dict[str, Any] = {"Name": "bids_rim", "Version": __version__, "CodeURL": CODE_URL}
+    container = container_entry()
+    if container:
+        generated_by["Container"] = container
+    description = {
+        "Name": "bids_rim: paramagnetic rim lesions from QSM and FLAIR",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+        "SourceDatasets": [{"URL": source_dataset.resolve().as_uri()}],
+        "DatasetLinks": {"raw": source_dataset.resolve().as_uri()},
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output_dir / ".bidsignore", BIDSIGNORE)
+    return atomic_write_json(output_dir / "dataset_description.json", description)

@@ -1,0 +1,193 @@
+"""Find each session's inputs with pybids: FLAIR, QSM, GRE magnitude, lesion mask.
+
+One :class:`SessionInputs` is one unit of work (a session, or a run of a session when QSM
+was acquired more than once). QSM maps are looked up in the raw dataset first, then in the
+derivative datasets given with ``-d`` (QSMxT writes ``*_Chimap.nii`` there). Lesion masks are
+looked up in the derivative datasets only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bids import BIDSLayout
+from bids.layout import BIDSFile
+
+from bids_rim.errors import InputError
+
+LOGGER = logging.getLogger("bids_rim.inputs")
+
+NIFTI_EXTENSIONS = [".nii", ".nii.gz"]
+#: ``label-``/``desc-`` values that name a lesion mask (``*_mask.nii[.gz]``).
+LESION_MASK_NAMES = ("lesion", "lesions", "WMH")
+#: Suffixes of a GRE magnitude image, in order of preference.
+MAGNITUDE_SUFFIXES = ("T2starw", "MEGRE")
+FILTER_KEYS = ("flair", "qsm", "magnitude")
+
+
+@dataclass(frozen=True)
+class SessionInputs:
+    """The files of one unit of work, as absolute paths."""
+
+    subject: str
+    session: str | None
+    run: int | None
+    flair: Path
+    qsm: Path
+    magnitude: Path | None = None
+    lesion_mask: Path | None = None
+
+    @property
+    def entities(self) -> dict[str, Any]:
+        """BIDS entities that name this unit's outputs."""
+        entities: dict[str, Any] = {"subject": self.subject}
+        if self.session is not None:
+            entities["session"] = self.session
+        if self.run is not None:
+            entities["run"] = self.run
+        return entities
+
+    @property
+    def name(self) -> str:
+        """``sub-X[_ses-Y][_run-Z]``, for logs and node names."""
+        parts = [f"sub-{self.subject}"]
+        if self.session is not None:
+            parts.append(f"ses-{self.session}")
+        if self.run is not None:
+            parts.append(f"run-{self.run}")
+        return "_".join(parts)
+
+
+def index_dataset(bids_dir: Path, derivatives: tuple[Path, ...] = ()) -> BIDSLayout:
+    """Index the raw dataset and the derivative datasets with pybids."""
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise InputError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
+    for derivative in derivatives:
+        if not (derivative / "dataset_description.json").is_file():
+            raise InputError(f"{derivative}: not a BIDS derivative dataset (no dataset_description.json)")
+    try:
+        return BIDSLayout(
+            str(bids_dir),
+            validate=False,
+            derivatives=[str(path) for path in derivatives] or False,
+        )
+    except (ValueError, OSError) as error:
+        raise InputError(f"{bids_dir}: pybids cannot index the dataset ({error})") from error
+
+
+def collect_sessions(
+    layout: BIDSLayout,
+    *,
+    participant_labels: tuple[str, ...] = (),
+    session_labels: tuple[str, ...] = (),
+    bids_filters: dict[str, dict[str, Any]] | None = None,
+) -> list[SessionInputs]:
+    """Every unit of work of the selected participants and sessions, in a stable order.
+
+    Raises :class:`InputError` for an unknown participant label or a bad filter key. A
+    session that lacks FLAIR or QSM is *not* skipped silently: it raises, naming the
+    session, because the user asked for it (explicitly or by selecting all).
+    """
+    filters = dict(bids_filters or {})
+    unknown = sorted(set(filters) - set(FILTER_KEYS))
+    if unknown:
+        raise InputError(f"--bids-filter-file: unknown key(s) {unknown}; allowed: {list(FILTER_KEYS)}")
+
+    all_subjects = sorted(layout.get_subjects())
+    subjects = list(participant_labels) or all_subjects
+    missing = [label for label in subjects if label not in all_subjects]
+    if missing:
+        raise InputError(
+            f"{layout.root}: no participant(s) {', '.join('sub-' + m for m in missing)} in the dataset"
+        )
+
+    units: list[SessionInputs] = []
+    for subject in subjects:
+        sessions: list[str | None] = sorted(layout.get_sessions(subject=subject)) or [None]
+        if session_labels:
+            sessions = [session for session in sessions if session in session_labels]
+        for session in sessions:
+            units.extend(_units_of_session(layout, subject, session, filters))
+    if not units:
+        raise InputError(f"{layout.root}: nothing to process with the given participant/session labels")
+    return units
+
+
+def _query(layout: BIDSLayout, subject: str, session: str | None, **entities: Any) -> list[BIDSFile]:
+    query: dict[str, Any] = {"subject": subject, "extension": NIFTI_EXTENSIONS, **entities}
+    if session is not None:
+        query["session"] = session
+    return sorted(layout.get(**query), key=lambda bids_file: bids_file.path)
+
+
+def _units_of_session(
+    layout: BIDSLayout, subject: str, session: str | None, filters: dict[str, dict[str, Any]]
+) -> list[SessionInputs]:
+    where = f"sub-{subject}" + (f" ses-{session}" if session else "")
+    flairs = _query(layout, subject, session, suffix="FLAIR", scope="raw", **filters.get("flair", {}))
+    if not flairs:
+        raise InputError(f"{layout.root}: {where} has no FLAIR image (*_FLAIR.nii[.gz])")
+    qsms = _query(layout, subject, session, suffix="Chimap", scope="raw", **filters.get("qsm", {}))
+    if not qsms:
+        qsms = _query(layout, subject, session, suffix="Chimap", scope="derivatives", **filters.get("qsm", {}))
+    if not qsms:
+        raise InputError(
+            f"{layout.root}: {where} has no QSM map (*_Chimap.nii[.gz]) in the raw dataset "
+            "or in the derivative datasets given with -d"
+        )
+    magnitude = _magnitude(layout, subject, session, filters.get("magnitude", {}))
+    masks = _lesion_masks(layout, subject, session)
+
+    multiple_runs = len(qsms) > 1
+    units = []
+    for qsm in qsms:
+        run = qsm.entities.get("run") if multiple_runs else None
+        flair = _matching_run(flairs, run, where, "FLAIR")
+        mask = _matching_run(masks, run, where, "lesion mask") if masks else None
+        units.append(
+            SessionInputs(
+                subject=subject,
+                session=session,
+                run=int(run) if run is not None else None,
+                flair=Path(flair.path),
+                qsm=Path(qsm.path),
+                magnitude=Path(magnitude.path) if magnitude else None,
+                lesion_mask=Path(mask.path) if mask else None,
+            )
+        )
+    return units
+
+
+def _matching_run(candidates: list[BIDSFile], run: Any, where: str, what: str) -> BIDSFile:
+    """The candidate of the same run, else the only one, else the first (with a warning)."""
+    if run is not None:
+        same_run = [c for c in candidates if c.entities.get("run") == run]
+        if same_run:
+            return same_run[0]
+    if len(candidates) > 1:
+        LOGGER.warning("%s: %d %s images and no matching run; using %s", where, len(candidates), what,
+                       Path(candidates[0].path).name)
+    return candidates[0]
+
+
+def _magnitude(layout: BIDSLayout, subject: str, session: str | None, extra: dict[str, Any]) -> BIDSFile | None:
+    for suffix in MAGNITUDE_SUFFIXES:
+        found = [
+            f for f in _query(layout, subject, session, suffix=suffix, scope="raw", **extra)
+            if f.entities.get("part", "mag") == "mag"
+        ]
+        if found:
+            # Multi-echo GRE: the first echo has the best SNR for registration.
+            return sorted(found, key=lambda f: (f.entities.get("echo", 0), f.path))[0]
+    return None
+
+
+def _lesion_masks(layout: BIDSLayout, subject: str, session: str | None) -> list[BIDSFile]:
+    masks = _query(layout, subject, session, suffix="mask", scope="derivatives")
+    return [
+        mask for mask in masks
+        if mask.entities.get("label") in LESION_MASK_NAMES or mask.entities.get("desc") in LESION_MASK_NAMES
+    ]

@@ -1,0 +1,34 @@
+"""Pre-flight checks of one session's input files, before any work is started.
+
+They run in the CLI so that a bad file stops only its own participant, with one line
+naming the file, instead of a traceback deep inside a workflow node.
+"""
+
+from __future__ import annotations
+
+from bids_rim.bidsio.inputs import SessionInputs
+from bids_rim.preproc import checks
+
+
+def check_session_inputs(unit: SessionInputs) -> list[str]:
+    """Raise ``InputError`` for an unusable input of ``unit``; return warnings for usable ones.
+
+    Checks: readable 3D NIfTI (not zero-byte, not truncated, not 4D), finite voxels, QSM in
+    ppm, FLAIR and QSM overlapping in world space, a binary non-empty lesion mask on the FLAIR
+    or the QSM grid, and a warning for thick-slice (2D) FLAIR.
+    """
+    flair = checks.ensure_3d(checks.load_nifti(unit.flair), unit.flair)
+    qsm = checks.ensure_3d(checks.load_nifti(unit.qsm), unit.qsm)
+    for image, path in ((flair, unit.flair), (qsm, unit.qsm)):
+        checks.check_finite(image, path)
+    checks.check_qsm_units(qsm, unit.qsm)
+    checks.check_overlap(qsm, flair, unit.qsm, unit.flair)
+    if unit.magnitude is not None:
+        magnitude = checks.ensure_3d(checks.load_nifti(unit.magnitude), unit.magnitude)
+        checks.check_finite(magnitude, unit.magnitude)
+    if unit.lesion_mask is not None:
+        mask = checks.ensure_3d(checks.load_nifti(unit.lesion_mask), unit.lesion_mask)
+        on_qsm_grid = mask.shape[:3] == qsm.shape[:3]
+        checks.check_lesion_mask(mask, qsm if on_qsm_grid else flair, unit.lesion_mask)
+    warning = checks.thick_slice_warning(flair, unit.flair)
+    return [warning] if warning else []

@@ -1,0 +1,59 @@
+"""JSON sidecars of bids_rim's derivative files: every column and its unit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+#: Description and unit of every column a lesion table may hold (BIDS TSV sidecar format).
+LESION_TABLE_COLUMNS: dict[str, dict[str, str]] = {
+    "lesion_id": {"Description": "Lesion label in the desc-lesions_dseg map; stable across reruns "
+                                 "(ordered by centroid position)"},
+    "centroid_i": {"Description": "Lesion centroid, first voxel index of the QSM grid", "Units": "voxel"},
+    "centroid_j": {"Description": "Lesion centroid, second voxel index of the QSM grid", "Units": "voxel"},
+    "centroid_k": {"Description": "Lesion centroid, third voxel index of the QSM grid", "Units": "voxel"},
+    "centroid_x_mm": {"Description": "Lesion centroid in QSM world coordinates, RAS+ x", "Units": "mm"},
+    "centroid_y_mm": {"Description": "Lesion centroid in QSM world coordinates, RAS+ y", "Units": "mm"},
+    "centroid_z_mm": {"Description": "Lesion centroid in QSM world coordinates, RAS+ z", "Units": "mm"},
+    "volume_mm3": {"Description": "Lesion volume on the QSM grid", "Units": "mm^3"},
+    "qsm_shell_ppb": {"Description": "Median susceptibility of the lesion's edge shell, relative to "
+                                     "normal-appearing white matter", "Units": "ppb"},
+    "qsm_core_ppb": {"Description": "Median susceptibility of the lesion core (eroded interior), relative "
+                                    "to normal-appearing white matter", "Units": "ppb"},
+    "qsm_shell_minus_core_ppb": {"Description": "Edge shell minus core susceptibility: a rim shows as a "
+                                                "positive value", "Units": "ppb"},
+    "qsm_lesion_minus_nawm_ppb": {"Description": "Median susceptibility of the whole lesion minus normal-"
+                                                 "appearing white matter", "Units": "ppb"},
+    "flair_contrast": {"Description": "Median FLAIR intensity of the lesion divided by that of normal-"
+                                      "appearing white matter", "Units": "ratio"},
+    "distance_to_ventricles_mm": {"Description": "Distance from the lesion centroid to the nearest "
+                                                 "ventricle voxel (ventricles estimated from FLAIR)",
+                                  "Units": "mm"},
+    "flag_confluent": {"Description": "1 when the lesion was split from a confluent lesion, else 0"},
+    "flag_touches_brain_edge": {"Description": "1 when the lesion touches the edge of the brain mask, "
+                                               "where QSM is least reliable, else 0"},
+    "patch_spacing_mm": {"Description": "Isotropic voxel size of this lesion's patch", "Units": "mm"},
+    "flag_patch_rescaled": {"Description": "1 when the lesion did not fit the patch at the requested "
+                                           "spacing and was sampled coarser so that it fits whole, else 0"},
+    "rim_probability": {"Description": "Calibrated probability that the lesion is a paramagnetic rim "
+                                       "lesion (mean over test-time augmentations and ensemble members)"},
+    "rim_uncertainty": {"Description": "Standard deviation of the rim probability across test-time "
+                                       "augmentations and ensemble members"},
+    "rim_label": {"Description": "1 (rim+) when rim_probability reaches the model's decision threshold, "
+                                 "chosen on validation data, else 0"},
+}
+
+
+def lesion_table_sidecar(table: pd.DataFrame, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sidecar of a lesion table: each of its columns described, plus ``extra`` metadata.
+
+    A column with no description is an error: every column a user reads must be explained.
+    """
+    undocumented = [column for column in table.columns if column not in LESION_TABLE_COLUMNS]
+    if undocumented:
+        raise KeyError(f"lesion table columns without a description: {undocumented}")
+    sidecar: dict[str, Any] = {column: LESION_TABLE_COLUMNS[column] for column in table.columns}
+    if extra:
+        sidecar.update(extra)
+    return sidecar

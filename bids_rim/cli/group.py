@@ -1,0 +1,70 @@
+"""The group level: statistics across subjects and sites, or training with ``--train``.
+
+The group level reads only the participant-level derivatives in OUTPUT_DIR and the raw
+dataset's ``participants.tsv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pandas as pd
+
+from bids_rim.config import RunConfig
+from bids_rim.errors import InputError
+
+LOGGER = logging.getLogger("bids_rim.group")
+
+EXIT_USAGE = 64
+
+
+def read_participants(config: RunConfig) -> pd.DataFrame:
+    """``participants.tsv`` of the raw dataset (an empty table when there is none)."""
+    path = config.bids_dir / "participants.tsv"
+    if not path.is_file():
+        LOGGER.warning("%s not found: no site or covariates for the group level", path)
+        return pd.DataFrame({"participant_id": pd.Series(dtype=str)})
+    return pd.read_csv(path, sep="\t", na_values="n/a", dtype={"participant_id": str})
+
+
+def run_training(config: RunConfig) -> int:
+    """``group --train``: gather patches and annotations, cross-validate, write the model."""
+    from bids_rim.bidsio.training_data import load_training_set
+    from bids_rim.training.api import TrainConfig, train_rim_model
+    from bids_rim.training.inference import resolve_device
+
+    settings = config.training
+    if settings.rim_annotations is None:
+        raise InputError("--train needs --rim-annotations DIR (a derivative dataset of *_desc-rim_annotations.tsv)")
+    data = load_training_set(config.output_dir, read_participants(config), settings.rim_annotations,
+                             max_distance_mm=config.lesions.annotation_match_mm)
+    train_config = TrainConfig(
+        arch=settings.arch,
+        folds=settings.folds,
+        pretrain_epochs=settings.pretrain_epochs,
+        finetune_epochs=settings.finetune_epochs,
+        batch_size=settings.batch_size,
+        seed=config.execution.seed,
+        patch_size=int(data.patches.shape[-1]),
+    )
+    result = train_rim_model(data.patches, data.meta, train_config, config.output_dir / "models",
+                             resolve_device(config.execution.device), progress=True)
+    LOGGER.info("Model written to %s", result.model_path)
+    return 0
+
+
+def run_group_level(config: RunConfig) -> int:
+    """Dispatch the group level; returns the exit code."""
+    try:
+        if config.training.enabled:
+            return run_training(config)
+        from bids_rim.group.run import run_group_level as run_statistics
+
+        result = run_statistics(config.bids_dir, config.output_dir, covariates=list(config.covariates) or None,
+                                count_model=config.count_model, progress=True)
+    except InputError as error:
+        print(f"bids_rim: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    LOGGER.info("Group report: %s", result.report)
+    return 0

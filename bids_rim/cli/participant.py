@@ -1,0 +1,139 @@
+"""The participant level: validate the input, find the sessions, run one workflow, summarise.
+
+Each participant's nodes write crash files to ``OUTPUT_DIR/sub-X/log/<run id>/``; a failed
+participant is named with the one-line reason of its crash, the others go on, and the exit
+code is the number of participants that failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bids_rim.bidsio.derivatives import write_dataset_description
+from bids_rim.bidsio.inputs import SessionInputs, collect_sessions, index_dataset
+from bids_rim.bidsio.preflight import check_session_inputs
+from bids_rim.bidsio.validator import validate_dataset
+from bids_rim.config import RunConfig
+from bids_rim.errors import InputError
+
+LOGGER = logging.getLogger("bids_rim.participant")
+
+EXIT_USAGE = 64
+EXIT_INVALID_BIDS = 65
+MAX_FAILURE_EXIT = 63
+
+
+def _validate_input(config: RunConfig) -> bool:
+    if config.skip_bids_validation:
+        LOGGER.info("Skipping BIDS validation of %s (--skip-bids-validation)", config.bids_dir)
+        return True
+    LOGGER.info("Validating %s with the BIDS validator", config.bids_dir)
+    try:
+        result = validate_dataset(config.bids_dir)
+    except RuntimeError as error:
+        print(f"bids_rim: error: {error}", file=sys.stderr)
+        return False
+    for warning in result.warnings:
+        LOGGER.debug("BIDS validator: %s", warning)
+    if result.errors:
+        shown = "; ".join(str(issue) for issue in result.errors[:5])
+        more = f" (and {len(result.errors) - 5} more)" if len(result.errors) > 5 else ""
+        print(f"bids_rim: error: {config.bids_dir} is not valid BIDS: {shown}{more}; "
+              "fix it or pass --skip-bids-validation", file=sys.stderr)
+        return False
+    return True
+
+
+def first_error_line(crash_file: Path) -> str:
+    """The last exception line of a Nipype text crash file: the one-line reason."""
+    lines = [line.strip() for line in crash_file.read_text(errors="replace").splitlines() if line.strip()]
+    for line in reversed(lines):
+        for prefix in ("bids_rim.errors.InputError: ", "InputError: "):
+            if line.startswith(prefix):
+                return line[len(prefix):]
+    for line in reversed(lines):
+        if "Error: " in line and not line.startswith("File "):
+            return line
+    return lines[-1] if lines else "unknown error"
+
+
+def preflight(unit: SessionInputs, config: RunConfig) -> list[str]:
+    """Check a session's files before work starts; returns warnings, raises InputError."""
+    if config.lesions.source == "mask" and unit.lesion_mask is None:
+        raise InputError(f"{unit.name}: --lesion-source mask, but no lesion mask was found in the "
+                         "derivative datasets given with -d")
+    return check_session_inputs(unit)
+
+
+def record_failure(output_dir: Path, subject: str, run_id: str, message: str) -> Path:
+    """A text crash file for a participant that failed before its workflow started."""
+    crash_dir = output_dir / f"sub-{subject}" / "log" / run_id
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    path = crash_dir / f"crash-{run_id}-preflight.txt"
+    path.write_text(f"bids_rim pre-flight check failed\nInputError: {message}\n")
+    return path
+
+
+def run_participant_level(config: RunConfig) -> int:
+    """Process every selected participant; returns the exit code."""
+    from bids_rim.workflows.participant import init_bids_rim_wf
+
+    if not _validate_input(config):
+        return EXIT_INVALID_BIDS
+    try:
+        layout = index_dataset(config.bids_dir, config.derivatives)
+        units = collect_sessions(
+            layout,
+            participant_labels=config.participant_labels,
+            session_labels=config.session_labels,
+            bids_filters=config.bids_filters,
+        )
+    except InputError as error:
+        print(f"bids_rim: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    failed: dict[str, str] = {}
+    warnings: dict[str, list[str]] = {}
+    by_subject: dict[str, list[SessionInputs]] = defaultdict(list)
+    for unit in units:
+        try:
+            warnings[unit.name] = preflight(unit, config)
+        except InputError as error:
+            failed.setdefault(unit.subject, str(error))
+            record_failure(config.output_dir, unit.subject, run_id, f"{unit.name}: {error}")
+            continue
+        for warning in warnings[unit.name]:
+            LOGGER.warning("%s", warning)
+        by_subject[unit.subject].append(unit)
+    for subject in failed:  # a participant with one bad session is not processed at all
+        by_subject.pop(subject, None)
+    LOGGER.info("Processing %d session(s) of %d participant(s): %s", len(units), len(by_subject),
+                ", ".join(f"sub-{s}" for s in by_subject))
+
+    if by_subject:
+        workflow = init_bids_rim_wf(config, dict(by_subject), run_id=run_id, warnings=warnings)
+        try:
+            workflow.run(plugin=config.execution.plugin, plugin_args=dict(config.execution.plugin_args))
+        except RuntimeError as error:  # Nipype raises once at the end when any node failed
+            LOGGER.debug("Workflow finished with failures: %s", error)
+
+    for subject in by_subject:
+        crash_dir = config.output_dir / f"sub-{subject}" / "log" / run_id
+        crashes = sorted(crash_dir.glob("crash-*")) if crash_dir.is_dir() else []
+        if crashes:
+            failed[subject] = first_error_line(crashes[0])
+    succeeded = [s for s in by_subject if s not in failed]
+    subjects = sorted(set(by_subject) | set(failed))
+    if succeeded:
+        write_dataset_description(config.output_dir, config.bids_dir)
+    for subject, reason in failed.items():
+        print(f"bids_rim: sub-{subject} failed: {reason} "
+              f"(crash files in {config.output_dir / f'sub-{subject}' / 'log' / run_id})", file=sys.stderr)
+    LOGGER.info("Done: %d of %d participant(s) succeeded, %d failed; outputs in %s",
+                len(succeeded), len(subjects), len(failed), config.output_dir)
+    return min(len(failed), MAX_FAILURE_EXIT)

@@ -1,0 +1,178 @@
+"""``bids_rim`` entry point: parse, configure, validate, build, run, summarise.
+
+Exit codes: 0 success; N (1–63) the number of participants that failed at participant
+level; 64 a bad option or input dataset; 65 the input dataset is not valid BIDS; 73 the
+output directory cannot be used; 70 an internal error at group level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tomllib
+from argparse import ArgumentParser, Namespace
+from pathlib import Path
+
+from bids_rim.cli.parser import build_parser
+from bids_rim.config import ExecutionSettings, LesionSettings, RunConfig, TrainingSettings
+from bids_rim.errors import InputError, OutputError
+
+LOGGER = logging.getLogger("bids_rim")
+
+EXIT_USAGE = 64
+EXIT_INVALID_BIDS = 65
+EXIT_INTERNAL = 70
+EXIT_CANT_CREATE = 73
+MAX_FAILURE_EXIT = 63
+
+
+def parse_arguments(parser: ArgumentParser, argv: list[str] | None) -> Namespace:
+    """Parse argv; values from ``--config-file`` (TOML) become defaults the command line overrides."""
+    args = parser.parse_args(argv)
+    if args.config_file is None:
+        return args
+    try:
+        values = tomllib.loads(args.config_file.read_text())
+    except tomllib.TOMLDecodeError as error:
+        parser.error(f"{args.config_file}: not valid TOML ({error})")
+    known = {action.dest for action in parser._actions}  # noqa: SLF001 - argparse has no public list
+    defaults = {}
+    for key, value in values.items():
+        dest = key.replace("-", "_")
+        if dest not in known or dest in {"bids_dir", "output_dir", "analysis_level", "config_file"}:
+            parser.error(f"{args.config_file}: unknown option {key!r}")
+        defaults[dest] = value
+    parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def configure_logging(verbosity: int) -> None:
+    """INFO by default, DEBUG with -vv; Nipype's own chatter one level quieter."""
+    level = logging.DEBUG if verbosity >= 2 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s | %(name)s | %(levelname)s | %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+
+
+def _load_plugin(path: Path | None, nprocs: int, mem_mb: int | None) -> tuple[str, dict]:
+    """The Nipype plugin and its arguments, from ``--use-plugin`` or the defaults."""
+    if path is None:
+        if nprocs == 1:
+            return "Linear", {}
+        plugin_args: dict = {"n_procs": nprocs, "raise_insufficient": False}
+        if mem_mb:
+            plugin_args["memory_gb"] = mem_mb / 1000
+        return "MultiProc", plugin_args
+    import yaml
+
+    try:
+        settings = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not a valid YAML/JSON plugin file ({error})") from error
+    if not isinstance(settings, dict) or "plugin" not in settings:
+        raise InputError(f"{path}: a plugin file needs a 'plugin' key (e.g. plugin: MultiProc)")
+    return str(settings["plugin"]), dict(settings.get("plugin_args") or {})
+
+
+def build_config(args: Namespace) -> RunConfig:
+    """Turn parsed arguments into the frozen run configuration, checking what they mean."""
+    nprocs = args.nprocs or os.cpu_count() or 1
+    plugin, plugin_args = _load_plugin(args.use_plugin, nprocs, args.mem)
+    work_dir = args.work_dir or Path.cwd() / "work"
+    execution = ExecutionSettings(
+        work_dir=work_dir,
+        nprocs=nprocs,
+        omp_nthreads=args.omp_nthreads or min(8, nprocs),
+        mem_mb=args.mem,
+        plugin=plugin,
+        plugin_args=plugin_args,
+        device=args.device,
+        seed=args.seed,
+        verbosity=args.verbose_count,
+    )
+    lesions = LesionSettings(
+        source=args.lesion_source,
+        min_volume_mm3=args.min_lesion_volume,
+        confluent_policy=args.confluent_policy,
+        patch_size=args.patch_size,
+        patch_spacing_mm=args.patch_spacing,
+    )
+    training = TrainingSettings(
+        enabled=args.train,
+        rim_annotations=args.rim_annotations,
+        arch=args.arch,
+        folds=args.folds,
+        pretrain_epochs=args.pretrain_epochs,
+        finetune_epochs=args.finetune_epochs,
+        batch_size=args.batch_size,
+    )
+    if args.train and args.analysis_level != "group":
+        raise InputError("--train works at the group level: bids_rim BIDS_DIR OUTPUT_DIR group --train")
+    return RunConfig(
+        bids_dir=args.bids_dir,
+        output_dir=args.output_dir,
+        analysis_level=args.analysis_level,
+        participant_labels=tuple(args.participant_label or ()),
+        session_labels=tuple(args.session_label or ()),
+        bids_filters=args.bids_filter_file or {},
+        derivatives=tuple(args.derivatives or ()),
+        skip_bids_validation=args.skip_bids_validation,
+        output_spaces=tuple(args.output_spaces or ()),
+        model_path=args.model,
+        run_inference=not args.no_inference,
+        covariates=tuple(args.covariates or ()),
+        count_model=args.count_model,
+        lesions=lesions,
+        execution=execution,
+        training=training,
+    )
+
+
+def check_output_dir(config: RunConfig) -> None:
+    """The output directory must lie outside the input dataset and be writable."""
+    bids_dir = config.bids_dir.resolve()
+    output_dir = config.output_dir.resolve()
+    if output_dir == bids_dir or bids_dir in output_dir.parents:
+        derivatives_ok = output_dir.is_relative_to(bids_dir / "derivatives") and output_dir != bids_dir / "derivatives"
+        if not derivatives_ok:
+            raise OutputError(
+                f"{config.output_dir}: the output directory must not be the input dataset or lie inside it "
+                f"(use {bids_dir / 'derivatives' / 'bids_rim'} or a folder outside {bids_dir})"
+            )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".bids_rim_write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(f"{config.output_dir}: the output directory is not writable ({error.strerror})") from error
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run bids_rim; returns the process exit code."""
+    parser = build_parser()
+    args = parse_arguments(parser, argv)
+    configure_logging(args.verbose_count)
+    try:
+        config = build_config(args)
+        check_output_dir(config)
+    except InputError as error:
+        print(f"bids_rim: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OutputError as error:
+        print(f"bids_rim: error: {error}", file=sys.stderr)
+        return EXIT_CANT_CREATE
+
+    if config.analysis_level == "participant":
+        from bids_rim.cli.participant import run_participant_level
+
+        return run_participant_level(config)
+    from bids_rim.cli.group import run_group_level
+
+    return run_group_level(config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

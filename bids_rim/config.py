@@ -1,0 +1,88 @@
+"""The run configuration: built once by the CLI, frozen, and passed down.
+
+Only the top-level workflow factories read it; everything below them takes explicit
+arguments (device, seed, threads), so that pure functions stay testable on their own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LesionSettings:
+    """How lesions are found and cut into patches."""
+
+    source: str = "auto"  # auto | mask | builtin
+    min_volume_mm3: float = 14.1  # a sphere 3 mm across (NAIMS consensus)
+    confluent_policy: str = "split"  # split | merge
+    patch_size: int = 32  # voxels
+    patch_spacing_mm: float = 1.0
+    annotation_match_mm: float = 4.0  # max centroid distance to match a rim annotation
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """How and where the Nipype workflow runs."""
+
+    work_dir: Path = Path("work")
+    nprocs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    omp_nthreads: int = 1
+    mem_mb: int | None = None
+    plugin: str = "MultiProc"
+    plugin_args: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    seed: int = 0
+    verbosity: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Group-level training options (``--train``)."""
+
+    enabled: bool = False
+    rim_annotations: Path | None = None
+    arch: str = "asym"
+    folds: int = 5
+    pretrain_epochs: int = 20
+    finetune_epochs: int = 40
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one invocation of ``bids_rim`` was asked to do."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    participant_labels: tuple[str, ...] = ()
+    session_labels: tuple[str, ...] = ()
+    bids_filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    derivatives: tuple[Path, ...] = ()
+    skip_bids_validation: bool = False
+    output_spaces: tuple[str, ...] = ()
+    model_path: Path | None = None
+    run_inference: bool = True
+    covariates: tuple[str, ...] = ()
+    count_model: str = "negbin"
+    lesions: LesionSettings = field(default_factory=LesionSettings)
+    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    def as_report_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view of the configuration, for reports and provenance."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, dict):
+                return {key: plain(item) for key, item in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(item) for item in value]
+            return value
+
+        return plain(asdict(self))

@@ -1,0 +1,111 @@
+"""The sink: the one node that writes a session's derivatives, with BIDS names, atomically.
+
+It runs last in a session's workflow, so a session that failed earlier writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from bids_rim.bidsio.derivatives import atomic_copy, atomic_write_json, atomic_write_tsv, derivative_path
+from bids_rim.bidsio.sidecars import lesion_table_sidecar
+
+
+class _SinkInputSpec(BaseInterfaceInputSpec):
+    output_dir = Directory(mandatory=True, desc="the derivative dataset")
+    entities = traits.Dict(mandatory=True, desc="subject, session, run")
+    source_files = traits.Dict(mandatory=True, desc="role -> input file, for the Sources sidecar key")
+    flair_on_qsm = File(exists=True, mandatory=True)
+    brain_mask = File(exists=True, mandatory=True)
+    brain_mask_method = traits.Str(mandatory=True)
+    lesion_labels = File(exists=True, mandatory=True)
+    lesion_source = traits.Str(mandatory=True)
+    xfm = File(exists=True, mandatory=True)
+    table = File(exists=True, mandatory=True)
+    patches = File(exists=True, mandatory=True)
+    parameters = traits.Dict(desc="processing parameters recorded in the table's sidecar")
+    warnings = traits.List(traits.Str)
+
+
+class _SinkOutputSpec(TraitedSpec):
+    out_files = traits.Dict(desc="role -> written path")
+
+
+class DerivativesSink(SimpleInterface):
+    """Write FLAIR on QSM, brain mask, lesion labels, transform, lesion table and patches."""
+
+    input_spec = _SinkInputSpec
+    output_spec = _SinkOutputSpec
+
+    def _run_interface(self, runtime):
+        out = Path(self.inputs.output_dir)
+        entities = dict(self.inputs.entities)
+        sources = [_bids_uri(path) for path in self.inputs.source_files.values()]
+
+        def target(suffix: str, extension: str, **extra: str) -> Path:
+            return derivative_path(out, {**entities, **extra}, suffix, extension)
+
+        written: dict[str, str] = {}
+        images = {
+            "flair_on_qsm": (self.inputs.flair_on_qsm, target("FLAIR", ".nii.gz", space="QSM", desc="preproc"),
+                             {"SkullStripped": False, "Description": "N4-corrected FLAIR resampled onto the "
+                                                                     "QSM grid (linear interpolation)"}),
+            "brain_mask": (self.inputs.brain_mask, target("mask", ".nii.gz", space="QSM", desc="brain"),
+                           {"Type": "Brain", "Description": f"Brain mask ({self.inputs.brain_mask_method})"}),
+            "lesion_labels": (self.inputs.lesion_labels, target("dseg", ".nii.gz", space="QSM", desc="lesions"),
+                              {"Description": "Lesion label map: 0 background, N the lesion with lesion_id N",
+                               "LesionSource": self.inputs.lesion_source}),
+        }
+        for role, (source, path, metadata) in images.items():
+            atomic_copy(Path(source), path)
+            atomic_write_json(path.with_name(path.name.replace(".nii.gz", ".json")),
+                              {**metadata, "Sources": sources})
+            written[role] = str(path)
+
+        xfm_path = target("xfm", ".txt", **{"from": "FLAIR", "to": "QSM", "mode": "image"})
+        atomic_copy(Path(self.inputs.xfm), xfm_path)
+        written["xfm"] = str(xfm_path)
+
+        table = pd.read_csv(self.inputs.table, sep="\t", na_values="n/a")
+        table_path = target("table", ".tsv", desc="lesions")
+        parameters = dict(self.inputs.parameters) if isdefined(self.inputs.parameters) else {}
+        warnings = list(self.inputs.warnings) if isdefined(self.inputs.warnings) else []
+        atomic_write_tsv(table_path, table, lesion_table_sidecar(
+            table, {"Sources": sources, "LesionSource": self.inputs.lesion_source,
+                    "ProcessingParameters": parameters, "Warnings": warnings}))
+        written["table"] = str(table_path)
+
+        patches_path = target("patches", ".npz", desc="lesions")
+        atomic_copy(Path(self.inputs.patches), patches_path)
+        atomic_write_json(patches_path.with_suffix(".json"), {
+            "Description": "One 3D patch per lesion (numpy .npz): array 'patches' (lesions x channels x "
+                           "P x P x P, float32), 'lesion_id', 'spacing_mm'",
+            "Channels": ["qsm_ppm: QSM minus the normal-appearing white matter median (ppm)",
+                         "flair_nawm: FLAIR divided by its normal-appearing white matter median",
+                         "lesion_mask: this lesion (1) or not (0)"],
+            "Sources": sources,
+        })
+        written["patches"] = str(patches_path)
+        self._results["out_files"] = written
+        return runtime
+
+
+def _bids_uri(path: str) -> str:
+    """``bids:raw:sub-01/anat/...`` style reference to an input file (relative when possible)."""
+    parts = Path(path).parts
+    for index, part in enumerate(parts):
+        if part.startswith("sub-"):
+            return "bids:raw:" + "/".join(parts[index:])
+    return json.dumps(path)

@@ -1,0 +1,242 @@
+"""Nipype interfaces over :mod:`bids_rim.preproc`: each loads its inputs, calls one pure
+function, and saves the result in the node's working directory. No science lives here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from bids_rim.preproc import checks
+
+
+def _save(img: nib.Nifti1Image, cwd: str, name: str) -> str:
+    path = os.path.join(cwd, name)
+    img.to_filename(path)
+    return path
+
+
+def _load(path: str) -> nib.Nifti1Image:
+    """A 3D image, with errors that name the file."""
+    return checks.ensure_3d(_load(path), path)
+
+
+def _limit_threads(threads: int) -> None:
+    """Threads for ITK (antspyx) and BLAS in this node's process."""
+    for variable in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+
+
+class _N4InputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="FLAIR image")
+    num_threads = traits.Int(1, usedefault=True, nohash=True)
+
+
+class _OutFileSpec(TraitedSpec):
+    out_file = File(exists=True)
+
+
+class N4BiasCorrection(SimpleInterface):
+    """N4 bias-field correction of FLAIR (antspyx, in-process)."""
+
+    input_spec = _N4InputSpec
+    output_spec = _OutFileSpec
+
+    def _run_interface(self, runtime):
+        from bids_rim.preproc.bias import n4_bias_correct
+
+        _limit_threads(self.inputs.num_threads)
+        corrected = n4_bias_correct(_load(self.inputs.in_file))
+        self._results["out_file"] = _save(corrected, runtime.cwd, "flair_n4.nii.gz")
+        return runtime
+
+
+class _BrainMaskInputSpec(BaseInterfaceInputSpec):
+    qsm = File(exists=True, mandatory=True)
+    magnitude = File(exists=True)
+
+
+class _BrainMaskOutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+    method = traits.Str(desc="qsm-support | magnitude")
+
+
+class BrainMask(SimpleInterface):
+    """Brain mask: the QSM's own support when it is masked, else from the GRE magnitude."""
+
+    input_spec = _BrainMaskInputSpec
+    output_spec = _BrainMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_rim.preproc.brainmask import mask_from_magnitude, qsm_support_mask
+
+        qsm = _load(self.inputs.qsm)
+        mask = qsm_support_mask(qsm)
+        method = "qsm-support"
+        if mask is None:
+            if not isdefined(self.inputs.magnitude):
+                raise checks.InputError(
+                    f"{self.inputs.qsm}: the QSM map is not masked and no GRE magnitude image was found "
+                    "to build a brain mask from"
+                )
+            mask = mask_from_magnitude(_load(self.inputs.magnitude))
+            method = "magnitude"
+        self._results["out_file"] = _save(mask, runtime.cwd, "brain_mask.nii.gz")
+        self._results["method"] = method
+        return runtime
+
+
+class _RegisterInputSpec(BaseInterfaceInputSpec):
+    moving = File(exists=True, mandatory=True, desc="bias-corrected FLAIR")
+    fixed = File(exists=True, mandatory=True, desc="GRE magnitude or QSM (the QSM grid)")
+    fixed_mask = File(exists=True, desc="brain mask on the fixed grid")
+    seed = traits.Int(0, usedefault=True)
+    num_threads = traits.Int(1, usedefault=True, nohash=True)
+
+
+class _RegisterOutputSpec(TraitedSpec):
+    xfm = File(exists=True, desc="ITK text transform, FLAIR to QSM")
+    rotation_deg = traits.Float()
+    translation_mm = traits.Float()
+
+
+class RigidRegistration(SimpleInterface):
+    """Rigid FLAIR→QSM registration (mutual information, antspyx)."""
+
+    input_spec = _RegisterInputSpec
+    output_spec = _RegisterOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_rim.preproc.registration import register_rigid
+        from bids_rim.preproc.transforms import rotation_angle_deg, translation_mm, write_itk_rigid
+
+        _limit_threads(self.inputs.num_threads)
+        fixed_mask = _load(self.inputs.fixed_mask) if isdefined(self.inputs.fixed_mask) else None
+        matrix = register_rigid(
+            _load(self.inputs.moving),
+            _load(self.inputs.fixed),
+            fixed_mask=fixed_mask,
+            seed=self.inputs.seed,
+            threads=self.inputs.num_threads,
+        )
+        path = os.path.join(runtime.cwd, "from-FLAIR_to-QSM_xfm.txt")
+        write_itk_rigid(matrix, path)
+        self._results.update(xfm=path, rotation_deg=rotation_angle_deg(matrix), translation_mm=translation_mm(matrix))
+        return runtime
+
+
+class _ResampleInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="image in FLAIR world")
+    reference = File(exists=True, mandatory=True, desc="QSM grid")
+    xfm = File(exists=True, desc="FLAIR→QSM ITK transform; identity when absent")
+    is_mask = traits.Bool(False, usedefault=True, desc="nearest-neighbour and binarise")
+    out_name = traits.Str("resampled.nii.gz", usedefault=True)
+
+
+class ResampleToQSM(SimpleInterface):
+    """Put FLAIR (linear) or a lesion mask (nearest) onto the QSM grid."""
+
+    input_spec = _ResampleInputSpec
+    output_spec = _OutFileSpec
+
+    def _run_interface(self, runtime):
+        from bids_rim.preproc.resample import resample_mask_to_reference, resample_to_reference
+        from bids_rim.preproc.transforms import read_itk_rigid
+
+        matrix = read_itk_rigid(self.inputs.xfm) if isdefined(self.inputs.xfm) else np.eye(4)
+        moving = _load(self.inputs.in_file)
+        reference = _load(self.inputs.reference)
+        if self.inputs.is_mask:
+            resampled = resample_mask_to_reference(moving, reference, matrix)
+        else:
+            resampled = resample_to_reference(moving, reference, matrix, interpolation="linear")
+        self._results["out_file"] = _save(resampled, runtime.cwd, self.inputs.out_name)
+        return runtime
+
+
+class _LesionsInputSpec(BaseInterfaceInputSpec):
+    flair_on_qsm = File(exists=True, mandatory=True)
+    brain_mask = File(exists=True, mandatory=True)
+    lesion_mask = File(exists=True, desc="rater's mask on the QSM grid; built-in segmentation when absent")
+    min_volume_mm3 = traits.Float(14.1, usedefault=True)
+    confluent_policy = traits.Enum("split", "merge", usedefault=True)
+
+
+class _LesionsOutputSpec(TraitedSpec):
+    labels = File(exists=True, desc="lesion label map, value = lesion_id")
+    source = traits.Str(desc="mask | builtin")
+
+
+class LabelLesions(SimpleInterface):
+    """Connected lesions with stable ids, from the given mask or the built-in segmentation."""
+
+    input_spec = _LesionsInputSpec
+    output_spec = _LesionsOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_rim.preproc.lesions import label_lesions, segment_lesions_flair
+
+        if isdefined(self.inputs.lesion_mask):
+            mask = _load(self.inputs.lesion_mask)
+            source = "mask"
+        else:
+            mask = segment_lesions_flair(
+                _load(self.inputs.flair_on_qsm), _load(self.inputs.brain_mask)
+            )
+            source = "builtin"
+        labels, _ = label_lesions(
+            mask, min_volume_mm3=self.inputs.min_volume_mm3, confluent_policy=self.inputs.confluent_policy
+        )
+        self._results.update(labels=_save(labels, runtime.cwd, "lesion_labels.nii.gz"), source=source)
+        return runtime
+
+
+class _TableInputSpec(BaseInterfaceInputSpec):
+    qsm = File(exists=True, mandatory=True)
+    flair_on_qsm = File(exists=True, mandatory=True)
+    labels = File(exists=True, mandatory=True)
+    brain_mask = File(exists=True, mandatory=True)
+    patch_size = traits.Int(32, usedefault=True)
+    patch_spacing_mm = traits.Float(1.0, usedefault=True)
+
+
+class _TableOutputSpec(TraitedSpec):
+    table = File(exists=True, desc="per-lesion table (TSV)")
+    patches = File(exists=True, desc="per-lesion patches (npz)")
+
+
+class LesionTableAndPatches(SimpleInterface):
+    """Per-lesion measurements and one isotropic patch per lesion."""
+
+    input_spec = _TableInputSpec
+    output_spec = _TableOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_rim.preproc.features import lesion_table
+        from bids_rim.preproc.patches import extract_patches, save_patches
+
+        qsm = _load(self.inputs.qsm)
+        flair = _load(self.inputs.flair_on_qsm)
+        labels = _load(self.inputs.labels)
+        brain = _load(self.inputs.brain_mask)
+        table = lesion_table(qsm, flair, labels, brain)
+        patches, patch_info = extract_patches(
+            qsm, flair, labels, patch_size=self.inputs.patch_size, spacing_mm=self.inputs.patch_spacing_mm
+        )
+        table = table.merge(patch_info, on="lesion_id", how="left", validate="one_to_one")
+        table_path = os.path.join(runtime.cwd, "lesions.tsv")
+        table.to_csv(table_path, sep="\t", index=False, na_rep="n/a", lineterminator="\n")
+        patches_path = os.path.join(runtime.cwd, "patches.npz")
+        save_patches(patches_path, patches, patch_info)
+        self._results.update(table=table_path, patches=patches_path)
+        return runtime

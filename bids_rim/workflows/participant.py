@@ -1,0 +1,202 @@
+"""Nipype workflow factories of the participant level.
+
+``init_bids_rim_wf`` holds one ``init_participant_wf`` per subject, which holds one
+``init_session_wf`` per session (or run) and the subject's report. Only these factories
+read the run configuration; the nodes get explicit arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from bids_rim import __version__
+from bids_rim.bidsio.inputs import SessionInputs
+from bids_rim.config import RunConfig
+from bids_rim.interfaces.derivatives import DerivativesSink
+from bids_rim.interfaces.inference import RimInference
+from bids_rim.interfaces.preproc import (
+    BrainMask,
+    LabelLesions,
+    LesionTableAndPatches,
+    N4BiasCorrection,
+    ResampleToQSM,
+    RigidRegistration,
+)
+from bids_rim.interfaces.reports import ParticipantReport
+
+
+def bundled_model_path() -> Path:
+    """The model shipped inside the package (trained on synthetic data only)."""
+    return Path(__file__).resolve().parent.parent / "data" / "bids_rim_default_model.pt"
+
+
+def init_bids_rim_wf(config: RunConfig, units_by_subject: dict[str, list[SessionInputs]], *, run_id: str,
+                     warnings: dict[str, list[str]] | None = None) -> pe.Workflow:
+    """The top workflow: one sub-workflow per participant, in the Nipype work directory."""
+    workflow = pe.Workflow(name=f"bids_rim_{__version__.replace('.', '_').replace('+', '_')}_wf")
+    workflow.base_dir = str(config.execution.work_dir)
+    workflow.config["execution"] = {
+        "crashfile_format": "txt",
+        "stop_on_first_crash": False,
+        "remove_unnecessary_outputs": False,
+        "hash_method": "content",
+    }
+    for subject, units in units_by_subject.items():
+        participant_wf = init_participant_wf(config, subject, units, warnings or {})
+        crash_dir = config.output_dir / f"sub-{subject}" / "log" / run_id
+        for node_name in participant_wf.list_node_names():
+            node = participant_wf.get_node(node_name)
+            node.config = {"execution": {"crashdump_dir": str(crash_dir), "crashfile_format": "txt"}}
+        workflow.add_nodes([participant_wf])
+    return workflow
+
+
+def init_participant_wf(config: RunConfig, subject: str, units: list[SessionInputs],
+                        warnings: dict[str, list[str]]) -> pe.Workflow:
+    """One participant: a session workflow per session/run, then the participant's report.
+
+    ::
+
+        session_wf (ses-1) ──┐
+        session_wf (ses-2) ──┼──▶ merge ──▶ report (OUTPUT_DIR/sub-X.html)
+        ...                ──┘
+    """
+    workflow = pe.Workflow(name=f"sub_{subject}_wf")
+    merge = pe.Node(niu.Merge(len(units)), name="merge_sessions")
+    report = pe.Node(ParticipantReport(output_dir=str(config.output_dir), subject=subject,
+                                       parameters=config.as_report_dict()),
+                     name="report", overwrite=True)
+    for index, unit in enumerate(units, start=1):
+        session_wf = init_session_wf(config, unit, warnings.get(unit.name))
+        workflow.connect(session_wf, "outputnode.out_files", merge, f"in{index}")
+    workflow.connect(merge, "out", report, "session_outputs")
+    return workflow
+
+
+def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] | None = None) -> pe.Workflow:
+    """One session: FLAIR and QSM in, lesion table, patches and maps out.
+
+    ::
+
+        inputs ─▶ n4 (FLAIR) ─┐
+        inputs ─▶ brain_mask ─┼─▶ register (FLAIR→QSM, rigid MI) ─▶ resample FLAIR [+ lesion mask]
+                             │        ─▶ lesions (mask or built-in) ─▶ table + patches
+                             │        ─▶ rim inference ─▶ sink (BIDS derivatives)
+    """
+    settings, execution = config.lesions, config.execution
+    workflow = pe.Workflow(name=unit.name.replace("-", "_") + "_wf")
+    inputnode = pe.Node(niu.IdentityInterface(fields=["flair", "qsm", "magnitude", "lesion_mask"]), name="inputnode")
+    inputnode.inputs.flair = str(unit.flair)
+    inputnode.inputs.qsm = str(unit.qsm)
+    if unit.magnitude is not None:
+        inputnode.inputs.magnitude = str(unit.magnitude)
+    use_mask = unit.lesion_mask is not None and settings.source in ("auto", "mask")
+    if use_mask:
+        inputnode.inputs.lesion_mask = str(unit.lesion_mask)
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
+
+    n4 = pe.Node(N4BiasCorrection(num_threads=execution.omp_nthreads), name="n4_flair", n_procs=execution.omp_nthreads)
+    brain_mask = pe.Node(BrainMask(), name="brain_mask")
+    register = pe.Node(RigidRegistration(seed=execution.seed, num_threads=execution.omp_nthreads),
+                       name="register_flair_to_qsm", n_procs=execution.omp_nthreads)
+    resample_flair = pe.Node(ResampleToQSM(out_name="flair_on_qsm.nii.gz"), name="resample_flair")
+    lesions = pe.Node(LabelLesions(min_volume_mm3=settings.min_volume_mm3,
+                                   confluent_policy=settings.confluent_policy), name="label_lesions")
+    table = pe.Node(LesionTableAndPatches(patch_size=settings.patch_size,
+                                          patch_spacing_mm=settings.patch_spacing_mm), name="lesion_table")
+    sources = {"flair": str(unit.flair), "qsm": str(unit.qsm)}
+    if use_mask:
+        sources["lesion_mask"] = str(unit.lesion_mask)
+    sink = pe.Node(DerivativesSink(output_dir=str(config.output_dir), entities=unit.entities,
+                                   source_files=sources, parameters=_parameters(config),
+                                   warnings=list(warnings or [])),
+                   name="sink", overwrite=True)
+
+    workflow.connect([
+        (inputnode, n4, [("flair", "in_file")]),
+        (inputnode, brain_mask, [("qsm", "qsm")]),
+        (n4, register, [("out_file", "moving")]),
+        (brain_mask, register, [("out_file", "fixed_mask")]),
+        (n4, resample_flair, [("out_file", "in_file")]),
+        (inputnode, resample_flair, [("qsm", "reference")]),
+        (register, resample_flair, [("xfm", "xfm")]),
+        (resample_flair, lesions, [("out_file", "flair_on_qsm")]),
+        (brain_mask, lesions, [("out_file", "brain_mask")]),
+        (inputnode, table, [("qsm", "qsm")]),
+        (resample_flair, table, [("out_file", "flair_on_qsm")]),
+        (lesions, table, [("labels", "labels")]),
+        (brain_mask, table, [("out_file", "brain_mask")]),
+        (resample_flair, sink, [("out_file", "flair_on_qsm")]),
+        (brain_mask, sink, [("out_file", "brain_mask"), ("method", "brain_mask_method")]),
+        (lesions, sink, [("labels", "lesion_labels"), ("source", "lesion_source")]),
+        (register, sink, [("xfm", "xfm")]),
+        (table, sink, [("patches", "patches")]),
+        (sink, outputnode, [("out_files", "out_files")]),
+    ])
+    if unit.magnitude is not None:
+        # The GRE magnitude shares the QSM grid and has FLAIR-like anatomy: the better fixed image.
+        workflow.connect([(inputnode, brain_mask, [("magnitude", "magnitude")]),
+                          (inputnode, register, [("magnitude", "fixed")])])
+    else:
+        workflow.connect([(inputnode, register, [("qsm", "fixed")])])
+    if use_mask:
+        resample_mask = pe.Node(ResampleToQSM(is_mask=True, out_name="lesion_mask_on_qsm.nii.gz"),
+                                name="resample_lesion_mask")
+        mask_xfm = pe.Node(niu.Function(function=_mask_transform, input_names=["mask", "qsm", "xfm"],
+                                        output_names=["xfm"]), name="lesion_mask_space")
+        workflow.connect([
+            (inputnode, mask_xfm, [("lesion_mask", "mask"), ("qsm", "qsm")]),
+            (register, mask_xfm, [("xfm", "xfm")]),
+            (inputnode, resample_mask, [("lesion_mask", "in_file"), ("qsm", "reference")]),
+            (mask_xfm, resample_mask, [("xfm", "xfm")]),
+            (resample_mask, lesions, [("out_file", "lesion_mask")]),
+        ])
+    if config.run_inference:
+        model_path = config.model_path or bundled_model_path()
+        infer = pe.Node(RimInference(model=str(model_path), device=execution.device,
+                                     num_threads=execution.omp_nthreads),
+                        name="rim_inference", n_procs=execution.omp_nthreads)
+        workflow.connect([(table, infer, [("table", "table"), ("patches", "patches")]),
+                          (infer, sink, [("table", "table")])])
+    else:
+        workflow.connect([(table, sink, [("table", "table")])])
+    return workflow
+
+
+def _parameters(config: RunConfig) -> dict:
+    settings = config.lesions
+    return {
+        "MinLesionVolume_mm3": settings.min_volume_mm3,
+        "ConfluentPolicy": settings.confluent_policy,
+        "PatchSize_voxels": settings.patch_size,
+        "PatchSpacing_mm": settings.patch_spacing_mm,
+        "LesionSource": settings.source,
+        "Seed": config.execution.seed,
+        "Model": str(config.model_path or bundled_model_path().name) if config.run_inference else None,
+        "bids_rim_version": __version__,
+    }
+
+
+def _mask_transform(mask: str, qsm: str, xfm: str) -> str:
+    """The transform for a lesion mask: identity when it already lies on the QSM grid.
+
+    Raters draw on FLAIR, so a mask on another grid is taken to be in FLAIR space and is
+    moved with the FLAIR→QSM transform. (Runs inside a Nipype Function node: imports local.)
+    """
+    import os
+
+    import nibabel as nib
+    import numpy as np
+
+    from bids_rim.preproc.transforms import write_itk_rigid
+
+    mask_img, qsm_img = nib.load(mask), nib.load(qsm)
+    same_grid = mask_img.shape[:3] == qsm_img.shape[:3] and np.allclose(mask_img.affine, qsm_img.affine, atol=1e-3)
+    if not same_grid:
+        return xfm
+    identity = os.path.abspath("identity_xfm.txt")
+    write_itk_rigid(np.eye(4), identity)
+    return identity

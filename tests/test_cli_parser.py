@@ -1,0 +1,108 @@
+"""The command-line parser alone: spellings, labels, types and the run configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bids_rim.cli.parser import build_parser
+from bids_rim.cli.run import build_config, check_output_dir, parse_arguments
+from bids_rim.errors import OutputError
+
+
+@pytest.fixture()
+def dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
+    return root
+
+
+def test_both_spellings_and_label_prefixes(dataset: Path, tmp_path: Path) -> None:
+    args = build_parser().parse_args([
+        str(dataset), str(tmp_path / "out"), "participant",
+        "--participant_label", "sub-01", "02", "--session-label", "ses-A",
+        "--omp_nthreads", "3", "--mem", "8GB", "--skip_bids_validation",
+    ])
+    assert args.participant_label == ["01", "02"]
+    assert args.session_label == ["A"]
+    assert args.omp_nthreads == 3
+    assert args.mem == 8000
+    assert args.skip_bids_validation is True
+
+
+@pytest.mark.parametrize("label", ["../x", "sub-01/..", "a b", "sub-"])
+def test_labels_that_escape_or_are_not_bids_are_refused(dataset: Path, tmp_path: Path, label: str,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as raised:
+        build_parser().parse_args([str(dataset), str(tmp_path / "o"), "participant", "--participant-label", label])
+    assert raised.value.code == 2
+    assert "is not a BIDS label" in capsys.readouterr().err
+
+
+def test_memory_units(dataset: Path, tmp_path: Path) -> None:
+    parser = build_parser()
+    base = [str(dataset), str(tmp_path / "o"), "participant", "--mem"]
+    assert parser.parse_args(base + ["16000MB"]).mem == 16000
+    assert parser.parse_args(base + ["2"]).mem == 2000
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["lots"])
+
+
+def test_config_file_gives_defaults_and_command_line_wins(dataset: Path, tmp_path: Path) -> None:
+    config_file = tmp_path / "bids_rim.toml"
+    config_file.write_text('nprocs = 3\nseed = 7\nconfluent-policy = "merge"\n')
+    argv = [str(dataset), str(tmp_path / "o"), "participant", "--config-file", str(config_file), "--seed", "11"]
+    args = parse_arguments(build_parser(), argv)
+    assert (args.nprocs, args.seed, args.confluent_policy) == (3, 11, "merge")
+
+
+def test_config_file_with_unknown_key_is_refused(dataset: Path, tmp_path: Path) -> None:
+    config_file = tmp_path / "bids_rim.toml"
+    config_file.write_text("colour = 'blue'\n")
+    with pytest.raises(SystemExit):
+        parse_arguments(build_parser(), [str(dataset), str(tmp_path / "o"), "participant",
+                                         "--config-file", str(config_file)])
+
+
+def test_run_config_is_frozen_and_complete(dataset: Path, tmp_path: Path) -> None:
+    args = build_parser().parse_args([str(dataset), str(tmp_path / "o"), "participant", "--nprocs", "1",
+                                      "--device", "cpu", "--patch-size", "16"])
+    config = build_config(args)
+    assert config.execution.plugin == "Linear"
+    assert config.execution.device == "cpu"
+    assert config.lesions.patch_size == 16
+    with pytest.raises(AttributeError):
+        config.analysis_level = "group"  # type: ignore[misc]
+
+
+def test_plugin_file(dataset: Path, tmp_path: Path) -> None:
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: SLURM\nplugin_args:\n  sbatch_args: '--time=1:00:00'\n")
+    args = build_parser().parse_args([str(dataset), str(tmp_path / "o"), "participant", "--use-plugin", str(plugin)])
+    config = build_config(args)
+    assert config.execution.plugin == "SLURM"
+    assert config.execution.plugin_args == {"sbatch_args": "--time=1:00:00"}
+
+
+@pytest.mark.parametrize("inside", [".", "sub-01", "out"])
+def test_output_inside_input_is_refused(dataset: Path, inside: str) -> None:
+    args = build_parser().parse_args([str(dataset), str(dataset / inside), "participant"])
+    with pytest.raises(OutputError, match="must not be the input dataset or lie inside it"):
+        check_output_dir(build_config(args))
+
+
+def test_output_in_derivatives_folder_is_allowed(dataset: Path) -> None:
+    args = build_parser().parse_args([str(dataset), str(dataset / "derivatives" / "bids_rim"), "participant"])
+    check_output_dir(build_config(args))
+    assert (dataset / "derivatives" / "bids_rim").is_dir()
+
+
+def test_unwritable_output_is_refused(dataset: Path, tmp_path: Path) -> None:
+    # A path below a regular file cannot be created by anyone, root included.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    args = build_parser().parse_args([str(dataset), str(blocker / "out"), "participant"])
+    with pytest.raises(OutputError, match="not writable"):
+        check_output_dir(build_config(args))
