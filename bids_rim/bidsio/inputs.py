@@ -84,12 +84,13 @@ def collect_sessions(
     participant_labels: tuple[str, ...] = (),
     session_labels: tuple[str, ...] = (),
     bids_filters: dict[str, dict[str, Any]] | None = None,
-) -> list[SessionInputs]:
+) -> tuple[list[SessionInputs], dict[str, str]]:
     """Every unit of work of the selected participants and sessions, in a stable order.
 
-    Raises :class:`InputError` for an unknown participant label or a bad filter key. A
-    session that lacks FLAIR or QSM is *not* skipped silently: it raises, naming the
-    session, because the user asked for it (explicitly or by selecting all).
+    Returns the units and, per participant that cannot be processed (a session without
+    FLAIR or QSM), the one-line reason: such a participant is reported as failed, never
+    skipped silently, and does not stop the others. Raises :class:`InputError` for an
+    unknown participant label, a bad filter key, or when nothing is left to process.
     """
     filters = dict(bids_filters or {})
     unknown = sorted(set(filters) - set(FILTER_KEYS))
@@ -105,15 +106,21 @@ def collect_sessions(
         )
 
     units: list[SessionInputs] = []
+    failures: dict[str, str] = {}
     for subject in subjects:
         sessions: list[str | None] = sorted(layout.get_sessions(subject=subject)) or [None]
         if session_labels:
             sessions = [session for session in sessions if session in session_labels]
-        for session in sessions:
-            units.extend(_units_of_session(layout, subject, session, filters))
-    if not units:
+        try:
+            subject_units = [unit for session in sessions
+                             for unit in _units_of_session(layout, subject, session, filters)]
+        except InputError as error:
+            failures[subject] = str(error)
+            continue
+        units.extend(subject_units)
+    if not units and not failures:
         raise InputError(f"{layout.root}: nothing to process with the given participant/session labels")
-    return units
+    return units, failures
 
 
 def _query(layout: BIDSLayout, subject: str, session: str | None, **entities: Any) -> list[BIDSFile]:

@@ -86,7 +86,7 @@ def run_participant_level(config: RunConfig) -> int:
         return EXIT_INVALID_BIDS
     try:
         layout = index_dataset(config.bids_dir, config.derivatives)
-        units = collect_sessions(
+        units, unusable = collect_sessions(
             layout,
             participant_labels=config.participant_labels,
             session_labels=config.session_labels,
@@ -98,6 +98,9 @@ def run_participant_level(config: RunConfig) -> int:
 
     run_id = time.strftime("%Y%m%d-%H%M%S")
     failed: dict[str, str] = {}
+    for subject, reason in unusable.items():
+        failed[subject] = reason
+        record_failure(config.output_dir, subject, run_id, reason)
     warnings: dict[str, list[str]] = {}
     by_subject: dict[str, list[SessionInputs]] = defaultdict(list)
     for unit in units:

@@ -1,0 +1,139 @@
+"""The participant level end to end, on tiny synthetic subjects, through the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_rim.bidsio.validator import validate_dataset
+from bids_rim.cli.run import main
+from bids_rim.preproc.transforms import read_itk_rigid, rotation_angle_deg
+
+from .conftest import FAST_OPTIONS
+
+
+def _session_files(output_dir: Path, subject: str) -> dict[str, Path]:
+    anat = output_dir / f"sub-{subject}" / "ses-01" / "anat"
+    stem = f"sub-{subject}_ses-01"
+    return {
+        "flair": anat / f"{stem}_space-QSM_desc-preproc_FLAIR.nii.gz",
+        "brain": anat / f"{stem}_space-QSM_desc-brain_mask.nii.gz",
+        "dseg": anat / f"{stem}_space-QSM_desc-lesions_dseg.nii.gz",
+        "xfm": anat / f"{stem}_from-FLAIR_to-QSM_mode-image_xfm.txt",
+        "table": anat / f"{stem}_desc-lesions_table.tsv",
+        "table_json": anat / f"{stem}_desc-lesions_table.json",
+        "patches": anat / f"{stem}_desc-lesions_patches.npz",
+    }
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "log" not in path.relative_to(folder).parts[:2]
+    }
+
+
+def test_outputs_exist_with_bids_names(participant_run: dict[str, Path]) -> None:
+    output_dir = participant_run["output"]
+    description = json.loads((output_dir / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "bids_rim"
+    assert description["SourceDatasets"]
+    for subject in ("001", "002", "003"):
+        for role, path in _session_files(output_dir, subject).items():
+            assert path.is_file(), f"{role} missing: {path}"
+        assert (output_dir / f"sub-{subject}.html").is_file()
+
+
+def test_lesion_table_columns_are_documented(participant_run: dict[str, Path]) -> None:
+    files = _session_files(participant_run["output"], "001")
+    table = pd.read_csv(files["table"], sep="\t", na_values="n/a")
+    sidecar = json.loads(files["table_json"].read_text())
+    assert len(table) > 0
+    for column in table.columns:
+        assert "Description" in sidecar[column], column
+    assert table["lesion_id"].is_unique
+    assert (table["volume_mm3"] > 0).all()
+
+
+def test_output_dataset_passes_bids_validator(participant_run: dict[str, Path]) -> None:
+    result = validate_dataset(participant_run["output"])
+    assert result.errors == [], [str(issue) for issue in result.errors]
+
+
+def test_registration_recovers_the_synthetic_offset(participant_run: dict[str, Path]) -> None:
+    bids_dir, output_dir = participant_run["bids"], participant_run["output"]
+    for subject in ("001", "002", "003"):
+        truth = json.loads((bids_dir / "sourcedata" / "synth_truth" /
+                            f"sub-{subject}_ses-01_registration.json").read_text())
+        true_matrix = np.asarray(truth["qsm_to_flair_ras"])
+        estimated = read_itk_rigid(_session_files(output_dir, subject)["xfm"])
+        residual = np.linalg.inv(true_matrix) @ estimated
+        qsm = nib.load(next((bids_dir / f"sub-{subject}" / "ses-01" / "anat").glob("*_Chimap.nii*")))
+        brain_centre = nib.affines.apply_affine(qsm.affine, np.argwhere(np.asarray(qsm.dataobj) != 0).mean(axis=0))
+        shift_mm = np.linalg.norm(nib.affines.apply_affine(residual, brain_centre) - brain_centre)
+        assert rotation_angle_deg(residual) < 1.0, f"sub-{subject}: {rotation_angle_deg(residual):.2f} deg"
+        assert shift_mm < 1.0, f"sub-{subject}: {shift_mm:.2f} mm at the brain centre"
+
+
+def test_given_mask_finds_nearly_all_true_lesions(participant_run: dict[str, Path]) -> None:
+    bids_dir, output_dir = participant_run["bids"], participant_run["output"]
+    found = total = 0
+    for subject in ("001", "002", "003"):
+        truth = nib.load(bids_dir / "sourcedata" / "synth_truth" / f"sub-{subject}_ses-01_desc-truth_lesions.nii.gz")
+        labels = np.asarray(nib.load(_session_files(output_dir, subject)["dseg"]).dataobj)
+        truth_data = np.asarray(truth.dataobj)
+        for lesion_id in np.unique(truth_data[truth_data > 0]):
+            total += 1
+            found += bool(np.any(labels[truth_data == lesion_id] > 0))
+    assert total > 0
+    assert found / total >= 0.95, f"found {found} of {total} true lesions"
+
+
+def test_patches_match_the_table(participant_run: dict[str, Path]) -> None:
+    files = _session_files(participant_run["output"], "002")
+    with np.load(files["patches"]) as archive:
+        patches, lesion_ids = archive["patches"], archive["lesion_id"]
+    table = pd.read_csv(files["table"], sep="\t", na_values="n/a")
+    assert patches.shape == (len(table), 3, 16, 16, 16)
+    assert list(lesion_ids) == list(table["lesion_id"])
+    assert np.isfinite(patches).all()
+    # the lesion-mask channel marks each lesion at the patch centre
+    assert (patches[:, 2, 8, 8, 8] >= 0).all() and patches[:, 2].reshape(len(table), -1).max(axis=1).min() == 1
+
+
+def test_rerun_is_cached_and_byte_identical(participant_run: dict[str, Path]) -> None:
+    bids_dir, output_dir, work_dir = participant_run["bids"], participant_run["output"], participant_run["work"]
+    before = _digest(output_dir)
+    results_before = {p: p.stat().st_mtime_ns for p in work_dir.rglob("result_*.pklz") if "sink" not in p.parts[-2]}
+    code = main([str(bids_dir), str(output_dir), "participant", "-d", str(bids_dir / "derivatives" / "lesion_masks"),
+                 "--work-dir", str(work_dir), "--no-inference", "--skip-bids-validation", *FAST_OPTIONS])
+    assert code == 0
+    assert _digest(output_dir) == before
+    results_after = {p: p.stat().st_mtime_ns for p in results_before}
+    assert results_after == results_before, "a cached node was recomputed"
+
+
+@pytest.mark.slow
+def test_cli_as_a_user_types_it(small_cohort: Path, tmp_path: Path) -> None:
+    executable = Path(sys.executable).with_name("bids_rim")
+    completed = subprocess.run(
+        [str(executable), str(small_cohort), str(tmp_path / "out"), "participant", "--participant-label", "sub-002",
+         "-d", str(small_cohort / "derivatives" / "lesion_masks"), "-w", str(tmp_path / "work"),
+         "--no-inference", *FAST_OPTIONS],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert (tmp_path / "out" / "sub-002.html").is_file()
+    assert not (tmp_path / "out" / "sub-001").exists()
+    help_text = subprocess.run([str(executable), "--help"], capture_output=True, text=True).stdout
+    assert "--participant-label" in help_text and "--use-plugin" in help_text
