@@ -4,6 +4,13 @@ nibabel's affine maps voxel indices to RAS+ millimetres; ITK/ANTs store origin, 
 direction matrix in LPS+ millimetres. The two differ by a flip of the first two world axes,
 ``LPS = diag(-1, -1, 1) @ RAS``. Every call into antspyx goes through these two functions so the
 flip is written exactly once. Voxel index order is the same on both sides.
+
+ITK's thread count is process-wide and read from ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when
+ITK first runs. Multi-threaded ITK sums metric contributions in a varying order, so two
+identical registrations with 2 threads differed by up to 0.01 in matrix entries; with one
+thread they are bit-identical. bids_rim therefore defaults the variable to 1 (an explicit
+setting in the environment wins); bids_rim parallelises across sessions instead. The default
+is set in ``bids_rim/preproc/__init__.py`` so it precedes any ``import ants`` of this package.
 """
 
 from __future__ import annotations

@@ -88,9 +88,8 @@ def mask_from_template(
     template_mask: nib.Nifti1Image,
     *,
     seed: int = 0,
-    threads: int = 1,
 ) -> nib.Nifti1Image:
     """Brain mask of ``image`` from a template: the template is registered to the image (affine,
     mutual information) and its brain mask resampled onto the image grid."""
-    image_to_template = register_affine(template, image, seed=seed, threads=threads)
+    image_to_template = register_affine(template, image, seed=seed)
     return resample_mask_to_reference(template_mask, image, image_to_template)
