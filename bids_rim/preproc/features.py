@@ -2,10 +2,11 @@
 
 Definitions (units in the column names):
 
-* shell: voxels within ``shell_mm`` (default 1.5 mm) of the lesion border on either side —
-  lesion voxels at most that deep, plus non-lesion brain voxels at most that far outside that
-  belong to no other lesion. This is where a paramagnetic rim sits.
-* core: lesion voxels deeper than ``shell_mm``; a lesion too small to have any keeps its
+* shell: voxels within ``shell_mm`` (default 1.5 mm, but at least one voxel) of the lesion
+  border on either side — lesion voxels at most that deep, plus non-lesion brain voxels at most
+  that far outside that belong to no other lesion. This is where a paramagnetic rim sits.
+  Depths are Euclidean distances between voxel centres, so a border voxel is one voxel deep.
+* core: lesion voxels deeper than the shell; a lesion too small to have any keeps its
   deepest voxels (those within half a voxel of its maximal depth) as core.
 * QSM values are reported in ppb relative to the NAWM median of QSM; ``flair_contrast`` is the
   lesion's mean FLAIR divided by the NAWM median of FLAIR.
@@ -104,7 +105,8 @@ def lesion_table(
     )
     confluent = {} if label_table is None else dict(zip(label_table["lesion_id"], label_table["flag_confluent"]))
 
-    pad_vox = np.ceil(shell_mm / zooms).astype(int) + 2
+    band_mm = max(shell_mm, float(zooms.max()))
+    pad_vox = np.ceil(band_mm / zooms).astype(int) + 2
     records = []
     for lesion_id, bbox in enumerate(ndimage.find_objects(label_data), start=1):
         if bbox is None:
@@ -115,8 +117,8 @@ def lesion_table(
         depth_in = ndimage.distance_transform_edt(np.pad(lesion, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
         distance_out = ndimage.distance_transform_edt(~lesion, sampling=zooms)
         free_brain = brain[box] & (label_data[box] == 0)
-        shell = (lesion & (depth_in <= shell_mm)) | (free_brain & (distance_out <= shell_mm))
-        core = lesion & (depth_in > shell_mm)
+        shell = (lesion & (depth_in <= band_mm)) | (free_brain & (distance_out <= band_mm))
+        core = lesion & (depth_in > band_mm)
         if not core.any():
             core = lesion & (depth_in >= depth_in.max() - 0.5 * zooms.min())
         q = qsm_ppm[box]

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .normalise import nawm_mask
+from .normalise import flair_tissue_classes, nawm_mask
 
 #: Volume of a sphere 3 mm in diameter (NAIMS consensus minimum lesion size), mm³.
 NAIMS_MIN_VOLUME_MM3 = 14.1
@@ -65,19 +65,22 @@ def segment_lesions_flair(
     flair_on_qsm: nib.Nifti1Image,
     brain_mask: nib.Nifti1Image,
     *,
+    min_ratio_to_nawm: float = 1.4,
     z_threshold: float = 3.0,
     min_volume_mm3: float = NAIMS_MIN_VOLUME_MM3,
-    edge_margin_mm: float = 3.0,
+    edge_margin_mm: float = 2.0,
     seed: int = 0,
 ) -> nib.Nifti1Image:
     """Built-in lesion segmentation: FLAIR hyperintensity relative to normal-appearing white matter.
 
-    A voxel is lesion when its lightly smoothed FLAIR exceeds the NAWM median by ``z_threshold``
-    robust standard deviations of NAWM (1.4826 × MAD), it lies at least ``edge_margin_mm``
-    inside the brain (cortex and the brain edge are bright on FLAIR), and its component reaches
-    ``min_volume_mm3``. This is a simple intensity model, not a trained segmenter: it misses
-    faint and juxtacortical lesions and can over-segment bright grey matter. Use a rater's
-    mask whenever one exists.
+    A voxel is lesion when its lightly smoothed (σ = 0.5 voxel) FLAIR exceeds both
+    ``min_ratio_to_nawm`` × the NAWM median (lesions are 1.5–2.5 × white matter on FLAIR, cortex
+    about 1.2–1.3 ×) and the grey-matter level plus ``z_threshold`` robust standard deviations
+    of NAWM (1.4826 × MAD: noise must not lift grey matter over the line), lies at least
+    ``edge_margin_mm`` inside the brain (the brain edge is bright on FLAIR), and belongs to a
+    26-connected component of at least ``min_volume_mm3``. This is a simple intensity model,
+    not a trained segmenter: it misses faint lesions and lesions in the cortical ribbon and can
+    catch bright grey matter. Use a rater's mask whenever one exists.
     """
     zooms = voxel_sizes_mm(flair_on_qsm)
     brain = np.asarray(brain_mask.dataobj) > 0
@@ -88,9 +91,11 @@ def segment_lesions_flair(
     wm_values = data[nawm]
     median = float(np.median(wm_values))
     robust_sd = 1.4826 * float(np.median(np.abs(wm_values - median)))
+    gm_level = flair_tissue_classes(flair_on_qsm, brain_mask, seed=seed).gm_level
+    threshold = max(min_ratio_to_nawm * median, gm_level + z_threshold * robust_sd)
     smoothed = ndimage.gaussian_filter(data, sigma=0.5)
     depth_mm = ndimage.distance_transform_edt(np.pad(brain, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
-    lesion = (smoothed > median + z_threshold * robust_sd) & (depth_mm >= edge_margin_mm)
+    lesion = (smoothed > threshold) & (depth_mm >= edge_margin_mm)
     lesion = remove_small_components(lesion, min_volume_mm3 / voxel_volume_mm3(flair_on_qsm), _structure(26))
     return nib.Nifti1Image(lesion.astype(np.uint8), flair_on_qsm.affine)
 

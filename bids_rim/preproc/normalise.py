@@ -26,10 +26,11 @@ MAX_CLUSTER_SAMPLES = 50_000
 
 @dataclass(frozen=True)
 class TissueClasses:
-    """FLAIR intensity classes inside the brain: the two boundaries between CSF, WM and GM."""
+    """FLAIR intensity classes inside the brain: the grey-matter level and the class boundaries."""
 
     csf_wm_boundary: float
     wm_gm_boundary: float
+    gm_level: float
 
 
 def _zooms(img: nib.Nifti1Image) -> np.ndarray:
@@ -37,7 +38,7 @@ def _zooms(img: nib.Nifti1Image) -> np.ndarray:
 
 
 def flair_tissue_classes(flair: nib.Nifti1Image, brain_mask: nib.Nifti1Image, *, seed: int = 0) -> TissueClasses:
-    """Fit three FLAIR intensity classes (CSF < WM < GM) in the brain; return the class boundaries."""
+    """Fit three FLAIR intensity classes (CSF < WM < GM) in the brain; return boundaries and GM level."""
     data = np.asarray(flair.dataobj, dtype=np.float32)
     values = data[np.asarray(brain_mask.dataobj) > 0]
     rng = np.random.default_rng(seed)
@@ -47,7 +48,7 @@ def flair_tissue_classes(flair: nib.Nifti1Image, brain_mask: nib.Nifti1Image, *,
     values = np.clip(values, None, np.percentile(values, 99))
     kmeans = KMeans(n_clusters=3, n_init=4, random_state=seed).fit(values.reshape(-1, 1))
     centres = np.sort(kmeans.cluster_centers_.ravel())
-    return TissueClasses(float(centres[:2].mean()), float(centres[1:].mean()))
+    return TissueClasses(float(centres[:2].mean()), float(centres[1:].mean()), float(centres[2]))
 
 
 def nawm_mask(

@@ -1,9 +1,10 @@
 """One 3D patch per lesion for the models (docs/interfaces.md §3).
 
 Grid: P×P×P points on an isotropic grid aligned with the RAS world axes (axis 0 = x/right,
-1 = y/anterior, 2 = z/superior), centred on the lesion centroid snapped to the nearest QSM
-voxel centre. On the usual 1 mm axis-aligned QSM grid the samples then fall on voxel centres,
-so QSM is read, not interpolated; on oblique or anisotropic grids values are trilinear.
+1 = y/anterior, 2 = z/superior), centred on the lesion centroid, shifted by less than a voxel
+so that on an axis-aligned QSM grid with voxels of ``spacing_mm`` the samples fall exactly on
+voxel centres: QSM is then read, not interpolated. On oblique or other grids values are
+trilinear. With odd P the centre sample sits on the lesion centroid's voxel.
 Points outside the image are 0.
 
 Channels: ``qsm_ppm`` = QSM − NAWM median of QSM (ppm); ``flair_nawm`` = FLAIR / NAWM median of
@@ -70,7 +71,8 @@ def extract_patches(
     for n, lesion_id in enumerate(lesion_ids):
         bbox = bboxes[lesion_id - 1]
         ijk = np.argwhere(label_data[bbox] == lesion_id) + np.array([s.start for s in bbox])
-        centre_ijk = np.round(ijk.mean(axis=0))
+        half_width = (patch_size - 1) / 2.0
+        centre_ijk = np.round(ijk.mean(axis=0) - half_width) + half_width
         centre_xyz = nib.affines.apply_affine(qsm.affine, centre_ijk)
         radius_mm = np.linalg.norm(nib.affines.apply_affine(qsm.affine, ijk) - centre_xyz, axis=1).max() + half_voxel_mm
         needed_mm = (radius_mm + margin_mm) / (patch_size / 2.0)
