@@ -152,10 +152,13 @@ class Phantom:
 
     @partial_volume
     def magnitude(self, affine, shape, voxel_offset=(0, 0, 0)):
-        """GRE magnitude: tissue contrast of its own (iron-rich deep grey matter dark), head not masked."""
+        """GRE magnitude: tissue contrast of its own (iron-rich deep grey matter dark), a dark skull
+        and a scalp outside it; not masked."""
         p = world_points(affine, shape, voxel_offset)
         brain = self.brain_radius(p) <= 1.0
-        values = np.where(self.brain_radius(p) <= 1.25, 0.5, 0.0)
+        radius = self.brain_radius(p)
+        values = np.where(radius <= 1.3, 0.5, 0.0)  # scalp
+        values[(radius > 1.0) & (radius <= 1.12)] = 0.05  # skull: dark on GRE
         values[brain] = MAGNITUDE_LEVELS["wm"]
         values[brain & (self.depth_mm(p) < GM_THICKNESS_MM)] = MAGNITUDE_LEVELS["gm"]
         values[brain & self.deep_gm(p)] = MAGNITUDE_LEVELS["deep_gm"]
