@@ -81,6 +81,9 @@ def test_report_lists_every_lesion_rim_positive_first(tmp_path: Path, phantom) -
         assert f'id="ses-01-lesion-{lesion_id}"' in html
     assert "sub-001/figures/sub-001_ses-01_desc-reg_flair.png" in html
     assert "Volume (mm³)" in html and "QSM edge shell − core (ppb)" in html and "P(rim+)" in html
+    assert "Centroid i, j, k (QSM voxel)</td><td>26, 26, 22" in html
+    width, height = re.search(r'lesion003_mosaic\.png" alt="[^"]*" width="(\d+)" height="(\d+)"', html).groups()
+    assert matplotlib.image.imread(tmp_path / mosaics[0][0]).shape[:2] == (int(height), int(width))
     assert "run.seed" in html and "0.1.0" in html  # processing parameters, flattened
     # summary: 3 lesions, 415 mm³ (radii 3, 2, 4), 1 rim+, expected rim+ = 0.1 + 0.2 + 0.93
     summary_row = re.search(r"<td>ses-01</td>(.*?)</tr>", html, re.S).group(1)
@@ -109,7 +112,7 @@ def test_mosaic_shows_the_rim_on_qsm(tmp_path: Path, phantom) -> None:
                                     tmp_path / f"{lesion_id}.png")
         pixels = matplotlib.image.imread(out)[..., :3]
         height, width = pixels.shape[:2]
-        qsm_axial = pixels[int(0.15 * height):int(0.5 * height), int(0.06 * width):int(0.31 * width)]
+        qsm_axial = pixels[int(0.2 * height):int(0.55 * height), int(0.06 * width):int(0.31 * width)]
         brightness[lesion_id] = qsm_axial.mean()
     assert brightness[3] > brightness[1] + 0.02
 

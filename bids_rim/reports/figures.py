@@ -35,7 +35,8 @@ FLAIR_WINDOW_PERCENTILES = (1.0, 99.5)
 PNG_METADATA = {"Software": None}
 REPORT_DPI = 100
 
-LESION_OUTLINE_COLOUR = "#ffd21f"
+LESION_OUTLINE_COLOUR = "#ff2a2a"
+CENTROID_MARKER_COLOUR = "#ffd21f"
 FLAIR_EDGE_COLOUR = "#ff5a36"
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -133,19 +134,18 @@ def _mask_bounding_box(mask: np.ndarray, margin_vox: int = 2) -> tuple[slice, sl
     return tuple(slice(int(a), int(b)) for a, b in zip(low, high))  # type: ignore[return-value]
 
 
-def flair_edge_levels(flair_smooth: np.ndarray, brain_mask: np.ndarray, n_levels: int = 2) -> list[float]:
-    """Iso-intensity levels of smoothed FLAIR that trace its tissue boundaries.
+def flair_edge_level(flair_smooth: np.ndarray, brain_mask: np.ndarray) -> float | None:
+    """Iso-intensity level of smoothed FLAIR that traces its CSF/tissue boundaries.
 
-    The brain's FLAIR intensities are split at evenly spaced inner percentiles (35th and
-    70th for two levels); their iso-contours follow the CSF/grey-matter and
-    grey/white-matter boundaries, which is what a registration check needs to see.
+    Halfway between the dark end of the brain's FLAIR (5th percentile, CSF) and its median
+    (tissue): the iso-contour then outlines the ventricles, sulci and the brain surface, the
+    landmarks a registration check compares with QSM. One level keeps the overlay legible.
     """
     values = flair_smooth[brain_mask > 0]
     if values.size == 0:
-        return []
-    percentiles = np.linspace(35.0, 70.0, n_levels) if n_levels > 1 else [50.0]
-    levels = sorted(set(float(v) for v in np.percentile(values, percentiles)))
-    return levels
+        return None
+    dark, typical = np.percentile(values, [5.0, 50.0])
+    return float(0.5 * (dark + typical)) if typical > dark else None
 
 
 def registration_overlay(qsm: nib.Nifti1Image, flair_on_qsm: nib.Nifti1Image, brain_mask: nib.Nifti1Image,
@@ -161,14 +161,14 @@ def registration_overlay(qsm: nib.Nifti1Image, flair_on_qsm: nib.Nifti1Image, br
     mask = DisplayVolume(brain_mask).data > 0
     sigma_vox = 1.0 / qsm_volume.zooms_mm
     flair_smooth = ndimage.gaussian_filter(flair_volume.data, sigma=sigma_vox)
-    levels = flair_edge_levels(flair_smooth, mask)
+    level = flair_edge_level(flair_smooth, mask)
     qsm_ppb = _qsm_ppb_for_display(qsm_volume.data, mask)
     box = _mask_bounding_box(mask)
     colour_map = _grey_with_black_background()
     vmin_ppb, vmax_ppb = (1000.0 * v for v in QSM_WINDOW_PPM)
 
-    figure = plt.figure(figsize=(1.9 * n_slices + 0.8, 1.9 * 3 + 0.5), facecolor="black")
-    grid = figure.add_gridspec(3, n_slices, left=0.05, right=0.9, bottom=0.02, top=0.92, wspace=0.02, hspace=0.04)
+    figure = plt.figure(figsize=(1.6 * n_slices + 1.0, 1.9 * 3 + 0.5), facecolor="black")
+    grid = figure.add_gridspec(3, n_slices, left=0.05, right=0.88, bottom=0.02, top=0.92, wspace=0.02, hspace=0.04)
     image_artist = None
     for row, plane in enumerate(PLANES):
         horizontal, vertical, through = _plane_axes(plane)
@@ -184,9 +184,9 @@ def registration_overlay(qsm: nib.Nifti1Image, flair_on_qsm: nib.Nifti1Image, br
             mask_slice = _plane_slice(mask, plane, position)[box[vertical], box[horizontal]]
             image_artist = axes.imshow(qsm_slice, cmap=colour_map, vmin=vmin_ppb, vmax=vmax_ppb, origin="lower",
                                        extent=extent, interpolation="nearest")
-            if levels and np.ptp(flair_slice) > 0:
-                axes.contour(np.where(mask_slice, flair_slice, np.nan), levels=levels, colors=FLAIR_EDGE_COLOUR,
-                             linewidths=0.6, origin="lower", extent=extent)
+            if level is not None and np.nanmin(flair_slice) < level < np.nanmax(flair_slice):
+                axes.contour(np.where(mask_slice, flair_slice, np.nan), levels=[level], colors=FLAIR_EDGE_COLOUR,
+                             linewidths=0.8, origin="lower", extent=extent)
             axes.set_axis_off()
             world_mm = qsm_volume.affine[through, through] * position + qsm_volume.affine[through, 3]
             axes.text(0.03, 0.03, f"{'xyz'[through]} = {world_mm:+.0f} mm", color="white", fontsize=7,
@@ -231,9 +231,11 @@ class LesionMosaicRenderer:
 
     Layout: columns axial/coronal/sagittal through the lesion centroid, top row QSM (fixed
     window, colour bar in ppb; a small marker at each panel edge points at the centroid),
-    bottom row FLAIR with the lesion outline. The outline is drawn on FLAIR only so that
+    bottom row FLAIR with the lesion outline (red). The outline is drawn on FLAIR only so that
     a paramagnetic rim, which lies exactly on the lesion edge, stays unobstructed on QSM.
     """
+
+    FIGURE_SIZE_IN = (4.8, 3.05)
 
     def __init__(self, qsm: nib.Nifti1Image, flair_on_qsm: nib.Nifti1Image, labels: nib.Nifti1Image, *,
                  brain_mask: nib.Nifti1Image | None = None, half_width_mm: float = 12.0, dpi: int = REPORT_DPI):
@@ -249,13 +251,19 @@ class LesionMosaicRenderer:
         self._outlines: list[Any] = []
         self._build_figure()
 
+    @property
+    def size_px(self) -> tuple[int, int]:
+        """(width, height) of the PNGs this renderer writes."""
+        return (round(self.FIGURE_SIZE_IN[0] * self.dpi), round(self.FIGURE_SIZE_IN[1] * self.dpi))
+
     def _build_figure(self) -> None:
-        self.figure = plt.figure(figsize=(4.8, 3.3), facecolor="black")
+        width_in, height_in = self.FIGURE_SIZE_IN
+        self.figure = plt.figure(figsize=self.FIGURE_SIZE_IN, facecolor="black")
         vmin_ppb, vmax_ppb = (1000.0 * v for v in QSM_WINDOW_PPM)
         grey = _grey_with_black_background()
         self.panels: dict[tuple[str, str], tuple[plt.Axes, Any]] = {}
         panel_size, gap, left, bottom = 0.255, 0.01, 0.06, 0.02
-        height_fraction = panel_size * 4.8 / 3.3
+        height_fraction = panel_size * width_in / height_in
         for row, modality in enumerate(("qsm", "flair")):
             y = bottom + (1 - row) * (height_fraction + gap)
             for column, plane in enumerate(PLANES):
@@ -290,7 +298,7 @@ class LesionMosaicRenderer:
                                                 height_fraction - 0.04))
         colour_bar = self.figure.colorbar(self.panels[("qsm", "axial")][1], cax=colour_bar_axes)
         _style_colour_bar(colour_bar, "ppb")
-        self.title = self.figure.text(0.5, 0.975, "", color="white", fontsize=8, ha="center", va="top")
+        self.title = self.figure.text(0.5, 0.985, "", color="white", fontsize=8, ha="center", va="top")
 
     def _crop(self, volume: np.ndarray | np.ma.MaskedArray, centre: np.ndarray, plane: str) -> np.ma.MaskedArray:
         """Slice through ``centre`` cropped to the mosaic's half width; outside the image is masked."""
@@ -348,7 +356,7 @@ def _centroid_markers(axes: plt.Axes, extent: tuple[float, float, float, float])
     """Short ticks at the four panel edges that point at the centroid, leaving it clear."""
     x0, x1, y0, y1 = extent
     tick_x, tick_y = 0.12 * (x1 - x0), 0.12 * (y1 - y0)
-    style = {"color": "#4fc3f7", "linewidth": 1.0}
+    style = {"color": CENTROID_MARKER_COLOUR, "linewidth": 1.0}
     axes.plot([0, 0], [y0, y0 + tick_y], **style)
     axes.plot([0, 0], [y1 - tick_y, y1], **style)
     axes.plot([x0, x0 + tick_x], [0, 0], **style)

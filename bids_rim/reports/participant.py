@@ -166,6 +166,20 @@ def column_header(column: str) -> str:
     return COLUMN_DISPLAY.get(column, (column, ""))[0]
 
 
+def lesion_fields(row: Mapping[str, Any], columns: Sequence[str]) -> list[tuple[str, str]]:
+    """(header, value) rows of one lesion; each centroid's three coordinates share one row."""
+    fields = []
+    for column in columns:
+        if column.startswith("centroid_"):
+            if column in ("centroid_x_mm", "centroid_i"):
+                axes = ("x_mm", "y_mm", "z_mm") if column == "centroid_x_mm" else ("i", "j", "k")
+                header = "Centroid x, y, z (mm, RAS)" if column == "centroid_x_mm" else "Centroid i, j, k (QSM voxel)"
+                fields.append((header, ", ".join(format_value(f"centroid_{a}", row.get(f"centroid_{a}")) for a in axes)))
+            continue
+        fields.append((column_header(column), format_value(column, row[column])))
+    return fields
+
+
 def session_summary(table: pd.DataFrame) -> dict[str, Any]:
     """Counts a reader wants first: lesions, rim+ lesions, expected rim+ (sum of P), volume."""
     has_model = all(column in table.columns for column in RIM_COLUMNS)
@@ -242,6 +256,7 @@ def _render_session(output_dir: Path, subject: str, inputs: SessionReportInputs,
     with figures.LesionMosaicRenderer(images["qsm"], images["flair_on_qsm"], images["lesion_labels"],
                                       brain_mask=images["brain_mask"],
                                       half_width_mm=MOSAIC_HALF_WIDTH_MM) as renderer:
+        mosaic_width_px, mosaic_height_px = renderer.size_px
         for _, row in table.iterrows():
             lesion_id = int(row["lesion_id"])
             mosaic_png = figures_dir / _figure_name(subject, session, f"lesion{lesion_id:03d}", "mosaic")
@@ -253,7 +268,7 @@ def _render_session(output_dir: Path, subject: str, inputs: SessionReportInputs,
                 "lesion_id": f"{lesion_id:03d}",
                 "rim_positive": rim_label is not None and not pd.isna(rim_label) and int(rim_label) == 1,
                 "mosaic": mosaic_png.relative_to(output_dir).as_posix(),
-                "fields": [(column_header(c), format_value(c, row[c])) for c in present_columns],
+                "fields": lesion_fields(row, present_columns),
                 "overview": [format_value(c, row[c]) for c in overview_columns],
             })
     context = {
@@ -265,6 +280,7 @@ def _render_session(output_dir: Path, subject: str, inputs: SessionReportInputs,
         "errors": list(inputs.errors),
         "warnings": warnings,
         "mosaic_half_width_mm": int(MOSAIC_HALF_WIDTH_MM),
+        "mosaic_size_px": (mosaic_width_px, mosaic_height_px),
     }
     return context, written
 
