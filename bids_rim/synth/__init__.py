@@ -1,1 +1,5 @@
-"""The synthetic MS cohort (QSM + FLAIR BIDS datasets with ground truth)."""
+"""Synthetic MS cohort (QSM + FLAIR, BIDS) with ground truth: see docs/synth.md."""
+from .cohort import CohortSummary, generate_cohort
+from .params import SynthParams, get_params
+
+__all__ = ["CohortSummary", "generate_cohort", "SynthParams", "get_params"]

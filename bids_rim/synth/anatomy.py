@@ -1,0 +1,187 @@
+"""Subject anatomy: the MNI152 2009 template (shipped in nilearn) warped per subject.
+
+Coordinates: MNI mm (``m``), subject head mm (``y``, brain centre at 0, head-fixed) and scanner
+world mm (``x``, the QSM world; B0 along +z). A subject is ``m = c + y / scale + d(y)`` with a
+smooth displacement ``d``; a session places the head in the scanner with a rigid pose ``x = P y``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from .geometry import random_rigid, upsample_to
+from .params import AnatomyParams, TissueParams
+
+BRAIN_CENTRE_MNI = np.array([0.0, -18.0, 8.0])
+# Crop of the small (test) size, MNI mm (min, max) per axis: lateral ventricles, deep grey
+# nuclei, upper brainstem and the surrounding white matter and cortex.
+SMALL_CROP_MNI = np.array([[-50.0, 50.0], [-70.0, 30.0], [-35.0, 40.0]])
+
+# Deep grey nuclei as ellipsoids: name, right-hemisphere centre (MNI mm), semi-axes (mm),
+# susceptibility range name in TissueParams. Mirrored to the left hemisphere.
+DEEP_NUCLEI: tuple[tuple[str, tuple[float, float, float], tuple[float, float, float], str], ...] = (
+    ("caudate", (13.0, 12.0, 10.0), (4.5, 9.0, 8.0), "chi_caudate_ppm"),
+    ("putamen", (25.0, 3.0, 1.0), (5.5, 14.0, 9.0), "chi_putamen_ppm"),
+    ("globus_pallidus", (19.0, -3.0, -1.0), (3.5, 8.0, 4.5), "chi_globus_pallidus_ppm"),
+    ("thalamus", (11.0, -18.0, 7.0), (7.0, 13.0, 8.0), "chi_thalamus_ppm"),
+    ("red_nucleus", (5.0, -20.0, -9.0), (3.0, 3.5, 3.5), "chi_red_nucleus_ppm"),
+    ("substantia_nigra", (11.0, -19.0, -13.0), (3.0, 8.0, 2.5), "chi_substantia_nigra_ppm"),
+    ("dentate", (15.0, -57.0, -35.0), (7.0, 8.0, 6.0), "chi_dentate_ppm"),
+)
+
+
+@dataclass(frozen=True)
+class MniTemplate:
+    """MNI152 2009c symmetric 1 mm maps as float32 in [0, 1] (t1 normalised to WM = 1)."""
+
+    affine: np.ndarray
+    t1: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    brain: np.ndarray
+    ventricles: np.ndarray
+
+
+@lru_cache(maxsize=1)
+def load_mni_template() -> MniTemplate:
+    """Load the template from nilearn's wheel and derive a brain mask and the lateral ventricles."""
+    import nilearn
+
+    folder = os.path.join(os.path.dirname(nilearn.__file__), "datasets", "data")
+    maps = {}
+    for name in ("t1", "gm", "wm"):
+        path = os.path.join(folder, f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: MNI152 template missing from the nilearn install")
+        img = nib.load(path)
+        maps[name] = np.asarray(img.dataobj, dtype=np.float32) / 255.0
+        affine = img.affine
+    tissue = maps["gm"] + maps["wm"]
+    brain = ndimage.binary_closing(tissue > 0.3, iterations=3)
+    brain = ndimage.binary_fill_holes(brain)
+    csf = np.clip(brain - tissue, 0.0, 1.0) * brain
+    ijk = np.indices(brain.shape).reshape(3, -1)
+    mni = (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape((3, *brain.shape))
+    central = ((np.abs(mni[0]) < 30) & (mni[1] > -50) & (mni[1] < 35) & (mni[2] > -10)
+               & (mni[2] < 35))
+    labels, n = ndimage.label((csf > 0.6) & central)
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    ventricles = np.isin(labels, 1 + np.flatnonzero(sizes > 500)).astype(np.float32)
+    t1 = maps["t1"] / np.median(maps["t1"][maps["wm"] > 0.9])
+    return MniTemplate(affine, t1.astype(np.float32), maps["gm"], maps["wm"],
+                       brain.astype(np.float32), ventricles)
+
+
+@dataclass(frozen=True)
+class SubjectAnatomy:
+    """What makes one subject's brain: its size, warp and tissue susceptibilities."""
+
+    scale: np.ndarray                  # per-axis head size factor
+    deformation_mm: np.ndarray         # (3, n, n, n) displacement on a lattice in y mm
+    lattice_origin_mm: float
+    lattice_step_mm: float
+    chi_ppm: dict[str, float]
+
+    def y_to_mni(self, y_mm: np.ndarray) -> np.ndarray:
+        """Map subject points (3, N) to MNI mm."""
+        lattice = (y_mm - self.lattice_origin_mm) / self.lattice_step_mm
+        disp = np.stack([ndimage.map_coordinates(d, lattice, order=1, mode="nearest")
+                         for d in self.deformation_mm])
+        return BRAIN_CENTRE_MNI[:, None] + y_mm / self.scale[:, None] + disp
+
+    def mni_to_y(self, m_mm: np.ndarray) -> np.ndarray:
+        """Approximate inverse of :meth:`y_to_mni` (two fixed-point steps; error < 0.1 mm)."""
+        y = (m_mm - BRAIN_CENTRE_MNI[:, None]) * self.scale[:, None]
+        for _ in range(2):
+            residual = m_mm - self.y_to_mni(y)
+            y = y + residual * self.scale[:, None]
+        return y
+
+
+def draw_subject_anatomy(rng: np.random.Generator, anatomy: AnatomyParams,
+                         tissue: TissueParams) -> SubjectAnatomy:
+    """Draw one subject: head size, smooth warp and tissue susceptibilities."""
+    scale = rng.uniform(*anatomy.scale_range, size=3)
+    step = 8.0
+    n = 31  # lattice of 8 mm covering +-120 mm
+    raw = rng.standard_normal((3, n, n, n))
+    smooth = np.stack([ndimage.gaussian_filter(r, anatomy.deformation_scale_mm / step / 2.0)
+                       for r in raw])
+    smooth *= anatomy.deformation_mm_sd / (smooth.std() + 1e-12)
+    chi = {name: float(rng.uniform(*getattr(tissue, name)))
+           for name in tissue.__dataclass_fields__ if name.startswith("chi_")
+           and isinstance(getattr(tissue, name), tuple)}
+    return SubjectAnatomy(scale, smooth.astype(np.float32), -step * (n - 1) / 2, step, chi)
+
+
+def draw_head_pose(rng: np.random.Generator, anatomy: AnatomyParams) -> np.ndarray:
+    """Rigid 4x4 placing the head (y) in the scanner (x): the head is never perfectly straight."""
+    pose, _, _ = random_rigid(rng, 2.0 * anatomy.rotation_deg_sd, 2.0 * anatomy.translation_mm_sd)
+    return pose
+
+
+@dataclass
+class AnatomyMaps:
+    """Tissue maps of one session on the QSM grid (scanner world)."""
+
+    mni_mm: np.ndarray          # (3, *shape) MNI coordinates of every voxel
+    brain: np.ndarray           # float 0..1
+    wm: np.ndarray
+    gm: np.ndarray
+    csf: np.ndarray
+    ventricles: np.ndarray
+    deep_gm: np.ndarray         # float 0..1, union of the nuclei
+    t1_head: np.ndarray         # template T1 (WM = 1) for tissue outside the brain
+
+
+def render_anatomy(subject: SubjectAnatomy, pose: np.ndarray, affine: np.ndarray,
+                   shape: tuple[int, int, int]) -> AnatomyMaps:
+    """Sample the warped template on a grid (affine: voxel -> scanner mm)."""
+    template = load_mni_template()
+    coarse_idx = [np.linspace(0, n - 1, max(2, int(np.ceil(n / 4)) + 1)) for n in shape]
+    ijk = np.stack(np.meshgrid(*coarse_idx, indexing="ij")).reshape(3, -1)
+    x = affine[:3, :3] @ ijk + affine[:3, 3:4]
+    inv_pose = np.linalg.inv(pose)
+    y = inv_pose[:3, :3] @ x + inv_pose[:3, 3:4]
+    m_coarse = subject.y_to_mni(y).reshape((3, *[len(c) for c in coarse_idx])).astype(np.float32)
+    mni_mm = np.stack([upsample_to(c, shape) for c in m_coarse])
+    inv_t = np.linalg.inv(template.affine).astype(np.float32)
+    vox = np.einsum("ij,j...->i...", inv_t[:3, :3], mni_mm) + inv_t[:3, 3].reshape(3, 1, 1, 1)
+
+    def sample(volume: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(volume, vox, order=1, mode="constant", cval=0.0,
+                                       prefilter=False).astype(np.float32)
+
+    brain = sample(template.brain)
+    gm, wm = sample(template.gm), sample(template.wm)
+    csf = np.clip(brain - gm - wm, 0.0, 1.0)
+    deep_gm = deep_nuclei_fractions(mni_mm, float(np.abs(affine[:3, :3]).max()))
+    return AnatomyMaps(mni_mm, brain, wm, gm, csf, sample(template.ventricles),
+                       np.clip(sum(deep_gm.values()), 0, 1) * brain, sample(template.t1))
+
+
+def deep_nuclei_fractions(mni_mm: np.ndarray, voxel_mm: float) -> dict[str, np.ndarray]:
+    """Soft (partial-volume) membership of each deep grey nucleus, both hemispheres merged."""
+    out: dict[str, np.ndarray] = {}
+    for name, centre, axes, _ in DEEP_NUCLEI:
+        frac = np.zeros(mni_mm.shape[1:], dtype=np.float32)
+        for side in (1.0, -1.0):
+            c = np.array([side * centre[0], centre[1], centre[2]])
+            lo, hi = c - np.array(axes) - 2, c + np.array(axes) + 2
+            inside = np.all((mni_mm > lo[:, None, None, None]) & (mni_mm < hi[:, None, None, None]),
+                            axis=0)
+            if not inside.any():
+                continue
+            idx = np.nonzero(inside)
+            box = tuple(slice(i.min(), i.max() + 1) for i in idx)
+            rel = [(mni_mm[a][box] - c[a]) / axes[a] for a in range(3)]
+            radius = np.sqrt(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2)
+            frac[box] = np.maximum(frac[box],
+                                   np.clip((1 - radius) * min(axes) / voxel_mm + 0.5, 0, 1))
+        out[name] = frac
+    return out

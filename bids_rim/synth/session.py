@@ -1,0 +1,209 @@
+"""One imaging session: paint the truth on the QSM grid, then acquire QSM, GRE and FLAIR."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .anatomy import (BRAIN_CENTRE_MNI, SMALL_CROP_MNI, SubjectAnatomy, load_mni_template,
+                      render_anatomy, draw_head_pose)
+from .geometry import (grid_affine, random_rigid, resample, rotation_matrix,
+                       smooth_random_field)
+from .lesions import Lesion, lesion_fractions
+from .painting import tube_fraction
+from .params import SynthParams
+from .population import Site
+from .qsm import DipoleModel
+from .tissue import build_property_maps
+from .vessels import Tube
+
+FULL_BRAIN_MNI = np.array([[-72.0, 72.0], [-108.0, 74.0], [-72.0, 82.0]])
+
+
+@dataclass
+class SessionImages:
+    """Everything a session produces (arrays with their affines) plus the truth."""
+
+    qsm_affine: np.ndarray
+    qsm_ppm: np.ndarray
+    qsm_clean_ppm: np.ndarray     # same reconstruction without field noise (oracle only)
+    magnitude: np.ndarray
+    truth_labels: np.ndarray      # true lesion ids on the QSM grid
+    rim_fraction: np.ndarray      # true rim partial volume on the QSM grid
+    brain_mask: np.ndarray
+    flair_affine: np.ndarray
+    flair: np.ndarray
+    flair_lesion_fraction: np.ndarray
+    flair_lesion_labels: np.ndarray
+    qsm_to_flair_ras: np.ndarray
+    rotation_deg: float
+    translation_mm: float
+
+
+def qsm_spacing(site: Site, size: str) -> float:
+    """QSM voxel size: the site's for ``full``; 1.0-1.4 mm for the cropped ``small`` size."""
+    return site.qsm_spacing_mm if size == "full" else round(1.0 + (site.qsm_spacing_mm - 0.6), 2)
+
+
+def _qsm_grid(subject: SubjectAnatomy, pose: np.ndarray, spacing: float, size: str,
+              rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int]]:
+    box = (FULL_BRAIN_MNI if size == "full" else SMALL_CROP_MNI) - BRAIN_CENTRE_MNI[:, None]
+    margin = 4.0 if size == "full" else 0.0
+    corners = np.array(np.meshgrid(*box, indexing="ij")).reshape(3, -1)
+    corners = corners * subject.scale.max()
+    x = pose[:3, :3] @ corners + pose[:3, 3:4]
+    lo, hi = x.min(axis=1) - margin, x.max(axis=1) + margin
+    if size == "small":  # the crop box is axis-aligned in the head, not after rotation
+        centre, extent = (lo + hi) / 2, (box[:, 1] - box[:, 0]) * subject.scale.max()
+        lo, hi = centre - extent / 2, centre + extent / 2
+    shape = tuple(int(np.ceil(e / spacing)) for e in hi - lo)
+    centre = (lo + hi) / 2 + rng.uniform(-2, 2, size=3)
+    return grid_affine(np.full(3, spacing), shape, centre), shape
+
+
+def simulate_session(subject: SubjectAnatomy, lesions: list[Lesion], veins: list[Tube],
+                     site: Site, params: SynthParams, size: str,
+                     rng: np.random.Generator) -> SessionImages:
+    """Render the truth on the QSM grid and acquire all images of one session."""
+    tissue = params.tissue
+    pose = draw_head_pose(rng, params.anatomy)
+    spacing = qsm_spacing(site, size)
+    affine, shape = _qsm_grid(subject, pose, spacing, size, rng)
+    anat = render_anatomy(subject, pose, affine, shape)
+    props = build_property_maps(anat, subject, tissue, rng, spacing)
+    chi_wm = subject.chi_ppm["chi_wm_ppm"]
+
+    labels = np.zeros(shape, dtype=np.int16)
+    best = np.zeros(shape, dtype=np.float32)
+    rim_total = np.zeros(shape, dtype=np.float32)
+    for lesion in lesions:
+        fr = lesion_fractions(lesion, pose, affine, shape)
+        if fr is None:
+            continue
+        b = fr.box
+        f = fr.lesion * (1 - anat.ventricles[b]) * (anat.brain[b] > 0.5)
+        rim = fr.rim * f
+        chi_lesion = chi_wm + lesion.core_chi_ppb / 1000.0
+        props.chi_ppm[b] = props.chi_ppm[b] * (1 - f) + f * chi_lesion + rim * (
+            lesion.rim_chi_ppb - lesion.core_chi_ppb) / 1000.0
+        props.flair[b] = props.flair[b] * (1 - f) + f * lesion.flair_ratio * tissue.flair_wm
+        props.r2star_hz[b] = (props.r2star_hz[b] * (1 - f) + f * (
+            tissue.r2star_wm_hz + tissue.r2star_lesion_change_hz
+            + tissue.r2star_per_ppm_iron_hz * max(lesion.core_chi_ppb, 0) / 1000)
+            + rim * tissue.r2star_per_ppm_iron_hz * lesion.rim_chi_ppb / 1000)
+        props.proton_density[b] += f * tissue.proton_density_lesion_change
+        won = (f >= 0.5) & (f > best[b])
+        labels[b][won] = lesion.lesion_id
+        best[b] = np.maximum(best[b], f)
+        rim_total[b] = np.maximum(rim_total[b], rim)
+
+    to_vox = np.linalg.inv(affine) @ pose
+    vein_frac = np.zeros(shape, dtype=np.float32)
+    for tube in veins + [t for lesion in lesions for t in lesion.veins]:
+        pts = (to_vox[:3, :3] @ tube.points_y_mm.T + to_vox[:3, 3:4]).T
+        tube_fraction(shape, pts, tube.radius_mm / spacing, out=vein_frac)
+    chi_vein = subject.chi_ppm["chi_vein_ppm"]
+    props.chi_ppm += vein_frac * (chi_vein - props.chi_ppm)
+    props.flair += vein_frac * (tissue.flair_vein - props.flair)
+    props.r2star_hz += vein_frac * (tissue.r2star_vein_hz - props.r2star_hz)
+    for lesion in lesions:
+        if lesion.calcification_y_mm is None:
+            continue
+        centre = to_vox[:3, :3] @ lesion.calcification_y_mm + to_vox[:3, 3]
+        calc = tube_fraction(shape, np.stack([centre, centre + 1e-3]),
+                             lesion.calcification_radius_mm / spacing)
+        props.chi_ppm += calc * (lesion.calcification_chi_ppm - props.chi_ppm)
+        props.r2star_hz += calc * 60.0
+        props.flair *= 1 - 0.5 * calc
+
+    brain_mask = (anat.brain > 0.5).astype(np.float32)
+    magnitude_clean = props.proton_density * np.exp(
+        -params.sites.gre_echo_time_s * props.r2star_hz)
+    qsm, qsm_clean = _acquire_qsm(props.chi_ppm * (anat.brain > 0.05), brain_mask,
+                                  magnitude_clean, anat, site, spacing, rng)
+    sigma_gre = float(np.median(magnitude_clean[anat.wm > 0.9])) / site.gre_snr
+    magnitude = _rician(magnitude_clean, sigma_gre, rng) * site.flair_intensity_scale * 2
+
+    flair_parts = _acquire_flair(props.flair, best, labels, affine, shape, subject, pose, site,
+                                 params, size, rng)
+    return SessionImages(affine, qsm, qsm_clean, magnitude, labels, rim_total,
+                         brain_mask.astype(bool), *flair_parts)
+
+
+def _acquire_qsm(chi_ppm, mask, magnitude, anat, site: Site, spacing, rng):
+    """Field from the dipole kernel, field noise scaled by 1/magnitude, Tikhonov inversion."""
+    model = DipoleModel(chi_ppm.shape, spacing, site.tikhonov_lambda)
+    field = model.field_ppm(chi_ppm)
+    field += smooth_random_field(rng, chi_ppm.shape, 40.0 / spacing,
+                                 site.residual_background_ppb / 1000.0)
+    reference = float(np.median(magnitude[anat.wm > 0.9]))
+    noise_scale = np.clip(reference / np.maximum(magnitude, 1e-6), 1.0, 5.0)
+    sigma_field = site.qsm_noise_ppb / 1000.0 / model.noise_gain()
+    noise = rng.standard_normal(chi_ppm.shape, dtype=np.float32) * sigma_field * noise_scale
+    clean = model.invert(field, mask)
+    noisy = clean + model.invert(noise, mask)
+    csf = (anat.ventricles > 0.8) & (mask > 0)
+    offset = float(np.median(noisy[csf])) if csf.sum() > 20 else 0.0
+    return ((noisy - offset) * mask).astype(np.float32), ((clean - offset) * mask).astype(np.float32)
+
+
+def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    real = signal + rng.standard_normal(signal.shape, dtype=np.float32) * sigma
+    imag = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
+    return np.sqrt(real ** 2 + imag ** 2).astype(np.float32)
+
+
+def _acquire_flair(flair_truth, lesion_frac, labels, qsm_affine, qsm_shape, subject, pose, site,
+                   params: SynthParams, size, rng):
+    """Resample the FLAIR signal through the head motion onto the FLAIR grid; bias and noise."""
+    sp = params.sites
+    qsm_centre = qsm_affine[:3, :3] @ ((np.array(qsm_shape) - 1) / 2) + qsm_affine[:3, 3]
+    motion, angle, shift = random_rigid(rng, sp.head_offset_deg[1], sp.head_offset_mm[1],
+                                        sp.head_offset_deg[0], sp.head_offset_mm[0],
+                                        centre_mm=pose[:3, 3])
+    if site.flair_protocol == "3D":
+        spacing = np.array([1.0, 1.0, 1.0])
+    else:
+        spacing = np.array([0.9, 0.9, 3.0])
+    if size == "small":
+        spacing = spacing * np.array([1.2, 1.2, 1.0 if site.flair_protocol == "2D" else 1.2])
+    tilt = rotation_matrix(rng.normal(size=3) * site.flair_oblique_deg / np.sqrt(3))
+    extent = np.array(qsm_shape) * np.abs(np.diag(qsm_affine)[:3]) + (40.0 if size == "full" else 16.0)
+    shape = tuple(int(np.ceil(e / s)) for e, s in zip(extent, spacing))
+    flair_affine = grid_affine(spacing, shape, motion[:3, :3] @ qsm_centre + motion[:3, 3]
+                               + rng.uniform(-5, 5, size=3), tilt)
+    to_qsm_world = np.linalg.inv(motion)
+    normal = flair_affine[:3, 2] / np.linalg.norm(flair_affine[:3, 2])
+    offsets = [-1.0, 0.0, 1.0] if site.flair_protocol == "2D" else [0.0]
+    signal = np.zeros(shape, dtype=np.float32)
+    coverage = np.zeros(shape, dtype=np.float32)
+    head = _template_head(flair_affine, shape, subject, pose, to_qsm_world)
+    ones = np.ones(qsm_shape, dtype=np.float32)
+    for off in offsets:  # thick 2D slices average the signal across the slice profile
+        shifted = flair_affine.copy()
+        shifted[:3, 3] += normal * off
+        signal += resample(flair_truth, qsm_affine, shifted, shape, to_qsm_world) / len(offsets)
+        coverage += resample(ones, qsm_affine, shifted, shape, to_qsm_world) / len(offsets)
+    signal = signal + (1 - coverage) * head
+    bias = np.exp(smooth_random_field(rng, shape, 120.0 / spacing.min(), 1.0))
+    bias = 1 + sp.flair_bias_amplitude * np.tanh(np.log(bias))
+    sigma = 1.0 / site.flair_snr
+    flair = _rician(signal * bias, sigma, rng) * site.flair_intensity_scale
+    frac = resample(lesion_frac, qsm_affine, flair_affine, shape, to_qsm_world)
+    flair_labels = resample(labels.astype(np.float32), qsm_affine, flair_affine, shape,
+                            to_qsm_world, order=0)
+    return (flair_affine, np.round(flair).astype(np.int16), frac, flair_labels.astype(np.int16),
+            motion, angle, shift)
+
+
+def _template_head(flair_affine, shape, subject: SubjectAnatomy, pose, to_qsm_world):
+    """FLAIR-like signal of the head from the template (affine part only), outside the QSM FOV."""
+    t = load_mni_template()
+    y_to_mni = np.eye(4)
+    y_to_mni[:3, :3] = np.diag(1 / subject.scale)
+    y_to_mni[:3, 3] = BRAIN_CENTRE_MNI
+    world_map = y_to_mni @ np.linalg.inv(pose) @ to_qsm_world
+    csf = np.clip(t.brain - t.gm - t.wm, 0, 1)
+    template_flair = t.wm + 1.3 * t.gm + 0.2 * csf + (1 - t.brain) * 0.8 * np.clip(t.t1, 0, 2)
+    return resample(template_flair.astype(np.float32), t.affine, flair_affine, shape, world_map)
