@@ -301,8 +301,7 @@ def write_participant_report(output_dir: Path | str, subject_label: str, session
     ``errors``/``warnings`` are subject-wide messages (sessions carry their own).
     """
     output_dir = Path(output_dir)
-    subject = _clean_label(subject_label, "sub", "participant")
-    assert subject is not None
+    subject = _clean_label(str(subject_label), "sub", "participant")
     figures_dir = output_dir / f"sub-{subject}" / "figures"
     session_contexts, written = [], set()
     for inputs in sessions:
