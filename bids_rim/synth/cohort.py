@@ -20,7 +20,7 @@ from .rater import missed_lesions, rater_mask, rater_rim_label
 from .session import qsm_spacing, simulate_session
 from .sidecars import (annotation_sidecar, dataset_description, flair_sidecar, mask_sidecar,
                        participants_sidecar, qsm_sidecar, readme_text, rim_dseg_table,
-                       t2starw_sidecar, truth_columns)
+                       rim_dseg_sidecar, t2starw_sidecar, truth_columns)
 from .vessels import draw_vein_tree
 
 
@@ -173,6 +173,7 @@ def _write_session(out: Path, person, subject, lesions, veins, params, size, ses
     write_nifti(rim_dir / f"{prefix}_space-QSM_desc-rim_dseg.nii.gz", dseg, images.qsm_affine,
                 np.uint8)
     write_tsv(rim_dir / f"{prefix}_space-QSM_desc-rim_dseg.tsv", rim_dseg_table())
+    write_json(rim_dir / f"{prefix}_space-QSM_desc-rim_dseg.json", rim_dseg_sidecar(sub, ses))
 
     truth = out / "sourcedata" / "synth_truth"
     write_tsv(truth / f"{prefix}_truth.tsv", pd.DataFrame(rows, columns=truth_columns()))

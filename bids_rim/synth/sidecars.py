@@ -53,6 +53,12 @@ def mask_sidecar(sub: str, ses: str) -> dict:
             "SpatialReference": f"bids::{sub}/{ses}/anat/{sub}_{ses}_FLAIR.nii.gz"}
 
 
+def rim_dseg_sidecar(sub: str, ses: str) -> dict:
+    qsm = f"bids::{sub}/{ses}/anat/{sub}_{ses}_Chimap.nii.gz"
+    return {"Description": "rater's rim labels on the QSM grid (see the dseg.tsv for the labels)",
+            "Sources": [qsm], "SpatialReference": qsm}
+
+
 def annotation_sidecar() -> dict:
     return {"lesion_id": {"Description": "lesion identifier (same ids as the truth label map)"},
             "x_mm": {"Description": "lesion centroid, QSM world RAS", "Units": "mm"},

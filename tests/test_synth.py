@@ -1,0 +1,149 @@
+"""Tests of bids_rim.synth: what the written images show, measured from the volumes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from bids_rim.synth import generate_cohort
+
+VALIDATOR = Path(sys.executable).parent / "bids-validator-deno"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "cohort"
+    generate_cohort(out, n_subjects=6, n_sites=2, size="small", seed=11, progress=False)
+    return out
+
+
+def _sessions(root: Path):
+    for qsm in sorted(root.glob("sub-*/ses-*/anat/*_Chimap.nii.gz")):
+        yield qsm.name.replace("_Chimap.nii.gz", ""), qsm.parent
+
+
+def _shell_core(qsm, labels, lesion_id, spacing):
+    inside = labels == lesion_id
+    depth = ndimage.distance_transform_edt(inside) * spacing
+    shell, core = inside & (depth <= 1.5), inside & (depth > 1.5)
+    if not core.any():
+        return None
+    return float(np.median(qsm[shell]) - np.median(qsm[core]))
+
+
+def test_rim_positive_lesions_have_a_brighter_edge_than_core(cohort):
+    contrasts = {0: [], 1: []}
+    for prefix, anat in _sessions(cohort):
+        qsm_img = nib.load(anat / f"{prefix}_Chimap.nii.gz")
+        qsm = qsm_img.get_fdata()
+        labels = np.asarray(nib.load(cohort / "sourcedata" / "synth_truth" /
+                                     f"{prefix}_desc-truth_lesions.nii.gz").dataobj)
+        sub, ses = prefix.split("_")
+        table = pd.read_csv(cohort / "derivatives" / "rim_annotations" / sub / ses / "anat" /
+                            f"{prefix}_desc-rim_annotations.tsv", sep="\t")
+        for row in table.itertuples():
+            value = _shell_core(qsm, labels, row.lesion_id, qsm_img.header.get_zooms()[0])
+            if value is not None:
+                contrasts[row.rim].append(1000 * value)
+    assert len(contrasts[1]) >= 3
+    assert np.median(contrasts[1]) > 5.0
+    assert np.median(contrasts[1]) > np.median(contrasts[0]) + 5.0
+
+
+def test_counts_and_prevalence_fall_in_range(cohort):
+    n_lesions, n_rim = [], 0
+    for prefix, anat in _sessions(cohort):
+        labels = np.asarray(nib.load(cohort / "sourcedata" / "synth_truth" /
+                                     f"{prefix}_desc-truth_lesions.nii.gz").dataobj)
+        n_lesions.append(len(np.unique(labels[labels > 0])))
+        sub, ses = prefix.split("_")
+        dseg = np.asarray(nib.load(cohort / "derivatives" / "rim_annotations" / sub / ses / "anat" /
+                                   f"{prefix}_space-QSM_desc-rim_dseg.nii.gz").dataobj)
+        n_rim += len(np.unique(labels[(dseg >= 2) & (labels > 0)]))
+    assert all(3 <= n <= 80 for n in n_lesions)
+    assert 0.02 <= n_rim / sum(n_lesions) <= 0.3
+
+
+def test_mimics_are_present(cohort):
+    """Some rim- lesions are paramagnetic as a whole, some carry a bright vein (>100 ppb)."""
+    diffuse = veins = 0
+    for prefix, anat in _sessions(cohort):
+        qsm = nib.load(anat / f"{prefix}_Chimap.nii.gz").get_fdata() * 1000
+        labels = np.asarray(nib.load(cohort / "sourcedata" / "synth_truth" /
+                                     f"{prefix}_desc-truth_lesions.nii.gz").dataobj)
+        nawm = np.median(qsm[(labels == 0) & (qsm != 0)])
+        sub, ses = prefix.split("_")
+        table = pd.read_csv(cohort / "derivatives" / "rim_annotations" / sub / ses / "anat" /
+                            f"{prefix}_desc-rim_annotations.tsv", sep="\t")
+        for row in table[table.rim == 0].itertuples():
+            values = qsm[labels == row.lesion_id]
+            diffuse += np.median(values) > nawm + 10
+            veins += values.max() > 100
+    assert diffuse >= 1 and veins >= 1
+
+
+def test_flair_and_qsm_are_misaligned_in_world_space(cohort):
+    offsets = []
+    for prefix, anat in _sessions(cohort):
+        sub, ses = prefix.split("_")
+        mask_img = nib.load(cohort / "derivatives" / "lesion_masks" / sub / ses / "anat" /
+                            f"{prefix}_space-FLAIR_label-lesion_mask.nii.gz")
+        labels_img = nib.load(cohort / "sourcedata" / "synth_truth" /
+                              f"{prefix}_desc-truth_lesions.nii.gz")
+        flair_c = mask_img.affine[:3, :3] @ np.argwhere(np.asarray(mask_img.dataobj)).mean(0) + mask_img.affine[:3, 3]
+        qsm_c = labels_img.affine[:3, :3] @ np.argwhere(np.asarray(labels_img.dataobj) > 0).mean(0) + labels_img.affine[:3, 3]
+        offsets.append(np.linalg.norm(flair_c - qsm_c))
+    assert max(offsets) > 1.0
+
+
+def test_qsm_is_zero_outside_brain_and_in_ppm(cohort):
+    prefix, anat = next(_sessions(cohort))
+    qsm = nib.load(anat / f"{prefix}_Chimap.nii.gz").get_fdata()
+    assert (qsm == 0).mean() > 0.05
+    assert 0.002 < np.std(qsm[qsm != 0]) < 0.1
+    assert json.loads((anat / f"{prefix}_Chimap.json").read_text())["Units"] == "ppm"
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_same_bytes(tmp_path):
+    for name in ("a", "b"):
+        generate_cohort(tmp_path / name, n_subjects=1, size="small", seed=3, progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+
+
+@pytest.mark.parametrize("sub", ["", "derivatives/lesion_masks", "derivatives/rim_annotations"])
+def test_bids_validator_finds_no_error(cohort, sub):
+    result = subprocess.run([str(VALIDATOR), str(cohort / sub)], capture_output=True, text=True,
+                            timeout=120)
+    assert "[ERROR]" not in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+def test_cli_as_a_user_types_it(tmp_path):
+    exe = Path(sys.executable).parent / "bids_rim-synth"
+    help_text = subprocess.run([str(exe), "--help"], capture_output=True, text=True).stdout
+    for option in ("--subjects", "--sites", "--sessions", "--difficulty", "--size", "--seed",
+                   "--montage"):
+        assert option in help_text
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([str(exe), str(tmp_path / "c"), "--subjects", "1", "--size", "small",
+                          "--seed", "4", "--montage", str(tmp_path / "m.png")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "oracle PR AUC" in run.stdout
+    assert (tmp_path / "m.png").stat().st_size > 1000
+    bad = subprocess.run([str(exe), str(tmp_path / "d"), "--subjects", "0"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--subjects" in bad.stderr
