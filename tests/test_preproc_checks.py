@@ -18,7 +18,7 @@ from bids_rim.preproc.checks import (
     load_nifti,
     thick_slice_warning,
 )
-from test_preproc_phantom import Phantom, grid_affine, qsm_grid
+from tests.test_preproc_phantom import Phantom, grid_affine, qsm_grid
 
 
 def _one_line_naming(error: pytest.ExceptionInfo, name: str) -> None:

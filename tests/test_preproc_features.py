@@ -10,7 +10,7 @@ from bids_rim.preproc.features import LESION_TABLE_COLUMNS, lesion_table, ventri
 from bids_rim.preproc.lesions import label_lesions
 from bids_rim.preproc.normalise import nawm_mask, nawm_median
 from bids_rim.preproc.patches import CHANNELS, extract_patches, load_patch_spacing_mm, load_patches, save_patches
-from test_preproc_phantom import (
+from tests.test_preproc_phantom import (
     FLAIR_LEVELS,
     QSM_LEVELS,
     VENTRICLES,

@@ -9,7 +9,7 @@ import pytest
 from bids_rim.preproc.bias import n4_bias_correct
 from bids_rim.preproc.brainmask import mask_from_magnitude, mask_from_template, otsu_threshold, qsm_support_mask
 from bids_rim.preproc.transforms import rigid_matrix
-from test_preproc_phantom import Phantom, grid_affine, qsm_grid
+from tests.test_preproc_phantom import Phantom, grid_affine, qsm_grid
 
 
 def dice(a, b):

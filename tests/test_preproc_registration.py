@@ -17,7 +17,7 @@ from bids_rim.preproc.transforms import (
     translation_mm,
     write_itk_rigid,
 )
-from test_preproc_phantom import Phantom, grid_affine, qsm_grid
+from tests.test_preproc_phantom import Phantom, grid_affine, qsm_grid
 
 OBLIQUE = rigid_matrix((12.0, -5.0, 20.0), (0, 0, 0))[:3, :3]
 TRUE_QSM_TO_FLAIR = rigid_matrix((4.0, -3.0, 5.0), (3.0, -2.0, 4.0))

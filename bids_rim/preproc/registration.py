@@ -2,9 +2,10 @@
 
 Mutual information (Mattes, 32 bins), rigid (Euler) transform, the schedule of ANTs' own
 "Rigid" preset (four levels, shrink 6, 4, 2, 1, smoothing 3, 2, 1, 0 voxels, gradient step
-0.25, stop when the metric changes by < 1e-6 over 10 iterations) but with every shrink factor
-multiplied so that the finest level works at about 2 mm voxels — finer data add time, not
-accuracy. Regular sampling of 20 % of the fixed voxels inside the fixed mask grown by 5 mm, with an
+0.25, stop when the metric changes by < 1e-6 over 10 iterations; at most 200, 100, 50, 25
+iterations instead of 1000, 500, 250, 100, which on a 1 mm phantom head was 20 % faster and as
+accurate: 0.17° and 0.03 mm), run on both images first brought to about 2 mm voxels
+(:func:`downsample_to_spacing`) — finer data add time, not accuracy. Regular sampling of 20 % of the fixed voxels inside the fixed mask grown by 5 mm, with an
 explicit random seed: the same inputs, seed and thread count give the same matrix. The start is
 the translation that aligns the centroids of the two foregrounds, so FOV offsets of several
 centimetres are fine. antsRegistration is called directly (not through ``ants.registration``)
@@ -23,6 +24,7 @@ from scipy import ndimage
 from ants.internal import get_lib_fn, get_pointer_string
 
 from .antsio import to_ants
+from .resample import resample_mask_to_reference, resample_to_reference
 from .transforms import lps_to_ras_transform, write_itk_rigid
 
 #: The finest resolution level works at about this voxel size; finer data add time, not accuracy.
@@ -30,7 +32,7 @@ FINEST_LEVEL_MM = 2.0
 #: Relative shrink factors and smoothing (in voxels of each level) of the three levels.
 LEVEL_SHRINK = (6, 4, 2, 1)
 SMOOTHING_SIGMAS_VOX = (3, 2, 1, 0)
-ITERATIONS = (1000, 500, 250, 100)
+ITERATIONS = (200, 100, 50, 25)
 SAMPLING_RATE = 0.2
 GRADIENT_STEP = 0.25
 HISTOGRAM_BINS = 32
@@ -59,6 +61,29 @@ def initial_translation(moving: nib.Nifti1Image, fixed: nib.Nifti1Image, fixed_m
     matrix = np.eye(4)
     matrix[:3, 3] = _centroid_ras(moving, foreground_mask(moving)) - _centroid_ras(fixed, fixed_fg)
     return matrix
+
+
+def downsample_to_spacing(img: nib.Nifti1Image, spacing_mm: float) -> nib.Nifti1Image:
+    """The image on a grid of the same orientation and extent with voxels of about ``spacing_mm``.
+
+    Gaussian anti-aliasing (σ = the FWHM of the coarser voxel over 2.355, in input voxels)
+    followed by trilinear sampling. Images already that coarse are returned unchanged.
+    Registering at 2 mm gives sub-millimetre transforms; pyramid building at 0.6 mm cost more
+    than the optimisation itself.
+    """
+    zooms = np.linalg.norm(img.affine[:3, :3], axis=0)
+    factors = spacing_mm / zooms
+    if np.all(factors < 1.5):
+        return img
+    factors = np.maximum(factors, 1.0)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    smoothed = ndimage.gaussian_filter(data, sigma=np.sqrt(np.maximum(factors**2 - 1.0, 0.0)) / 2.355)
+    shape = tuple(int(np.ceil(n / f)) for n, f in zip(data.shape, factors))
+    affine = img.affine.copy()
+    affine[:3, :3] = img.affine[:3, :3] @ np.diag(factors)
+    # Keep the FOV centred: voxel centre 0 of the new grid sits half a new voxel in.
+    affine[:3, 3] = nib.affines.apply_affine(img.affine, (factors - 1.0) / 2.0)
+    return resample_to_reference(nib.Nifti1Image(smoothed, img.affine), nib.Nifti1Image(np.zeros(shape, np.uint8), affine))
 
 
 def _matrix_from_ants_transform_file(path: str) -> np.ndarray:
@@ -112,6 +137,10 @@ def _register_linear(
     fixed_mask: nib.Nifti1Image | None,
     seed: int,
 ) -> np.ndarray:
+    fixed = downsample_to_spacing(fixed, FINEST_LEVEL_MM)
+    moving = downsample_to_spacing(moving, FINEST_LEVEL_MM)
+    if fixed_mask is not None:
+        fixed_mask = resample_mask_to_reference(fixed_mask, fixed)
     mask_data = None if fixed_mask is None else np.asarray(fixed_mask.dataobj) > 0
     zooms = np.linalg.norm(fixed.affine[:3, :3], axis=0)
     base_shrink = max(1, int(round(FINEST_LEVEL_MM / zooms.min())))
