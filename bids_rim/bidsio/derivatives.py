@@ -39,12 +39,13 @@ BIDSIGNORE = """\
 *_table.json
 *_patches.npz
 *_patches.json
+*_xfm.txt
 *.html
-sub-*/figures/
-sub-*/log/
-logs/
-group/
-models/
+sub-*/figures
+sub-*/log
+logs
+group
+models
 """
 
 CODE_URL = "https://github.com/bids-rim/bids_rim"

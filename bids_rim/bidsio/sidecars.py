@@ -57,3 +57,21 @@ def lesion_table_sidecar(table: pd.DataFrame, extra: dict[str, Any] | None = Non
     if extra:
         sidecar.update(extra)
     return sidecar
+
+
+#: Decimals kept per column family: sub-micron positions and 0.01 ppb are below any precision
+#: the data carry, and shorter numbers keep the TSV readable.
+DECIMALS_BY_SUFFIX = (("_mm3", 2), ("_mm", 3), ("_ppb", 2), ("centroid_", 3))
+
+
+def tidy_lesion_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Flags as 0/1 integers and floats rounded to meaningful precision, for the TSV."""
+    tidy = table.copy()
+    for column in tidy.columns:
+        values = tidy[column]
+        if column.startswith("flag_") or column == "rim_label" or values.dtype == bool:
+            tidy[column] = values.astype("Int64")
+        elif pd.api.types.is_float_dtype(values):
+            decimals = next((d for key, d in DECIMALS_BY_SUFFIX if key in column), 4)
+            tidy[column] = values.round(decimals)
+    return tidy

@@ -52,8 +52,12 @@ def configure_logging(verbosity: int) -> None:
     level = logging.DEBUG if verbosity >= 2 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s | %(name)s | %(levelname)s | %(message)s",
                         datefmt="%H:%M:%S", force=True)
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        logging.getLogger(name).setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+    # nipype.workflow at INFO shows which node of which subject runs: the progress users follow.
+    for name, quiet_level in (("nipype.workflow", logging.INFO), ("nipype.interface", logging.WARNING),
+                              ("nipype.utils", logging.WARNING)):
+        nipype_logger = logging.getLogger(name)
+        nipype_logger.setLevel(logging.DEBUG if verbosity >= 2 else quiet_level)
+        nipype_logger.propagate = False  # Nipype has its own handler: no double lines
 
 
 def _load_plugin(path: Path | None, nprocs: int, mem_mb: int | None) -> tuple[str, dict]:

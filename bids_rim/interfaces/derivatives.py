@@ -20,7 +20,7 @@ from nipype.interfaces.base import (
 )
 
 from bids_rim.bidsio.derivatives import atomic_copy, atomic_write_json, atomic_write_tsv, derivative_path
-from bids_rim.bidsio.sidecars import lesion_table_sidecar
+from bids_rim.bidsio.sidecars import lesion_table_sidecar, tidy_lesion_table
 
 
 class _SinkInputSpec(BaseInterfaceInputSpec):
@@ -40,7 +40,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
 
 
 class _SinkOutputSpec(TraitedSpec):
-    out_files = traits.Dict(desc="role -> written path")
+    out_files = traits.Dict(desc="role -> written path (and 'qsm', the input map)")
 
 
 class DerivativesSink(SimpleInterface):
@@ -58,6 +58,7 @@ class DerivativesSink(SimpleInterface):
             return derivative_path(out, {**entities, **extra}, suffix, extension)
 
         written: dict[str, str] = {}
+        qsm_reference = _bids_uri(self.inputs.source_files["qsm"])
         images = {
             "flair_on_qsm": (self.inputs.flair_on_qsm, target("FLAIR", ".nii.gz", space="QSM", desc="preproc"),
                              {"SkullStripped": False, "Description": "N4-corrected FLAIR resampled onto the "
@@ -71,14 +72,14 @@ class DerivativesSink(SimpleInterface):
         for role, (source, path, metadata) in images.items():
             atomic_copy(Path(source), path)
             atomic_write_json(path.with_name(path.name.replace(".nii.gz", ".json")),
-                              {**metadata, "Sources": sources})
+                              {**metadata, "Sources": sources, "SpatialReference": qsm_reference})
             written[role] = str(path)
 
         xfm_path = target("xfm", ".txt", **{"from": "FLAIR", "to": "QSM", "mode": "image"})
         atomic_copy(Path(self.inputs.xfm), xfm_path)
         written["xfm"] = str(xfm_path)
 
-        table = pd.read_csv(self.inputs.table, sep="\t", na_values="n/a")
+        table = tidy_lesion_table(pd.read_csv(self.inputs.table, sep="\t", na_values="n/a"))
         table_path = target("table", ".tsv", desc="lesions")
         parameters = dict(self.inputs.parameters) if isdefined(self.inputs.parameters) else {}
         warnings = list(self.inputs.warnings) if isdefined(self.inputs.warnings) else []
@@ -98,6 +99,7 @@ class DerivativesSink(SimpleInterface):
             "Sources": sources,
         })
         written["patches"] = str(patches_path)
+        written["qsm"] = self.inputs.source_files["qsm"]  # the report shows the untouched input QSM
         self._results["out_files"] = written
         return runtime
 

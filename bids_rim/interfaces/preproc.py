@@ -28,7 +28,7 @@ def _save(img: nib.Nifti1Image, cwd: str, name: str) -> str:
 
 def _load(path: str) -> nib.Nifti1Image:
     """A 3D image, with errors that name the file."""
-    return checks.ensure_3d(_load(path), path)
+    return checks.ensure_3d(checks.load_nifti(Path(path)), path)
 
 
 def _limit_threads(threads: int) -> None:
@@ -101,7 +101,6 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     fixed = File(exists=True, mandatory=True, desc="GRE magnitude or QSM (the QSM grid)")
     fixed_mask = File(exists=True, desc="brain mask on the fixed grid")
     seed = traits.Int(0, usedefault=True)
-    num_threads = traits.Int(1, usedefault=True, nohash=True)
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -111,7 +110,8 @@ class _RegisterOutputSpec(TraitedSpec):
 
 
 class RigidRegistration(SimpleInterface):
-    """Rigid FLAIR→QSM registration (mutual information, antspyx)."""
+    """Rigid FLAIR→QSM registration (mutual information, antspyx; single-threaded ITK, so that
+    the same inputs give bit-identical transforms)."""
 
     input_spec = _RegisterInputSpec
     output_spec = _RegisterOutputSpec
@@ -120,14 +120,12 @@ class RigidRegistration(SimpleInterface):
         from bids_rim.preproc.registration import register_rigid
         from bids_rim.preproc.transforms import rotation_angle_deg, translation_mm, write_itk_rigid
 
-        _limit_threads(self.inputs.num_threads)
         fixed_mask = _load(self.inputs.fixed_mask) if isdefined(self.inputs.fixed_mask) else None
         matrix = register_rigid(
             _load(self.inputs.moving),
             _load(self.inputs.fixed),
             fixed_mask=fixed_mask,
             seed=self.inputs.seed,
-            threads=self.inputs.num_threads,
         )
         path = os.path.join(runtime.cwd, "from-FLAIR_to-QSM_xfm.txt")
         write_itk_rigid(matrix, path)
@@ -174,6 +172,7 @@ class _LesionsInputSpec(BaseInterfaceInputSpec):
 
 class _LesionsOutputSpec(TraitedSpec):
     labels = File(exists=True, desc="lesion label map, value = lesion_id")
+    label_table = File(exists=True, desc="labelling table (confluent flags)")
     source = traits.Str(desc="mask | builtin")
 
 
@@ -194,10 +193,13 @@ class LabelLesions(SimpleInterface):
                 _load(self.inputs.flair_on_qsm), _load(self.inputs.brain_mask)
             )
             source = "builtin"
-        labels, _ = label_lesions(
+        labels, label_table = label_lesions(
             mask, min_volume_mm3=self.inputs.min_volume_mm3, confluent_policy=self.inputs.confluent_policy
         )
-        self._results.update(labels=_save(labels, runtime.cwd, "lesion_labels.nii.gz"), source=source)
+        table_path = os.path.join(runtime.cwd, "label_table.tsv")
+        label_table.to_csv(table_path, sep="\t", index=False, lineterminator="\n")
+        self._results.update(labels=_save(labels, runtime.cwd, "lesion_labels.nii.gz"), source=source,
+                             label_table=table_path)
         return runtime
 
 
@@ -205,7 +207,9 @@ class _TableInputSpec(BaseInterfaceInputSpec):
     qsm = File(exists=True, mandatory=True)
     flair_on_qsm = File(exists=True, mandatory=True)
     labels = File(exists=True, mandatory=True)
+    label_table = File(exists=True, mandatory=True)
     brain_mask = File(exists=True, mandatory=True)
+    seed = traits.Int(0, usedefault=True)
     patch_size = traits.Int(32, usedefault=True)
     patch_spacing_mm = traits.Float(1.0, usedefault=True)
 
@@ -222,16 +226,23 @@ class LesionTableAndPatches(SimpleInterface):
     output_spec = _TableOutputSpec
 
     def _run_interface(self, runtime):
+        import pandas as pd
+
         from bids_rim.preproc.features import lesion_table
+        from bids_rim.preproc.normalise import nawm_mask, nawm_median
         from bids_rim.preproc.patches import extract_patches, save_patches
 
         qsm = _load(self.inputs.qsm)
         flair = _load(self.inputs.flair_on_qsm)
         labels = _load(self.inputs.labels)
         brain = _load(self.inputs.brain_mask)
-        table = lesion_table(qsm, flair, labels, brain)
+        lesion_mask = nib.Nifti1Image((np.asarray(labels.dataobj) > 0).astype(np.uint8), labels.affine)
+        nawm = nawm_mask(flair, brain, lesion_mask, seed=self.inputs.seed)
+        label_table = pd.read_csv(self.inputs.label_table, sep="\t")
+        table = lesion_table(qsm, flair, labels, brain, nawm=nawm, label_table=label_table)
         patches, patch_info = extract_patches(
-            qsm, flair, labels, patch_size=self.inputs.patch_size, spacing_mm=self.inputs.patch_spacing_mm
+            qsm, flair, labels, qsm_reference_ppm=nawm_median(qsm, nawm), flair_reference=nawm_median(flair, nawm),
+            patch_size=self.inputs.patch_size, spacing_mm=self.inputs.patch_spacing_mm,
         )
         table = table.merge(patch_info, on="lesion_id", how="left", validate="one_to_one")
         table_path = os.path.join(runtime.cwd, "lesions.tsv")

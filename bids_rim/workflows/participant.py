@@ -100,12 +100,11 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
 
     n4 = pe.Node(N4BiasCorrection(num_threads=execution.omp_nthreads), name="n4_flair", n_procs=execution.omp_nthreads)
     brain_mask = pe.Node(BrainMask(), name="brain_mask")
-    register = pe.Node(RigidRegistration(seed=execution.seed, num_threads=execution.omp_nthreads),
-                       name="register_flair_to_qsm", n_procs=execution.omp_nthreads)
+    register = pe.Node(RigidRegistration(seed=execution.seed), name="register_flair_to_qsm")
     resample_flair = pe.Node(ResampleToQSM(out_name="flair_on_qsm.nii.gz"), name="resample_flair")
     lesions = pe.Node(LabelLesions(min_volume_mm3=settings.min_volume_mm3,
                                    confluent_policy=settings.confluent_policy), name="label_lesions")
-    table = pe.Node(LesionTableAndPatches(patch_size=settings.patch_size,
+    table = pe.Node(LesionTableAndPatches(seed=execution.seed, patch_size=settings.patch_size,
                                           patch_spacing_mm=settings.patch_spacing_mm), name="lesion_table")
     sources = {"flair": str(unit.flair), "qsm": str(unit.qsm)}
     if use_mask:
@@ -127,7 +126,7 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
         (brain_mask, lesions, [("out_file", "brain_mask")]),
         (inputnode, table, [("qsm", "qsm")]),
         (resample_flair, table, [("out_file", "flair_on_qsm")]),
-        (lesions, table, [("labels", "labels")]),
+        (lesions, table, [("labels", "labels"), ("label_table", "label_table")]),
         (brain_mask, table, [("out_file", "brain_mask")]),
         (resample_flair, sink, [("out_file", "flair_on_qsm")]),
         (brain_mask, sink, [("out_file", "brain_mask"), ("method", "brain_mask_method")]),
