@@ -175,18 +175,22 @@ def test_invalid_bids_input_is_refused_before_processing(cohort_copy: Path, tmp_
 
 def test_thick_slice_2d_flair_works_with_a_warning(cohort_copy: Path, tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
-    def thick_slices(data: np.ndarray, affine: np.ndarray):
-        step = max(1, int(round(5.0 / np.linalg.norm(affine[:3, 2]))))
-        usable = data.shape[2] // step * step
-        thick = data[:, :, :usable].reshape(data.shape[0], data.shape[1], -1, step).mean(axis=3)
-        affine = affine.copy()
-        affine[:3, 2] *= step
-        affine[:3, 3] += affine[:3, 2] / step * (step - 1) / 2
-        return thick.astype(np.float32), affine
-    _rewrite(_flair(cohort_copy), thick_slices)
+    def thick_slices(reduce: Callable[..., np.ndarray]):
+        def change(data: np.ndarray, affine: np.ndarray):
+            step = max(1, int(round(5.0 / np.linalg.norm(affine[:3, 2]))))
+            usable = data.shape[2] // step * step
+            thick = reduce(data[:, :, :usable].reshape(data.shape[0], data.shape[1], -1, step), axis=3)
+            affine = affine.copy()
+            affine[:3, 3] += affine[:3, 2] * (step - 1) / 2
+            affine[:3, 2] *= step
+            return thick.astype(data.dtype), affine
+        return change
+    # A 2D acquisition with 5 mm slices, and the rater's mask drawn on it.
+    _rewrite(_flair(cohort_copy), thick_slices(np.mean))
+    _rewrite(_mask(cohort_copy), thick_slices(np.max))
     output_dir = tmp_path / "out"
     with caplog.at_level("WARNING"):
-        code = _run(cohort_copy, output_dir, "--lesion-source", "builtin")
+        code = _run(cohort_copy, output_dir)
     assert code == 0
     assert any("slices" in record.getMessage() for record in caplog.records)
     table = output_dir / f"sub-{SUBJECT}" / "ses-01" / "anat" / f"sub-{SUBJECT}_ses-01_desc-lesions_table.json"

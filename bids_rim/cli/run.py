@@ -50,8 +50,14 @@ def parse_arguments(parser: ArgumentParser, argv: list[str] | None) -> Namespace
 def configure_logging(verbosity: int) -> None:
     """INFO by default, DEBUG with -vv; Nipype's own chatter one level quieter."""
     level = logging.DEBUG if verbosity >= 2 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s | %(name)s | %(levelname)s | %(message)s",
-                        datefmt="%H:%M:%S", force=True)
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in [h for h in root.handlers if h.get_name() == "bids_rim"]:
+        root.removeHandler(handler)  # main() may run more than once in a process (tests, the demo)
+    handler = logging.StreamHandler()
+    handler.set_name("bids_rim")
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(name)s | %(levelname)s | %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
     # nipype.workflow at INFO shows which node of which subject runs: the progress users follow.
     for name, quiet_level in (("nipype.workflow", logging.INFO), ("nipype.interface", logging.WARNING),
                               ("nipype.utils", logging.WARNING)):

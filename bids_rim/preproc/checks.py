@@ -24,8 +24,7 @@ THICK_SLICE_MM = 4.0
 MIN_FOV_OVERLAP_FRACTION = 0.25
 
 
-class InputError(ValueError):
-    """An input file that the pipeline cannot use; the message names the file and the reason."""
+from bids_rim.errors import InputError  # noqa: E402 - re-exported: preproc code raises it
 
 
 def _name(path: str | os.PathLike | None, img: nib.Nifti1Image | None = None) -> str:
