@@ -56,13 +56,16 @@ def resample_mask_to_reference(
     mask: nib.Nifti1Image,
     reference: nib.Nifti1Image,
     qsm_to_flair_ras: np.ndarray | None = None,
+    *,
+    min_fraction: float = 0.5,
 ) -> nib.Nifti1Image:
-    """Binary mask on the reference grid: linear interpolation of the 0/1 mask, kept where ≥ 0.5.
+    """Binary mask on the reference grid: linear interpolation of the 0/1 mask, kept where
+    the interpolated value (the voxel's covered fraction) is at least ``min_fraction``.
 
-    Partial-volume thresholding keeps the mask's volume close to the original when the grids
-    differ in resolution, which nearest-neighbour sampling of a fine mask does not.
+    Partial-volume thresholding at 0.5 keeps the mask's volume close to the original when the
+    grids differ in resolution, which nearest-neighbour sampling of a fine mask does not.
     """
     binary = nib.Nifti1Image((np.asarray(mask.dataobj) > 0).astype(np.float32), mask.affine)
     fraction = resample_to_reference(binary, reference, qsm_to_flair_ras, interpolation="linear")
-    out = (np.asarray(fraction.dataobj) >= 0.5).astype(np.uint8)
+    out = (np.asarray(fraction.dataobj) >= min_fraction).astype(np.uint8)
     return nib.Nifti1Image(out, reference.affine)
