@@ -15,6 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bids_rim.errors import InputError  # re-exported: preproc code and its callers use it
+
 #: A susceptibility map in ppm has a robust (1st–99th percentile) range well under 1 ppm in brain;
 #: field maps in Hz (1 ppm ≈ 128 Hz at 3 T) or phase in radians (range about 2π) exceed this.
 MAX_QSM_ROBUST_RANGE_PPM = 2.0
@@ -22,9 +24,6 @@ MAX_QSM_ROBUST_RANGE_PPM = 2.0
 THICK_SLICE_MM = 4.0
 #: Minimum fraction of the QSM field of view that must fall inside the FLAIR field of view.
 MIN_FOV_OVERLAP_FRACTION = 0.25
-
-
-from bids_rim.errors import InputError  # noqa: E402 - re-exported: preproc code raises it
 
 
 def _name(path: str | os.PathLike | None, img: nib.Nifti1Image | None = None) -> str:
