@@ -13,7 +13,6 @@ from bids_rim.preproc.patches import CHANNELS, extract_patches, load_patch_spaci
 from tests.test_preproc_phantom import (
     FLAIR_LEVELS,
     QSM_LEVELS,
-    VENTRICLES,
     Lesion,
     Phantom,
     grid_affine,

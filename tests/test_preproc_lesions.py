@@ -8,7 +8,7 @@ import pytest
 
 from bids_rim.preproc.lesions import NAIMS_MIN_VOLUME_MM3, label_lesions, segment_lesions_flair
 from bids_rim.preproc.normalise import flair_tissue_classes, nawm_mask, nawm_median
-from tests.test_preproc_phantom import FLAIR_LEVELS, Lesion, Phantom, grid_affine, qsm_grid, world_points
+from tests.test_preproc_phantom import FLAIR_LEVELS, Phantom, grid_affine, qsm_grid, world_points
 
 
 def sphere_mask(shape, affine, spheres):

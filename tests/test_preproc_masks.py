@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from bids_rim.preproc.bias import n4_bias_correct
 from bids_rim.preproc.brainmask import mask_from_magnitude, mask_from_template, otsu_threshold, qsm_support_mask

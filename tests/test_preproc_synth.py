@@ -10,7 +10,6 @@ lesion map is 0.91 (the rater's own mask: 0.88).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
