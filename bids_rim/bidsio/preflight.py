@@ -15,7 +15,8 @@ def check_session_inputs(unit: SessionInputs) -> list[str]:
 
     Checks: readable 3D NIfTI (not zero-byte, not truncated, not 4D), finite voxels, QSM in
     ppm, FLAIR and QSM overlapping in world space, a binary non-empty lesion mask on the FLAIR
-    or the QSM grid, and a warning for thick-slice (2D) FLAIR.
+    or the QSM grid; warnings for thick-slice (2D) FLAIR and for a session without a GRE
+    magnitude (registration to QSM alone is less reliable).
     """
     flair = checks.ensure_3d(checks.load_nifti(unit.flair), unit.flair)
     qsm = checks.ensure_3d(checks.load_nifti(unit.qsm), unit.qsm)
@@ -30,5 +31,11 @@ def check_session_inputs(unit: SessionInputs) -> list[str]:
         mask = checks.ensure_3d(checks.load_nifti(unit.lesion_mask), unit.lesion_mask)
         on_qsm_grid = mask.shape[:3] == qsm.shape[:3]
         checks.check_lesion_mask(mask, qsm if on_qsm_grid else flair, unit.lesion_mask)
-    warning = checks.thick_slice_warning(flair, unit.flair)
-    return [warning] if warning else []
+    warnings = []
+    if unit.magnitude is None:
+        warnings.append(f"{unit.qsm}: no GRE magnitude image in this session; FLAIR is registered to the QSM "
+                        "map itself, which is less reliable — check the registration figure of the report")
+    thick = checks.thick_slice_warning(flair, unit.flair)
+    if thick:
+        warnings.append(thick)
+    return warnings

@@ -99,7 +99,6 @@ class BrainMask(SimpleInterface):
 class _RegisterInputSpec(BaseInterfaceInputSpec):
     moving = File(exists=True, mandatory=True, desc="bias-corrected FLAIR")
     fixed = File(exists=True, mandatory=True, desc="GRE magnitude or QSM (the QSM grid)")
-    fixed_mask = File(exists=True, desc="brain mask on the fixed grid")
     seed = traits.Int(0, usedefault=True)
 
 
@@ -120,11 +119,9 @@ class RigidRegistration(SimpleInterface):
         from bids_rim.preproc.registration import register_rigid
         from bids_rim.preproc.transforms import rotation_angle_deg, translation_mm, write_itk_rigid
 
-        fixed_mask = _load(self.inputs.fixed_mask) if isdefined(self.inputs.fixed_mask) else None
         matrix = register_rigid(
             _load(self.inputs.moving),
             _load(self.inputs.fixed),
-            fixed_mask=fixed_mask,
             seed=self.inputs.seed,
         )
         path = os.path.join(runtime.cwd, "from-FLAIR_to-QSM_xfm.txt")

@@ -118,7 +118,6 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
         (inputnode, n4, [("flair", "in_file")]),
         (inputnode, brain_mask, [("qsm", "qsm")]),
         (n4, register, [("out_file", "moving")]),
-        (brain_mask, register, [("out_file", "fixed_mask")]),
         (n4, resample_flair, [("out_file", "in_file")]),
         (inputnode, resample_flair, [("qsm", "reference")]),
         (register, resample_flair, [("xfm", "xfm")]),
