@@ -1,0 +1,100 @@
+"""The asymmetric QSM–FLAIR network (ours): FLAIR conditions QSM; only QSM reaches the classifier.
+
+Layout for a patch of P³ voxels (channels ``qsm_ppm, flair_nawm, lesion_mask``)::
+
+    [qsm, mask] ─ QSM stem (P/2, w) ──▶ cond₀ ─ res+SE (P/4, 2w) ─▶ cond₁ ─ res+SE (P/8, 4w) ─ pool ─ MLP ─ logit
+    [flair, mask] ─ FLAIR stem (P/2, w) ──┘ ─ res (P/4, 2w) ───────────┘ (only when stage 1 is conditioned)
+
+``cond`` is the conditioning chosen by ``conditioning`` (spatial FiLM by default) at the stages in
+``film_stages`` (0 = mid resolution P/2, 1 = P/4). With ``conditioning="none"`` FLAIR is ignored.
+The lesion mask goes to both stems: it tells each branch where the lesion edge is.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bids_rim.models.blocks import PreActResBlock, mlp_head, scale_inputs, stem
+from bids_rim.models.conditioning import CONDITIONINGS, make_conditioning
+
+QSM, FLAIR, MASK = 0, 1, 2
+
+
+class AsymQsmFlairNet(nn.Module):
+    """Asymmetric QSM–FLAIR classifier; see the module docstring for the layout.
+
+    Args:
+        width: channels of the stems; the trunk uses 2× and 4× this.
+        conditioning: one of ``film_spatial``, ``film_channel``, ``gated_xattn``, ``none``.
+        film_stages: stages where FLAIR conditions QSM (subset of ``(0, 1)``).
+        dropout: dropout before the last layer of the head (also used for MC dropout).
+    """
+
+    def __init__(
+        self,
+        width: int = 12,
+        conditioning: str = "film_spatial",
+        film_stages: tuple[int, ...] = (0,),
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {conditioning!r}; choose one of {CONDITIONINGS}")
+        stages = tuple(sorted(set(int(s) for s in film_stages))) if conditioning != "none" else ()
+        if any(s not in (0, 1) for s in stages):
+            raise ValueError(f"film_stages must be a subset of (0, 1), got {film_stages}")
+        self.conditioning_kind = conditioning
+        self.film_stages = stages
+        self.mid_channels = width
+        self.embedding_dim = 4 * width
+        self.qsm_stem = stem(2, width)
+        self.qsm_block1 = PreActResBlock(width, 2 * width, stride=2, squeeze_excite=True)
+        self.qsm_block2 = PreActResBlock(2 * width, 4 * width, stride=2, squeeze_excite=True)
+        self.flair_stem = stem(2, width)
+        self.flair_block1 = PreActResBlock(width, 2 * width, stride=2) if 1 in stages else None
+        self.conditioners = nn.ModuleDict(
+            {str(s): make_conditioning(conditioning, width * 2**s) for s in stages}
+        )
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.head = mlp_head(self.embedding_dim, self.embedding_dim, dropout)
+        # Projects the pooled FLAIR stem features to the embedding size, for cross-modal pretraining.
+        self.flair_projection = nn.Linear(2 * width if self.flair_block1 is not None else width, self.embedding_dim)
+
+    def _qsm_input(self, x: torch.Tensor) -> torch.Tensor:
+        return scale_inputs(x)[:, [QSM, MASK]]
+
+    def _flair_input(self, x: torch.Tensor) -> torch.Tensor:
+        return scale_inputs(x)[:, [FLAIR, MASK]]
+
+    def _flair_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = [self.flair_stem(self._flair_input(x))]
+        if self.flair_block1 is not None:
+            features.append(self.flair_block1(features[0]))
+        return features
+
+    def features(self, x: torch.Tensor, condition: bool = True) -> dict[str, torch.Tensor]:
+        """Intermediate features: ``mid`` (conditioned QSM at P/2) and ``embedding`` (pooled)."""
+        z = self.qsm_stem(self._qsm_input(x))
+        flair = self._flair_features(x) if condition and self.film_stages else []
+        if "0" in self.conditioners and flair:
+            z = self.conditioners["0"](z, flair[0])
+        mid = z
+        z = self.qsm_block1(z)
+        if "1" in self.conditioners and flair:
+            z = self.conditioners["1"](z, flair[1])
+        z = self.qsm_block2(z)
+        return {"mid": mid, "embedding": self.pool(z).flatten(1)}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        embedding = self.features(x)["embedding"]
+        return {"logit": self.head(embedding).squeeze(1), "embedding": embedding}
+
+    def encode_qsm(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled QSM embedding without any FLAIR input (B, embedding_dim)."""
+        return self.features(x, condition=False)["embedding"]
+
+    def encode_flair(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled FLAIR embedding projected to the QSM embedding size (B, embedding_dim)."""
+        last = self._flair_features(x)[-1]
+        return self.flair_projection(self.pool(last).flatten(1))

@@ -1,0 +1,83 @@
+"""How FLAIR features condition QSM features in the asymmetric network.
+
+Each module takes ``(z_qsm, z_flair)`` of the same shape (B, C, D, H, W) and returns conditioned
+QSM features of that shape. All start as the identity on ``z_qsm`` (zero-initialised last
+layers), so the conditioned network begins as the QSM-only network and FLAIR earns its way in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+CONDITIONINGS = ("film_spatial", "film_channel", "gated_xattn", "none")
+
+
+class SpatialFiLM(nn.Module):
+    """Per-voxel scale and shift: ``(1 + γ(f)) · z + β(f)``, then a 1×1×1 fusion convolution.
+
+    γ and β come from a 3×3×3 conv of the FLAIR features; both and the fusion residual are
+    zero-initialised.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.to_scale_shift = nn.Conv3d(channels, 2 * channels, 3, padding=1)
+        self.fuse = nn.Conv3d(channels, channels, 1)
+        for layer in (self.to_scale_shift, self.fuse):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, z_qsm: torch.Tensor, z_flair: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.to_scale_shift(z_flair).chunk(2, dim=1)
+        modulated = (1 + gamma) * z_qsm + beta
+        return modulated + self.fuse(modulated)
+
+
+class ChannelFiLM(nn.Module):
+    """Per-channel scale and shift from globally pooled FLAIR features: ``(1 + γ) · z + β``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.to_scale_shift = nn.Linear(channels, 2 * channels)
+        nn.init.zeros_(self.to_scale_shift.weight)
+        nn.init.zeros_(self.to_scale_shift.bias)
+
+    def forward(self, z_qsm: torch.Tensor, z_flair: torch.Tensor) -> torch.Tensor:
+        pooled = z_flair.mean(dim=(2, 3, 4))
+        gamma, beta = self.to_scale_shift(pooled)[:, :, None, None, None].chunk(2, dim=1)
+        return (1 + gamma) * z_qsm + beta
+
+
+class GatedCrossAttention(nn.Module):
+    """QSM voxels attend to FLAIR voxels; the result is added through a tanh gate starting at 0.
+
+    ``z + tanh(g) · Attn(q=z_qsm, k=v=z_flair)`` with one learned scalar gate ``g = 0`` at start
+    (Flamingo-style gating), so the block begins as the identity.
+    """
+
+    def __init__(self, channels: int, heads: int = 1) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(channels)
+        self.norm_kv = nn.LayerNorm(channels)
+        self.attention = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, z_qsm: torch.Tensor, z_flair: torch.Tensor) -> torch.Tensor:
+        batch, channels, *spatial = z_qsm.shape
+        queries = self.norm_q(z_qsm.flatten(2).transpose(1, 2))
+        keys = self.norm_kv(z_flair.flatten(2).transpose(1, 2))
+        attended, _ = self.attention(queries, keys, keys, need_weights=False)
+        attended = attended.transpose(1, 2).reshape(batch, channels, *spatial)
+        return z_qsm + torch.tanh(self.gate) * attended
+
+
+def make_conditioning(kind: str, channels: int) -> nn.Module:
+    """The conditioning module named ``kind`` (one of ``CONDITIONINGS``) for ``channels`` features."""
+    if kind == "film_spatial":
+        return SpatialFiLM(channels)
+    if kind == "film_channel":
+        return ChannelFiLM(channels)
+    if kind == "gated_xattn":
+        return GatedCrossAttention(channels)
+    raise ValueError(f"unknown conditioning {kind!r}; choose one of {CONDITIONINGS}")

@@ -1,0 +1,13 @@
+"""QSM-only baseline: the asymmetric network's QSM path with FLAIR switched off.
+
+Keeping the same trunk makes the comparison with ``asym`` an ablation of FLAIR alone.
+"""
+
+from __future__ import annotations
+
+from bids_rim.models.asym import AsymQsmFlairNet
+
+
+def build_qsm_only(width: int = 12, dropout: float = 0.2) -> AsymQsmFlairNet:
+    """The QSM path of :class:`AsymQsmFlairNet` (``conditioning="none"``); FLAIR is ignored."""
+    return AsymQsmFlairNet(width=width, conditioning="none", film_stages=(), dropout=dropout)
