@@ -1,0 +1,95 @@
+"""The model file: a plain ``torch.save`` dict, loadable with ``torch.load(weights_only=True)``.
+
+Keys: ``format_version``, ``arch``, ``arch_config`` (kwargs of ``get_model``), ``state_dicts``
+(the ensemble: fold models and the final model), ``temperatures`` (one per member),
+``temperature`` (their median, for display), ``threshold`` (decision threshold on the ensemble
+probability), ``patch_size``, ``patch_spacing_mm``, ``training`` (metadata: config, counts,
+metrics, synthetic or not).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bids_rim.errors import InputError
+from bids_rim.models import available_models, is_neural
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "arch", "arch_config", "state_dicts", "temperatures", "threshold",
+                 "patch_size", "patch_spacing_mm", "training")
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    arch: str,
+    arch_config: dict[str, Any],
+    state_dicts: list[dict[str, torch.Tensor]],
+    temperatures: list[float],
+    threshold: float,
+    patch_size: int,
+    patch_spacing_mm: float,
+    training: dict[str, Any],
+) -> Path:
+    """Write the model file atomically (temporary file, then rename)."""
+    if not is_neural(arch):
+        raise ValueError(f"{arch!r} is not a torch network; only networks are saved as model files")
+    if len(state_dicts) != len(temperatures) or not state_dicts:
+        raise ValueError("need one temperature per state dict, and at least one state dict")
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "arch_config": dict(arch_config),
+        "state_dicts": [{k: v.detach().cpu() for k, v in sd.items()} for sd in state_dicts],
+        "temperatures": [float(t) for t in temperatures],
+        "temperature": float(np.median(temperatures)),
+        "threshold": float(threshold),
+        "patch_size": int(patch_size),
+        "patch_spacing_mm": float(patch_spacing_mm),
+        "training": training,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def load_checkpoint(path: Path, expected_arch: str | None = None) -> dict[str, Any]:
+    """Read and check a model file; any problem is an :class:`InputError` with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a model file
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: not a bids_rim model file ({first_line})") from None
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise InputError(f"{path}: not a bids_rim model file (no format_version)")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise InputError(
+            f"{path}: model file format_version {payload['format_version']!r} is not supported "
+            f"(this bids_rim reads version {FORMAT_VERSION})"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise InputError(f"{path}: model file lacks {missing}")
+    arch = payload["arch"]
+    if arch not in available_models() or not is_neural(arch):
+        raise InputError(f"{path}: unknown architecture {arch!r} (known: {', '.join(available_models())})")
+    if expected_arch is not None and arch != expected_arch:
+        raise InputError(f"{path}: model file holds architecture {arch!r}, expected {expected_arch!r}")
+    return payload

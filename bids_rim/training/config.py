@@ -1,0 +1,83 @@
+"""The training configuration: one frozen dataclass with every knob, built once and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PRETRAIN_OBJECTIVES = ("predictor", "variance", "infonce", "masked", "mse")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes a training run (the defaults are the product's defaults).
+
+    Pretraining objectives (any subset of ``PRETRAIN_OBJECTIVES``): ``predictor`` FLAIR→QSM
+    embedding prediction with a stop-gradient; ``variance`` VICReg variance/covariance terms on
+    both embeddings; ``infonce`` cross-modal contrastive; ``masked`` masked QSM reconstruction
+    conditioned on FLAIR; ``mse`` the paper's plain (collapsible) MSE, kept for the ablation.
+    """
+
+    arch: str = "asym"
+    conditioning: str = "film_spatial"
+    film_stages: tuple[int, ...] = (0,)
+    width: int = 12
+    dropout: float = 0.2
+    early_fusion_widen_factor: float = 0.25
+    radiomics_estimator: str = "random_forest"
+    # self-supervised pretraining
+    pretrain_epochs: int = 15
+    pretrain_objectives: tuple[str, ...] = ("predictor", "variance", "infonce", "masked")
+    pretrain_lr: float = 1e-3
+    infonce_temperature: float = 0.1
+    mask_ratio: float = 0.4
+    # supervised fine-tuning
+    finetune_epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    loss: str = "focal"  # focal | weighted_bce
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.5
+    supcon_temperature: float = 0.1
+    supcon_weight: float = 0.08
+    learn_supcon_weight: bool = True
+    flair_shift_voxels: int = 1
+    qsm_noise_std_ppm: float = 0.003
+    patience: int = 8
+    inner_val_fraction: float = 0.2
+    # evaluation and output
+    folds: int = 5
+    seed: int = 0
+    patch_size: int = 32
+    patch_spacing_mm: float = 1.0
+    bootstrap_resamples: int = 500
+    train_final_model: bool = True
+    tta: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.pretrain_objectives) - set(PRETRAIN_OBJECTIVES)
+        if unknown:
+            raise ValueError(f"unknown pretraining objective(s) {sorted(unknown)}; choose from {PRETRAIN_OBJECTIVES}")
+        if self.loss not in ("focal", "weighted_bce"):
+            raise ValueError(f"unknown loss {self.loss!r}; choose focal or weighted_bce")
+        if self.folds < 2:
+            raise ValueError(f"folds must be at least 2, got {self.folds}")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The architecture configuration passed to ``get_model(self.arch, **kwargs)``."""
+        if self.arch == "asym":
+            return {"width": self.width, "conditioning": self.conditioning,
+                    "film_stages": list(self.film_stages), "dropout": self.dropout}
+        if self.arch in ("rimnet", "qsmrimnet", "qsm_only"):
+            return {"width": self.width, "dropout": self.dropout}
+        if self.arch == "early_fusion":
+            return {"widen_factor": self.early_fusion_widen_factor, "dropout": self.dropout}
+        if self.arch == "radiomics":
+            return {"estimator": self.radiomics_estimator, "seed": self.seed}
+        raise ValueError(f"unknown architecture {self.arch!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly view (tuples as lists) for the model file and the model card."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}

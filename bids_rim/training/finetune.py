@@ -1,0 +1,155 @@
+"""Supervised fine-tuning: imbalance-aware loss + SupCon regulariser, early stopping, calibration.
+
+Loss per batch: ``L = L_cls + softplus(w) · SupCon(embedding, labels; τ)`` where ``L_cls`` is the
+focal loss or the class-weighted BCE, and ``w`` is either learned (starting at
+``softplus(w) = supcon_weight``, as the paper) or fixed. Batches are class-balanced draws; the
+augmentations include a shift of FLAIR by up to ``flair_shift_voxels`` relative to QSM.
+Early stopping keeps the epoch with the best inner-validation PR AUC; the temperature and the
+max-F1 threshold are then fitted on that same validation set (never on test data).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import average_precision_score
+from torch import nn
+from tqdm.auto import tqdm
+
+from bids_rim.training import losses
+from bids_rim.training.augment import PatchAugmenter
+from bids_rim.training.batching import balanced_batches
+from bids_rim.training.calibration import choose_threshold, fit_temperature, sigmoid
+from bids_rim.training.config import TrainConfig
+from bids_rim.training.distributed import DistContext, all_ranks_agree, local_slice, wrap
+from bids_rim.training.prediction import predict_logits
+
+LOGGER = logging.getLogger("bids_rim.finetune")
+
+
+@dataclass
+class FinetuneResult:
+    """The best epoch's weights with the calibration fitted on the validation set."""
+
+    state_dict: dict[str, torch.Tensor]
+    temperature: float
+    threshold: float
+    best_epoch: int
+    best_val_pr_auc: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _inverse_softplus(value: float) -> float:
+    return math.log(math.expm1(value))
+
+
+class FinetuneObjective(nn.Module):
+    """The model plus the SupCon weight; ``forward`` returns the loss terms of one batch."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, positive_weight: float) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.positive_weight = positive_weight
+        raw = torch.tensor(_inverse_softplus(config.supcon_weight)) if config.supcon_weight > 0 else None
+        if raw is not None and config.learn_supcon_weight:
+            self.supcon_raw_weight = nn.Parameter(raw)
+        else:
+            self.register_buffer("supcon_raw_weight", raw if raw is not None else torch.tensor(float("-inf")))
+
+    def supcon_weight(self) -> torch.Tensor:
+        return F.softplus(self.supcon_raw_weight)
+
+    def forward(self, patches: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.model(patches)
+        if self.config.loss == "focal":
+            classification = losses.focal_loss(out["logit"], labels, self.config.focal_gamma, self.config.focal_alpha)
+        else:
+            classification = losses.weighted_bce(out["logit"], labels, self.positive_weight)
+        terms = {"classification": classification}
+        if self.config.supcon_weight > 0:
+            terms["supcon"] = losses.supcon_loss(out["embedding"], labels, self.config.supcon_temperature)
+        return terms
+
+
+def finetune(
+    model: nn.Module,
+    train_patches: np.ndarray,
+    train_labels: np.ndarray,
+    val_patches: np.ndarray,
+    val_labels: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    seed: int,
+    context: DistContext = DistContext(),
+    progress: bool = False,
+    description: str = "finetune",
+) -> FinetuneResult:
+    """Fine-tune ``model`` in place (it ends with the best epoch's weights) and calibrate it."""
+    train_labels = np.asarray(train_labels).astype(int)
+    val_labels = np.asarray(val_labels).astype(int)
+    n_positive = max(int(train_labels.sum()), 1)
+    objective = FinetuneObjective(model, config, (len(train_labels) - n_positive) / n_positive).to(device)
+    trainable = wrap(objective, context, device)
+    optimiser = torch.optim.AdamW(objective.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    augment = PatchAugmenter(seed + 1000 * context.rank, config.flair_shift_voxels, config.qsm_noise_std_ppm)
+    val_has_both = len(np.unique(val_labels)) == 2
+
+    best_score, best_epoch, best_state, stale = -np.inf, 0, copy.deepcopy(model.state_dict()), 0
+    history: list[dict[str, float]] = []
+    epochs = tqdm(range(config.finetune_epochs), desc=description, disable=not (progress and context.is_main), leave=False)
+    for epoch in epochs:
+        objective.train()
+        sums: dict[str, float] = {}
+        batches = balanced_batches(train_labels, config.batch_size, generator)
+        for batch_indices in batches:
+            mine = local_slice(batch_indices, context).numpy()
+            batch = augment(torch.from_numpy(train_patches[mine])).to(device)
+            labels = torch.as_tensor(train_labels[mine], device=device)
+            terms = trainable(batch, labels)
+            weight = objective.supcon_weight()
+            loss = terms["classification"] + (weight * terms["supcon"] if "supcon" in terms else 0.0)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            for name, value in {"loss": loss, **terms}.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+        row = {"epoch": float(epoch + 1), **{k: v / max(len(batches), 1) for k, v in sums.items()}}
+        row["supcon_weight"] = float(objective.supcon_weight().detach())
+        val_logits = predict_logits(model, val_patches, device)[0]
+        val_loss = float(F.binary_cross_entropy_with_logits(torch.as_tensor(val_logits), torch.as_tensor(val_labels).float()))
+        row["val_loss"] = val_loss
+        row["val_pr_auc"] = float(average_precision_score(val_labels, val_logits)) if val_has_both else float("nan")
+        # Without both classes in validation, early stopping falls back on the validation loss.
+        score = all_ranks_agree(row["val_pr_auc"] if val_has_both else -val_loss, context)
+        history.append(row)
+        if score > best_score:
+            best_score, best_epoch, best_state, stale = score, epoch + 1, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+        epochs.set_postfix(loss=f"{row['loss']:.3f}", val_pr_auc=f"{row['val_pr_auc']:.3f}")
+        LOGGER.info("%s epoch %d: %s", description, epoch + 1,
+                    ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+        if stale >= config.patience:
+            break
+
+    model.load_state_dict(best_state)
+    val_logits = predict_logits(model, val_patches, device)[0]
+    temperature = fit_temperature(val_logits, val_labels)
+    threshold = choose_threshold(sigmoid(val_logits / temperature), val_labels)
+    return FinetuneResult(
+        state_dict={k: v.detach().cpu().clone() for k, v in best_state.items()},
+        temperature=temperature,
+        threshold=threshold,
+        best_epoch=best_epoch,
+        best_val_pr_auc=float(best_score) if val_has_both else float("nan"),
+        history=history,
+    )

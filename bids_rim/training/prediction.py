@@ -1,0 +1,29 @@
+"""Forward passes over many patches in batches, with flip test-time augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+# Flip views used at test time: identity and a flip of each spatial axis (a rim has no handedness).
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    patches: np.ndarray,
+    device: torch.device,
+    batch_size: int = 64,
+    flips: tuple[tuple[int, ...], ...] = ((),),
+) -> np.ndarray:
+    """Logits (V, N) of ``model`` for every flip view V and patch N (model put in eval mode)."""
+    model.eval()
+    views: list[list[np.ndarray]] = [[] for _ in flips]
+    for start in range(0, len(patches), batch_size):
+        batch = torch.as_tensor(np.ascontiguousarray(patches[start : start + batch_size]), dtype=torch.float32).to(device)
+        for view, dims in enumerate(flips):
+            flipped = torch.flip(batch, dims) if dims else batch
+            views[view].append(model(flipped)["logit"].float().cpu().numpy())
+    return np.stack([np.concatenate(v) if v else np.zeros(0, np.float32) for v in views])
