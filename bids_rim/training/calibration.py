@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
-_TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 400))
+_TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(20.0), 400))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -15,7 +15,8 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """Temperature ``T`` minimising the validation negative log-likelihood of ``σ(z / T)``.
 
-    A deterministic search over 400 log-spaced values in [0.05, 20]; 1.0 when the labels hold
+    A deterministic search over 400 log-spaced values in [0.25, 20] (the lower bound keeps
+    separable validation data from pushing probabilities to exactly 0 or 1); 1.0 when the labels hold
     only one class (nothing to calibrate against).
     """
     logits, labels = np.asarray(logits, float), np.asarray(labels, float)

@@ -75,8 +75,9 @@ def load_checkpoint(path: Path, expected_arch: str | None = None) -> dict[str, A
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a model file
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path}: not a bids_rim model file ({first_line})") from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in lines if "error" in line.lower()), lines[0] if lines else type(error).__name__)
+        raise InputError(f"{path}: not a bids_rim model file ({reason})") from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise InputError(f"{path}: not a bids_rim model file (no format_version)")
     if payload["format_version"] != FORMAT_VERSION:

@@ -11,6 +11,7 @@ fold is predicted once at the end.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,6 +91,8 @@ def inner_split(meta: pd.DataFrame, fraction: float, seed: int) -> tuple[list[st
     n_splits = int(min(max(round(1 / fraction), 2), len(patients)))
     strata = patient_strata(meta).reindex(patients).str.split("|").str[1].to_numpy()
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    # Small strata trigger scikit-learn's "least populated class" warning; the split is still by patient.
+    warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
     has_rim = meta.groupby("participant_id")["label"].apply(lambda s: bool((s == 1).any()))
     first = None
     for fit, val in splitter.split(patients, strata, groups=patients):

@@ -99,14 +99,18 @@ def bootstrap_ci(
     patients: np.ndarray,
     labels: np.ndarray,
     probabilities: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     *,
     n_resamples: int = 500,
     seed: int = 0,
     level: float = 0.95,
     metric_fn: Callable[..., dict[str, float]] = all_metrics,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap CIs resampling *patients* with replacement (lesions stay with their patient)."""
+    """Percentile bootstrap CIs resampling *patients* with replacement (lesions stay with their patient).
+
+    ``threshold`` may be one value or one per lesion (e.g. each cross-validation fold's own).
+    """
+    threshold = np.asarray(threshold, float) if np.ndim(threshold) else threshold
     patients = np.asarray(patients)
     labels, probabilities = np.asarray(labels), np.asarray(probabilities)
     unique = np.unique(patients)
@@ -118,7 +122,8 @@ def bootstrap_ci(
         rows = np.concatenate([rows_of[p] for p in drawn])
         # Relabel patients so a patient drawn twice counts as two patients.
         new_ids = np.concatenate([np.full(len(rows_of[p]), i) for i, p in enumerate(drawn)])
-        for name, value in metric_fn(new_ids, labels[rows], probabilities[rows], threshold).items():
+        drawn_threshold = threshold[rows] if np.ndim(threshold) else threshold
+        for name, value in metric_fn(new_ids, labels[rows], probabilities[rows], drawn_threshold).items():
             samples.setdefault(name, []).append(value)
     tail = (1 - level) / 2 * 100
     return {
