@@ -1,0 +1,65 @@
+"""Metrics: known values, patient-level agreement and bootstrap intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bids_rim.training.calibration import choose_threshold, fit_temperature, sigmoid
+from bids_rim.training.metrics import (
+    all_metrics,
+    bootstrap_ci,
+    expected_calibration_error,
+    icc_absolute_agreement,
+    lesion_metrics,
+)
+
+
+def test_perfect_and_inverted_rankings():
+    labels = np.array([0, 0, 0, 1, 1, 0, 0, 1])
+    scores = labels * 0.8 + 0.1
+    perfect = lesion_metrics(labels, scores, 0.5)
+    assert perfect["pr_auc"] == perfect["roc_auc"] == perfect["f1"] == perfect["mcc"] == 1.0
+    assert perfect["partial_roc_auc_fpr0.1"] == 1.0
+    inverted = lesion_metrics(labels, 1 - scores, 0.5)
+    assert inverted["roc_auc"] == 0.0 and inverted["sensitivity"] == 0.0 and inverted["specificity"] == 0.0
+
+
+def test_ece_and_icc_known_values():
+    assert expected_calibration_error(np.array([0, 1]), np.array([0.0, 1.0])) == 0.0
+    assert abs(expected_calibration_error(np.array([0, 0]), np.array([0.75, 0.75])) - 0.75) < 1e-12
+    counts = np.array([0, 2, 5, 7, 1])
+    assert abs(icc_absolute_agreement(counts, counts) - 1.0) < 1e-12
+    assert icc_absolute_agreement(counts, counts[::-1]) < 0.5
+
+
+def test_patient_metrics_use_the_four_prl_decision():
+    patients = np.repeat(["a", "b", "c"], 5)
+    labels = np.array([1, 1, 1, 1, 0] + [1, 0, 0, 0, 0] + [0] * 5)
+    result = all_metrics(patients, labels, labels.astype(float), 0.5)
+    assert result["prl4_kappa"] == 1.0 and result["count_icc"] == 1.0 and result["n_patients"] == 3.0
+
+
+def test_bootstrap_interval_brackets_the_estimate():
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(20), 10)
+    labels = (rng.random(200) < 0.2).astype(int)
+    scores = np.clip(labels * 0.4 + rng.random(200) * 0.6, 0, 1)
+    point = all_metrics(patients, labels, scores, 0.5)["pr_auc"]
+    low, high = bootstrap_ci(patients, labels, scores, 0.5, n_resamples=100, seed=1)["pr_auc"]
+    assert low <= point <= high and high - low > 0.01
+    again = bootstrap_ci(patients, labels, scores, 0.5, n_resamples=100, seed=1)["pr_auc"]
+    assert again == (low, high)
+
+
+def test_temperature_and_threshold_from_validation():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(-1.0, 2.0, 2000)  # calibrated log-odds
+    labels = (rng.random(2000) < sigmoid(true_logits)).astype(int)
+    overconfident = 4 * true_logits
+    temperature = fit_temperature(overconfident, labels)
+    assert 3.0 < temperature < 5.5
+    calibrated = sigmoid(overconfident / temperature)
+    assert expected_calibration_error(labels, calibrated) < expected_calibration_error(labels, sigmoid(overconfident))
+    threshold = choose_threshold(calibrated, labels)
+    assert lesion_metrics(labels, calibrated, threshold)["f1"] >= lesion_metrics(labels, calibrated, 0.9)["f1"]
+    assert fit_temperature(overconfident, np.zeros(2000)) == 1.0 and choose_threshold(calibrated, np.zeros(2000)) == 0.5
