@@ -64,6 +64,13 @@ def patient_strata(meta: pd.DataFrame) -> pd.Series:
     return site + "|" + bins
 
 
+def _quiet_splits(splitter: StratifiedGroupKFold, patients: np.ndarray, strata: np.ndarray) -> list:
+    """Splits with one row per patient; small strata only cost balance, so their warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return list(splitter.split(patients, strata, groups=patients))
+
+
 def patient_folds(meta: pd.DataFrame, n_folds: int, seed: int) -> list[list[str]]:
     """Test patients of each fold, over the patients that have at least one labelled lesion."""
     labelled = meta[meta["label"].notna()]
@@ -78,7 +85,7 @@ def patient_folds(meta: pd.DataFrame, n_folds: int, seed: int) -> list[list[str]
     counts = strata.map(strata.value_counts())
     strata = strata.where(counts >= n_folds, "any")
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    folds = [sorted(patients[test].tolist()) for _, test in splitter.split(patients, strata.to_numpy(), groups=patients)]
+    folds = [sorted(patients[test].tolist()) for _, test in _quiet_splits(splitter, patients, strata.to_numpy())]
     return folds
 
 
@@ -91,11 +98,9 @@ def inner_split(meta: pd.DataFrame, fraction: float, seed: int) -> tuple[list[st
     n_splits = int(min(max(round(1 / fraction), 2), len(patients)))
     strata = patient_strata(meta).reindex(patients).str.split("|").str[1].to_numpy()
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    # Small strata trigger scikit-learn's "least populated class" warning; the split is still by patient.
-    warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
     has_rim = meta.groupby("participant_id")["label"].apply(lambda s: bool((s == 1).any()))
     first = None
-    for fit, val in splitter.split(patients, strata, groups=patients):
+    for fit, val in _quiet_splits(splitter, patients, strata):
         split = (sorted(patients[fit].tolist()), sorted(patients[val].tolist()))
         first = first or split
         if has_rim[split[0]].any() and has_rim[split[1]].any():

@@ -1,0 +1,108 @@
+"""Cross-validation: patients never cross folds, pretraining never sees the test fold, seeds repeat."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+import bids_rim.training.crossval as crossval
+from bids_rim.training.config import TrainConfig
+from bids_rim.training.toy import make_toy_patches
+
+CPU = torch.device("cpu")
+TINY = TrainConfig(width=4, batch_size=16, pretrain_epochs=1, finetune_epochs=2, patience=2, folds=3, patch_size=16,
+                   bootstrap_resamples=20)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    patches, meta = make_toy_patches(12, 6, patch_size=16, seed=5)
+    # Two patients without any labels: they may pretrain in every fold but are never tested.
+    meta.loc[meta["participant_id"].isin(["sub-011", "sub-012"]), "label"] = np.nan
+    return patches, meta
+
+
+def test_no_patient_in_two_folds_and_every_labelled_patient_tested(toy):
+    _, meta = toy
+    folds = crossval.patient_folds(meta, 3, seed=0)
+    tested = [p for fold in folds for p in fold]
+    assert len(tested) == len(set(tested))
+    assert set(tested) == set(meta.loc[meta["label"].notna(), "participant_id"])
+    assert "sub-011" not in tested
+    assert crossval.patient_folds(meta, 3, seed=0) == folds
+
+
+def test_inner_split_is_by_patient(toy):
+    _, meta = toy
+    fit, val = crossval.inner_split(meta[meta["label"].notna()], 0.25, seed=1)
+    assert fit and val and not set(fit) & set(val)
+
+
+def test_pretraining_and_finetuning_never_see_the_test_fold(toy, monkeypatch):
+    patches, meta = toy
+    seen: list[dict] = []
+    real_pretrain, real_finetune = crossval.pretrain, crossval.finetune
+
+    def spy_pretrain(model, given, *args, **kwargs):
+        seen.append({"stage": "pretrain", "patches": given.copy()})
+        return real_pretrain(model, given, *args, **kwargs)
+
+    def spy_finetune(model, train_patches, train_labels, val_patches, val_labels, *args, **kwargs):
+        seen.append({"stage": "finetune", "patches": np.concatenate([train_patches, val_patches])})
+        return real_finetune(model, train_patches, train_labels, val_patches, val_labels, *args, **kwargs)
+
+    monkeypatch.setattr(crossval, "pretrain", spy_pretrain)
+    monkeypatch.setattr(crossval, "finetune", spy_finetune)
+    result = crossval.cross_validate(patches, meta, TINY, CPU)
+    assert len(seen) == 2 * TINY.folds
+    fingerprints = [patch.tobytes() for patch in patches]
+    for fold, test_patients in enumerate(result.test_participants):
+        test_prints = {fingerprints[i] for i in np.flatnonzero(meta["participant_id"].isin(test_patients))}
+        for record in seen[2 * fold : 2 * fold + 2]:
+            used = {patch.tobytes() for patch in record["patches"]}
+            assert not used & test_prints, f"{record['stage']} of fold {fold + 1} saw a test patient's patch"
+        member = result.folds[fold]
+        assert not set(member.pretrain_participants) & set(test_patients)
+        assert {"sub-011", "sub-012"} <= set(member.pretrain_participants)
+    assert set(result.predictions["participant_id"]) == {p for fold in result.test_participants for p in fold}
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(toy):
+    patches, meta = toy
+    patients = sorted(meta["participant_id"].unique())[:8]
+
+    def run(seed):
+        member = crossval.train_member(patches, meta, patients, TINY, CPU, seed=seed)
+        return member, crossval.member_probabilities(member, TINY, patches[:10], CPU)
+
+    first, p1 = run(7)
+    second, p2 = run(7)
+    for key, value in first.state_dict.items():
+        torch.testing.assert_close(value, second.state_dict[key], rtol=0, atol=0)
+    np.testing.assert_array_equal(p1, p2)
+    assert first.pretrain_history == second.pretrain_history
+    _, p3 = run(8)
+    assert not np.array_equal(p1, p3)
+
+
+def test_tiny_asym_beats_chance_on_unseen_patients():
+    patches, meta = make_toy_patches(24, 8, patch_size=16, seed=0)
+    test_patches, test_meta = make_toy_patches(10, 8, patch_size=16, seed=1)
+    config = TrainConfig(width=6, batch_size=16, pretrain_epochs=2, finetune_epochs=6, patience=3, patch_size=16)
+    member = crossval.train_member(patches, meta, sorted(meta["participant_id"].unique()), config, CPU, seed=0)
+    probabilities = crossval.member_probabilities(member, config, test_patches, CPU)
+    labels = test_meta["label"].to_numpy()
+    prevalence = labels.mean()
+    pr_auc = average_precision_score(labels, probabilities)
+    assert pr_auc > prevalence + 0.4, f"PR AUC {pr_auc:.3f} vs prevalence {prevalence:.3f}"
+    assert 0.0 < member.threshold < 1.0 and member.temperature > 0
+    assert member.pretrain_history[-1]["qsm_embedding_std"] > 0
+
+
+def test_radiomics_baseline_runs_in_the_same_harness(toy):
+    patches, meta = toy
+    config = TrainConfig(arch="radiomics", folds=3, patch_size=16)
+    result = crossval.cross_validate(patches, meta, config, CPU)
+    assert len(result.fold_metrics) == 3 and result.fold_metrics["pr_auc"].notna().all()
