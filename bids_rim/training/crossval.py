@@ -96,7 +96,10 @@ def inner_split(meta: pd.DataFrame, fraction: float, seed: int) -> tuple[list[st
     """
     patients = np.array(sorted(meta["participant_id"].unique()))
     n_splits = int(min(max(round(1 / fraction), 2), len(patients)))
-    strata = patient_strata(meta).reindex(patients).str.split("|").str[1].to_numpy()
+    strata = patient_strata(meta).reindex(patients).str.split("|").str[1]
+    if strata.value_counts().max() < n_splits:  # too few patients to stratify by rim+ count
+        strata[:] = "any"
+    strata = strata.to_numpy()
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     has_rim = meta.groupby("participant_id")["label"].apply(lambda s: bool((s == 1).any()))
     first = None

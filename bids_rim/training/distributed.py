@@ -50,7 +50,9 @@ def wrap(module: nn.Module, context: DistContext, device: torch.device) -> nn.Mo
     if not context.is_distributed:
         return module
     device_ids = [device.index] if device.type == "cuda" and device.index is not None else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+    # The objectives use some parameters twice (QSM stem in two views) and others not at all
+    # (the classifier head while pretraining); their graph is the same every step, hence static.
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, static_graph=True)
 
 
 def all_ranks_agree(value: float, context: DistContext) -> float:

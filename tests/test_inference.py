@@ -1,0 +1,101 @@
+"""The model file and inference: round trip, clear refusals, predictions with uncertainty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bids_rim.errors import InputError
+from bids_rim.models import get_model
+from bids_rim.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from bids_rim.training.inference import PREDICTION_COLUMNS, load_rim_model, resolve_device
+from bids_rim.training.toy import make_toy_patches
+
+ARCH_CONFIG = {"width": 4, "conditioning": "film_spatial", "film_stages": [0], "dropout": 0.1}
+
+
+def _save(path, seeds=(0, 1), arch="asym", arch_config=ARCH_CONFIG, threshold=0.4):
+    state_dicts = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        state_dicts.append(get_model(arch, **arch_config).state_dict())
+    return save_checkpoint(path, arch=arch, arch_config=arch_config, state_dicts=state_dicts,
+                           temperatures=[1.5] * len(seeds), threshold=threshold, patch_size=16, patch_spacing_mm=1.0,
+                           training={"synthetic_data": True, "note": "test"})
+
+
+def test_round_trip_restores_every_member_exactly(tmp_path):
+    path = _save(tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    assert payload["format_version"] == FORMAT_VERSION and payload["arch"] == "asym"
+    model = load_rim_model(path, "cpu")
+    assert len(model.members) == 2 and model.threshold == pytest.approx(0.4) and model.patch_size == 16
+    torch.manual_seed(1)
+    reference = get_model("asym", **ARCH_CONFIG).state_dict()
+    for key, value in model.members[1].state_dict().items():
+        torch.testing.assert_close(value, reference[key], rtol=0, atol=0)
+    assert model.metadata["synthetic_data"] is True
+
+
+def test_predict_gives_probability_uncertainty_and_label(tmp_path):
+    model = load_rim_model(_save(tmp_path / "model.pt"), "cpu")
+    patches, _ = make_toy_patches(2, 5, patch_size=16, seed=0)
+    table = model.predict(patches, batch_size=4)
+    assert list(table.columns) == list(PREDICTION_COLUMNS) and len(table) == 10
+    assert table["rim_probability"].between(0, 1).all() and (table["rim_uncertainty"] >= 0).all()
+    assert (table["rim_uncertainty"] > 0).any()  # two different members disagree
+    np.testing.assert_array_equal(table["rim_label"], (table["rim_probability"] >= 0.4).astype(int))
+    # Batching does not change the numbers; the empty case keeps the columns.
+    np.testing.assert_allclose(model.predict(patches, batch_size=3)["rim_probability"], table["rim_probability"], rtol=1e-5)
+    assert list(model.predict(patches[:0]).columns) == list(PREDICTION_COLUMNS)
+    with pytest.raises(InputError, match="do not fit this model"):
+        model.predict(patches[:, :, :8, :8, :8])
+
+
+def test_other_architecture_or_version_fails_with_one_line(tmp_path):
+    path = _save(tmp_path / "rimnet.pt", arch="rimnet", arch_config={"width": 4})
+    assert load_rim_model(path, "cpu").members
+    with pytest.raises(InputError, match="holds architecture 'rimnet', expected 'asym'") as info:
+        load_rim_model(path, "cpu", expected_arch="asym")
+    assert "\n" not in str(info.value)
+
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(InputError, match="format_version 99 is not supported") as info:
+        load_checkpoint(tmp_path / "future.pt")
+    assert "\n" not in str(info.value)
+
+    payload["format_version"] = FORMAT_VERSION
+    payload["arch"] = "transformer9000"
+    torch.save(payload, tmp_path / "alien.pt")
+    with pytest.raises(InputError, match="unknown architecture 'transformer9000'"):
+        load_rim_model(tmp_path / "alien.pt", "cpu")
+
+    payload["arch"] = "asym"  # asym label on rimnet weights
+    torch.save(payload, tmp_path / "mislabelled.pt")
+    with pytest.raises(InputError, match="weights do not match architecture 'asym'") as info:
+        load_rim_model(tmp_path / "mislabelled.pt", "cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_files_that_are_not_model_files_fail_clearly(tmp_path):
+    with pytest.raises(InputError, match="model file not found"):
+        load_rim_model(tmp_path / "missing.pt", "cpu")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(InputError, match="text.pt: not a bids_rim model file"):
+        load_rim_model(tmp_path / "text.pt", "cpu")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="no format_version"):
+        load_rim_model(tmp_path / "other.pt", "cpu")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(InputError, match="not a device"):
+        resolve_device("quantum")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            resolve_device("cuda:0")
