@@ -49,6 +49,10 @@ def test_predict_gives_probability_uncertainty_and_label(tmp_path):
     # Batching does not change the numbers; the empty case keeps the columns.
     np.testing.assert_allclose(model.predict(patches, batch_size=3)["rim_probability"], table["rim_probability"], rtol=1e-5)
     assert list(model.predict(patches[:0]).columns) == list(PREDICTION_COLUMNS)
+    # Without the ensemble and the flips, one deterministic view: no spread to report.
+    single = model.predict(patches, ensemble=False, tta=False)
+    assert (single["rim_uncertainty"] == 0).all()
+    assert not np.allclose(single["rim_probability"], table["rim_probability"])
     with pytest.raises(InputError, match="do not fit this model"):
         model.predict(patches[:, :, :8, :8, :8])
 

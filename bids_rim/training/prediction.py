@@ -6,8 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
-# Flip views used at test time: identity and a flip of each spatial axis (a rim has no handedness).
-TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
+# Flip views used at test time (a rim has no handedness): identity and the left-right flip by
+# default; ALL_FLIPS adds the other two axes at twice the cost.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,))
+ALL_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
 
 
 @torch.no_grad()
