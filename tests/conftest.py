@@ -20,11 +20,11 @@ FAST_OPTIONS = ["--nprocs", "1", "--omp-nthreads", "1", "--patch-size", "16", "-
 
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three participants at two sites, one session each, with masks and annotations."""
+    """Six participants at two sites, one session each, with masks and annotations."""
     from bids_rim.synth import generate_cohort
 
     root = tmp_path_factory.mktemp("cohort") / "bids"
-    generate_cohort(root, n_subjects=3, n_sites=2, n_sessions=1, difficulty="realistic", size="small",
+    generate_cohort(root, n_subjects=6, n_sites=2, n_sessions=1, difficulty="realistic", size="small",
                     seed=11, progress=False)
     return root
 

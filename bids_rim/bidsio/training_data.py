@@ -20,7 +20,7 @@ import pandas as pd
 from bids.layout import parse_file_entities
 
 from bids_rim.errors import InputError
-from bids_rim.preproc.patches import load_patches
+from bids_rim.preproc.patches import load_patch_spacing_mm, load_patches
 
 LOGGER = logging.getLogger("bids_rim.training_data")
 ANNOTATION_COLUMNS = ("x_mm", "y_mm", "z_mm", "rim")
@@ -32,6 +32,13 @@ class TrainingSet:
 
     patches: np.ndarray
     meta: pd.DataFrame  # participant_id, session_id, site, lesion_id, label (1, 0 or NaN)
+    spacing_mm: np.ndarray  # (N,) isotropic voxel size of each patch
+
+    @property
+    def nominal_spacing_mm(self) -> float:
+        """The spacing most patches have (larger ones belong to rescaled big lesions)."""
+        values, counts = np.unique(np.round(self.spacing_mm, 3), return_counts=True)
+        return float(values[np.argmax(counts)])
 
 
 def read_annotations(path: Path) -> pd.DataFrame:
@@ -93,7 +100,7 @@ def load_training_set(
             raise InputError(f"{annotations_dir}: no *_desc-rim_annotations.tsv files found")
     sites = participants.set_index("participant_id")["site"] if "site" in participants else pd.Series(dtype=str)
 
-    all_patches, metas = [], []
+    all_patches, metas, spacings = [], [], []
     for patch_file in sorted(output_dir.glob("sub-*/**/anat/sub-*_desc-lesions_patches.npz")):
         subject, session = _session_key(patch_file)
         table_file = patch_file.with_name(patch_file.name.replace("_patches.npz", "_table.tsv"))
@@ -117,9 +124,10 @@ def load_training_set(
             ).to_numpy()
         all_patches.append(patches)
         metas.append(meta)
+        spacings.append(load_patch_spacing_mm(patch_file))
     if not metas:
         raise InputError(f"{output_dir}: no participant-level patches found (run the participant level first)")
     meta = pd.concat(metas, ignore_index=True)
     LOGGER.info("Training set: %d lesions of %d participants, %d labelled (%d rim+)", len(meta),
                 meta["participant_id"].nunique(), int(meta["label"].notna().sum()), int((meta["label"] == 1).sum()))
-    return TrainingSet(np.concatenate(all_patches, axis=0), meta)
+    return TrainingSet(np.concatenate(all_patches, axis=0), meta, np.concatenate(spacings))

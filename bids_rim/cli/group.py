@@ -6,8 +6,10 @@ dataset's ``participants.tsv``.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -28,10 +30,20 @@ def read_participants(config: RunConfig) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", na_values="n/a", dtype={"participant_id": str})
 
 
+def is_synthetic_dataset(bids_dir: Path) -> bool:
+    """True for a cohort written by ``bids_rim-synth`` (the model card then says so plainly)."""
+    try:
+        description = json.loads((bids_dir / "dataset_description.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return any(entry.get("Name") == "bids_rim-synth" for entry in description.get("GeneratedBy", []))
+
+
 def run_training(config: RunConfig) -> int:
     """``group --train``: gather patches and annotations, cross-validate, write the model."""
     from bids_rim.bidsio.training_data import load_training_set
-    from bids_rim.training.api import TrainConfig, train_rim_model
+    from bids_rim.training.api import train_rim_model
+    from bids_rim.training.config import TrainConfig
     from bids_rim.training.inference import resolve_device
 
     settings = config.training
@@ -47,9 +59,11 @@ def run_training(config: RunConfig) -> int:
         batch_size=settings.batch_size,
         seed=config.execution.seed,
         patch_size=int(data.patches.shape[-1]),
+        patch_spacing_mm=data.nominal_spacing_mm,
     )
     result = train_rim_model(data.patches, data.meta, train_config, config.output_dir / "models",
-                             resolve_device(config.execution.device), progress=True)
+                             resolve_device(config.execution.device), progress=True,
+                             synthetic=is_synthetic_dataset(config.bids_dir))
     LOGGER.info("Model written to %s", result.model_path)
     return 0
 
