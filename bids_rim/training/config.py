@@ -26,7 +26,7 @@ class TrainConfig:
     early_fusion_widen_factor: float = 0.25
     radiomics_estimator: str = "random_forest"
     # self-supervised pretraining
-    pretrain_epochs: int = 15
+    pretrain_epochs: int = 10
     pretrain_objectives: tuple[str, ...] = ("predictor", "variance", "infonce", "masked")
     pretrain_lr: float = 1e-3
     infonce_temperature: float = 0.1

@@ -61,6 +61,10 @@ class PretrainObjective(nn.Module):
         dim = model.embedding_dim
         self.predictor = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.decoder = nn.ConvTranspose3d(model.mid_channels, 1, 2, stride=2)
+        # Contrastive projection heads (as SimCLR/CLIP): pooled features share a large common
+        # component, so the cosine similarities of raw embeddings start nearly equal.
+        self.qsm_projector = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.flair_projector = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
 
     def forward(self, patches: torch.Tensor, block_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
@@ -73,7 +77,7 @@ class PretrainObjective(nn.Module):
         if "variance" in self.objectives:
             terms["variance"] = losses.variance_covariance_loss(qsm) + losses.variance_covariance_loss(flair)
         if "infonce" in self.objectives:
-            terms["infonce"] = losses.info_nce_loss(qsm, flair, self.temperature)
+            terms["infonce"] = losses.info_nce_loss(self.qsm_projector(qsm), self.flair_projector(flair), self.temperature)
         if "masked" in self.objectives:
             hidden = patches.clone()
             hidden[:, 0:1] = hidden[:, 0:1] * (1 - block_mask)
