@@ -1,0 +1,146 @@
+"""Runtime and memory of the participant level, run by hand; results go to results/runtime.md.
+
+    python benchmarks/runtime.py [--size full|small] [--seed 0] [--out benchmarks/results/runtime.md]
+
+Measures, on one synthetic subject of the chosen size:
+- wall time of every workflow step (from Nipype's own node records) and of the whole command,
+  and the peak resident memory of the command (its process tree, from getrusage);
+- the rigid registration beside the bare cost of reading both images and resampling FLAIR;
+- rim inference throughput (lesions per second) with the bundled model, when it exists.
+Nothing here is a test: the goals (≤ 60 s and ≤ 3 GB for a full-size subject with ~30 lesions,
+≥ 200 lesions/s inference) are reported against, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _node_durations(work_dir: Path) -> dict[str, float]:
+    from nipype.utils.filemanip import loadpkl
+
+    durations: dict[str, float] = {}
+    for result_file in sorted(work_dir.rglob("result_*.pklz")):
+        result = loadpkl(result_file)
+        runtime = getattr(result, "runtime", None)
+        duration = getattr(runtime, "duration", None) if runtime is not None else None
+        if duration is not None:
+            durations[result_file.parent.name] = float(duration)
+    return durations
+
+
+def _registration_vs_io(bids_dir: Path, output_dir: Path) -> dict[str, float]:
+    import nibabel as nib
+
+    from bids_rim.preproc.registration import register_rigid
+    from bids_rim.preproc.resample import resample_to_reference
+
+    anat = next(bids_dir.glob("sub-*/ses-*/anat"))
+    flair_path = next(anat.glob("*_FLAIR.nii.gz"))
+    fixed_path = next(anat.glob("*_part-mag_T2starw.nii.gz"))
+    start = time.perf_counter()
+    flair = nib.load(flair_path)
+    fixed = nib.load(fixed_path)
+    flair.get_fdata()
+    fixed.get_fdata()
+    resample_to_reference(flair, fixed, np.eye(4), interpolation="linear")
+    io_and_resample = time.perf_counter() - start
+    start = time.perf_counter()
+    register_rigid(flair, fixed, seed=0)
+    registration = time.perf_counter() - start
+    return {"read both images + resample FLAIR (s)": io_and_resample, "rigid registration (s)": registration}
+
+
+def _inference_throughput(output_dir: Path, repeats: int = 3) -> float | None:
+    from bids_rim.preproc.patches import load_patches
+    from bids_rim.training.inference import load_rim_model
+    from bids_rim.workflows.participant import bundled_model_path
+
+    if not bundled_model_path().is_file():
+        return None
+    patches, _ = load_patches(next(output_dir.rglob("*_desc-lesions_patches.npz")))
+    patches = np.concatenate([patches] * max(1, 256 // max(1, len(patches))))
+    model = load_rim_model(bundled_model_path(), "cpu")
+    model.predict(patches[:8])  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model.predict(patches)
+    return repeats * len(patches) / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["full", "small"], default="full")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "runtime.md")
+    args = parser.parse_args()
+    from bids_rim.synth import generate_cohort
+
+    with tempfile.TemporaryDirectory(prefix="bids_rim_bench_") as tmp:
+        root = Path(tmp)
+        bids_dir, output_dir, work_dir = root / "bids", root / "out", root / "work"
+        start = time.perf_counter()
+        generate_cohort(bids_dir, n_subjects=1, n_sites=1, size=args.size, seed=args.seed, progress=False)
+        synth_s = time.perf_counter() - start
+        command = [str(Path(sys.executable).with_name("bids_rim")), str(bids_dir), str(output_dir), "participant",
+                   "-d", str(bids_dir / "derivatives" / "lesion_masks"), "-w", str(work_dir),
+                   "--nprocs", "1", "--omp-nthreads", "2", "--skip-bids-validation"]
+        from bids_rim.workflows.participant import bundled_model_path
+
+        if not bundled_model_path().is_file():
+            command.append("--no-inference")
+        start = time.perf_counter()
+        completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+        wall_s = time.perf_counter() - start
+        if completed.returncode != 0:
+            print(completed.stderr[-3000:], file=sys.stderr)
+            return 1
+        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+        durations = _node_durations(work_dir)
+        n_lesions = sum(1 for _ in open(next(output_dir.rglob("*_desc-lesions_table.tsv")))) - 1
+        comparison = _registration_vs_io(bids_dir, output_dir)
+        throughput = _inference_throughput(output_dir)
+
+    lines = [
+        "# Runtime and memory of the participant level",
+        "",
+        f"Command: `python benchmarks/runtime.py --size {args.size} --seed {args.seed}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"run {time.strftime('%Y-%m-%d')}",
+        "",
+        f"One synthetic subject (`--size {args.size}`), {n_lesions} lesions; generating it took {synth_s:.1f} s.",
+        "",
+        "| step (Nipype node) | wall time (s) |",
+        "|---|---|",
+        *[f"| {name} | {seconds:.2f} |" for name, seconds in sorted(durations.items(), key=lambda kv: -kv[1])],
+        f"| **whole command** (incl. start-up, BIDS indexing) | **{wall_s:.1f}** |",
+        "",
+        f"Peak resident memory of the command: **{peak_gb:.2f} GB** (goal ≤ 3 GB); "
+        f"wall time goal ≤ 60 s for a full-size subject with ~30 lesions.",
+        "",
+        "Registration beside the bare cost of the images it works on:",
+        "",
+        *[f"- {name}: {seconds:.2f}" for name, seconds in comparison.items()],
+        "",
+        (f"Rim inference throughput (bundled model, 2 flip views, CPU): **{throughput:.0f} lesions/s** (goal ≥ 200)."
+         if throughput is not None else "Rim inference: no bundled model present, not measured."),
+        "",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
