@@ -53,6 +53,11 @@ def test_predict_gives_probability_uncertainty_and_label(tmp_path):
     single = model.predict(patches, ensemble=False, tta=False)
     assert (single["rim_uncertainty"] == 0).all()
     assert not np.allclose(single["rim_probability"], table["rim_probability"])
+    # Monte Carlo dropout alone also spreads the predictions, reproducibly.
+    mc = model.predict(patches, ensemble=False, tta=False, mc_dropout_samples=4)
+    assert (mc["rim_uncertainty"] > 0).all()
+    np.testing.assert_array_equal(mc, model.predict(patches, ensemble=False, tta=False, mc_dropout_samples=4))
+    assert not model.members[-1].head[2].training  # dropout back to eval mode
     with pytest.raises(InputError, match="do not fit this model"):
         model.predict(patches[:, :, :8, :8, :8])
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,8 @@ import pytest
 import torch
 
 from bids_rim.errors import InputError
+from bids_rim.models import get_model
+from bids_rim.training.crossval import initialise_from_model_file
 from bids_rim.training.api import TrainConfig, train_rim_model
 from bids_rim.training.inference import load_rim_model
 from bids_rim.training.toy import make_toy_patches
@@ -28,14 +31,21 @@ def toy():
     return make_toy_patches(9, 6, patch_size=16, seed=2)
 
 
-def test_train_rim_model_writes_model_card_metrics_and_plots(toy, tmp_path):
+@pytest.fixture(scope="module")
+def trained(toy, tmp_path_factory):
     patches, meta = toy
-    result = train_rim_model(patches, meta, TINY, tmp_path / "models", torch.device("cpu"), progress=False, synthetic=True)
+    out = tmp_path_factory.mktemp("train")
+    return out, train_rim_model(patches, meta, TINY, out / "models", torch.device("cpu"), progress=False, synthetic=True)
+
+
+def test_train_rim_model_writes_model_card_metrics_and_plots(toy, trained):
+    patches, _ = toy
+    tmp_path, result = trained
     names = {p.name for p in (tmp_path / "models").iterdir()}
     assert {"desc-rim_model.pt", "desc-rim_modelcard.md", "desc-rim_foldmetrics.tsv", "desc-rim_foldmetrics.json",
             "desc-rim_roc.png", "desc-rim_pr.png", "desc-rim_reliability.png"} <= names
     table = pd.read_csv(result.fold_metrics_path, sep="\t")
-    assert list(table["fold"]) == ["1", "2", "3", "pooled"] or list(table["fold"].astype(str)) == ["1", "2", "3", "pooled"]
+    assert list(table["fold"].astype(str)) == ["1", "2", "3", "pooled"]
     sidecar = json.loads(result.fold_metrics_path.with_suffix(".json").read_text())
     assert "pr_auc" in sidecar and "Description" in sidecar["pr_auc"]
     card = result.model_card_path.read_text()
@@ -47,6 +57,20 @@ def test_train_rim_model_writes_model_card_metrics_and_plots(toy, tmp_path):
     assert model.metadata["config"]["folds"] == 3
     predictions = model.predict(patches[:5])
     assert predictions["rim_probability"].between(0, 1).all()
+
+
+def test_fine_tuning_starts_from_the_model_files_final_member(trained):
+    _, result = trained
+    config = replace(TINY, init_from=str(result.model_path))
+    model = get_model("asym", **config.model_kwargs())
+    initialise_from_model_file(model, config)
+    final = torch.load(result.model_path, weights_only=True)["state_dicts"][-1]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, final[key], rtol=0, atol=0)
+    with pytest.raises(InputError, match="differs from the training configuration"):
+        initialise_from_model_file(get_model("asym", width=6), replace(config, width=6))
+    with pytest.raises(InputError, match="holds architecture 'asym', expected 'rimnet'"):
+        initialise_from_model_file(get_model("rimnet", width=4), replace(config, arch="rimnet"))
 
 
 def test_bad_training_inputs_fail_clearly(toy, tmp_path):
@@ -103,8 +127,6 @@ def test_distributed_data_parallel_keeps_ranks_identical(tmp_path):
         torch.testing.assert_close(value, ranks[1]["state_dict"][key], rtol=0, atol=0)
     # Training moved the weights away from their initialisation (the ranks agree on a trained model).
     torch.manual_seed(3)
-    from bids_rim.models import get_model
-
     initial = get_model("asym", width=4, dropout=0.2).state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in ranks[0]["state_dict"].items())
     assert np.isfinite(ranks[0]["state_dict"]["head.3.weight"].numpy()).all()

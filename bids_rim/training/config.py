@@ -54,6 +54,8 @@ class TrainConfig:
     bootstrap_resamples: int = 500
     train_final_model: bool = True
     tta: bool = True
+    # A model file whose final member initialises every model (fine-tuning the bundled model).
+    init_from: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
+from bids_rim.errors import InputError
 from bids_rim.models import get_model, is_neural
+from bids_rim.training.checkpoint import load_checkpoint
 from bids_rim.training.calibration import choose_threshold, sigmoid
 from bids_rim.training.config import TrainConfig
 from bids_rim.training.distributed import DistContext
@@ -111,6 +114,17 @@ def inner_split(meta: pd.DataFrame, fraction: float, seed: int) -> tuple[list[st
     return first
 
 
+def initialise_from_model_file(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Load the final member of ``config.init_from`` into ``model`` (same architecture and configuration)."""
+    payload = load_checkpoint(Path(config.init_from), expected_arch=config.arch)
+    if payload["arch_config"] != config.model_kwargs():
+        raise InputError(f"{config.init_from}: model configuration {payload['arch_config']} differs from the "
+                         f"training configuration {config.model_kwargs()}")
+    if payload["patch_size"] != config.patch_size:
+        raise InputError(f"{config.init_from}: model patches are {payload['patch_size']}³, training patches {config.patch_size}³")
+    model.load_state_dict(payload["state_dicts"][-1])
+
+
 def train_member(
     patches: np.ndarray,
     meta: pd.DataFrame,
@@ -140,6 +154,8 @@ def train_member(
 
     torch.manual_seed(seed)
     model = get_model(config.arch, **config.model_kwargs()).to(device)
+    if config.init_from:
+        initialise_from_model_file(model, config)
     pretrain_rows = np.flatnonzero(in_train)
     pretrain_history: list[dict[str, float]] = []
     pretrain_patients: list[str] = []

@@ -54,12 +54,14 @@ class RimModel:
         self.metadata = metadata
         self.tta_flips = tta_flips
 
-    def predict(self, patches: np.ndarray, batch_size: int = 64, tta: bool = True, ensemble: bool = True) -> pd.DataFrame:
+    def predict(self, patches: np.ndarray, batch_size: int = 64, tta: bool = True, ensemble: bool = True,
+                mc_dropout_samples: int = 0) -> pd.DataFrame:
         """Rim probability, uncertainty and label per patch of ``patches`` (N, 3, P, P, P).
 
         ``tta`` adds the flip views; ``ensemble=False`` uses only the last member (the final
         model trained on all data): about ``len(members)`` times faster, with an uncertainty
-        from the flip views alone.
+        from the flip views alone. ``mc_dropout_samples > 0`` adds that many Monte Carlo dropout
+        passes per member and view (seeded, so repeated calls give the same numbers).
         """
         patches = np.asarray(patches)
         expected = (3, self.patch_size, self.patch_size, self.patch_size)
@@ -69,11 +71,17 @@ class RimModel:
             return pd.DataFrame({"rim_probability": pd.Series(dtype=float), "rim_uncertainty": pd.Series(dtype=float),
                                  "rim_label": pd.Series(dtype=int)})
         flips = self.tta_flips if tta else ((),)
-        probabilities = np.concatenate([
-            sigmoid(predict_logits(member, patches, self.device, batch_size, flips) / temperature)
-            for member, temperature in (zip(self.members, self.temperatures) if ensemble
-                                        else [(self.members[-1], self.temperatures[-1])])
-        ])  # (members × views, N)
+        chosen = list(zip(self.members, self.temperatures)) if ensemble else [(self.members[-1], self.temperatures[-1])]
+        views = []
+        for member, temperature in chosen:
+            views.append(sigmoid(predict_logits(member, patches, self.device, batch_size, flips) / temperature))
+            if mc_dropout_samples > 0:
+                torch.manual_seed(0)
+                for _ in range(mc_dropout_samples):
+                    logits = predict_logits(member, patches, self.device, batch_size, flips, mc_dropout=True)
+                    views.append(sigmoid(logits / temperature))
+                member.eval()
+        probabilities = np.concatenate(views)  # (members × samples × views, N)
         probability = probabilities.mean(0)
         return pd.DataFrame({
             "rim_probability": probability,

@@ -19,9 +19,18 @@ def predict_logits(
     device: torch.device,
     batch_size: int = 64,
     flips: tuple[tuple[int, ...], ...] = ((),),
+    mc_dropout: bool = False,
 ) -> np.ndarray:
-    """Logits (V, N) of ``model`` for every flip view V and patch N (model put in eval mode)."""
+    """Logits (V, N) of ``model`` for every flip view V and patch N.
+
+    The model is put in eval mode; with ``mc_dropout`` its dropout layers stay stochastic
+    (Monte Carlo dropout), so repeated calls sample the predictive distribution.
+    """
     model.eval()
+    if mc_dropout:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.train()
     views: list[list[np.ndarray]] = [[] for _ in flips]
     for start in range(0, len(patches), batch_size):
         batch = torch.as_tensor(np.ascontiguousarray(patches[start : start + batch_size]), dtype=torch.float32).to(device)
