@@ -53,20 +53,24 @@ class GatedCrossAttention(nn.Module):
     """QSM voxels attend to FLAIR voxels; the result is added through a tanh gate starting at 0.
 
     ``z + tanh(g) · Attn(q=z_qsm, k=v=z_flair)`` with one learned scalar gate ``g = 0`` at start
-    (Flamingo-style gating), so the block begins as the identity.
+    (Flamingo-style gating), so the block begins as the identity. Keys and values are FLAIR
+    features average-pooled to at most ``context_size``³ tokens: every QSM voxel sees the
+    whole FLAIR context while the cost stays linear in the number of QSM voxels.
     """
 
-    def __init__(self, channels: int, heads: int = 1) -> None:
+    def __init__(self, channels: int, heads: int = 1, context_size: int = 4) -> None:
         super().__init__()
         self.norm_q = nn.LayerNorm(channels)
         self.norm_kv = nn.LayerNorm(channels)
         self.attention = nn.MultiheadAttention(channels, heads, batch_first=True)
         self.gate = nn.Parameter(torch.zeros(1))
+        self.context_size = context_size
 
     def forward(self, z_qsm: torch.Tensor, z_flair: torch.Tensor) -> torch.Tensor:
         batch, channels, *spatial = z_qsm.shape
         queries = self.norm_q(z_qsm.flatten(2).transpose(1, 2))
-        keys = self.norm_kv(z_flair.flatten(2).transpose(1, 2))
+        context = nn.functional.adaptive_avg_pool3d(z_flair, [min(self.context_size, n) for n in spatial])
+        keys = self.norm_kv(context.flatten(2).transpose(1, 2))
         attended, _ = self.attention(queries, keys, keys, need_weights=False)
         attended = attended.transpose(1, 2).reshape(batch, channels, *spatial)
         return z_qsm + torch.tanh(self.gate) * attended

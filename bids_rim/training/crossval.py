@@ -98,6 +98,8 @@ def inner_split(meta: pd.DataFrame, fraction: float, seed: int) -> tuple[list[st
     Prefers a split where both sides hold a rim+ lesion.
     """
     patients = np.array(sorted(meta["participant_id"].unique()))
+    if len(patients) < 2:
+        raise InputError(f"fine-tuning needs at least 2 labelled training patients (one for validation), got {len(patients)}")
     n_splits = int(min(max(round(1 / fraction), 2), len(patients)))
     strata = patient_strata(meta).reindex(patients).str.split("|").str[1]
     if strata.value_counts().max() < n_splits:  # too few patients to stratify by rim+ count
