@@ -19,6 +19,7 @@ from bids_rim.bidsio.preflight import check_session_inputs
 from bids_rim.bidsio.validator import validate_dataset
 from bids_rim.config import RunConfig
 from bids_rim.errors import InputError
+from bids_rim.preproc.template_space import resolve_template
 
 LOGGER = logging.getLogger("bids_rim.participant")
 
@@ -85,6 +86,8 @@ def run_participant_level(config: RunConfig) -> int:
     if not _validate_input(config):
         return EXIT_INVALID_BIDS
     try:
+        for space in config.output_spaces:  # fail before any work when a template is missing
+            resolve_template(space)
         layout = index_dataset(config.bids_dir, config.derivatives)
         units, unusable = collect_sessions(
             layout,

@@ -37,6 +37,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     patches = File(exists=True, mandatory=True)
     parameters = traits.Dict(desc="processing parameters recorded in the table's sidecar")
     warnings = traits.List(traits.Str)
+    template_maps = traits.List(traits.Dict, desc="{space, desc, path} of template-space masks")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -99,6 +100,16 @@ class DerivativesSink(SimpleInterface):
             "Sources": sources,
         })
         written["patches"] = str(patches_path)
+        if isdefined(self.inputs.template_maps):
+            descriptions = {"lesions": "Lesion mask", "rim": "Mask of the lesions labelled rim+ by the model"}
+            for item in self.inputs.template_maps:
+                path = target("mask", ".nii.gz", space=item["space"], desc=item["desc"])
+                atomic_copy(Path(item["path"]), path)
+                atomic_write_json(path.with_name(path.name.replace(".nii.gz", ".json")), {
+                    "Description": f"{descriptions[item['desc']]} in {item['space']} space (antspyx affine + SyN "
+                                   "of FLAIR to the template T1w; nearest neighbour)",
+                    "Sources": sources, "Type": "ROI"})
+                written[f"{item['space']}_{item['desc']}"] = str(path)
         written["qsm"] = self.inputs.source_files["qsm"]  # the report shows the untouched input QSM
         self._results["out_files"] = written
         return runtime

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from bids_rim.errors import InputError
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 
@@ -39,6 +40,11 @@ class RimInference(SimpleInterface):
         if list(lesion_ids) != list(table["lesion_id"]):
             raise RuntimeError(f"{self.inputs.patches}: patches and lesion table disagree on lesion ids")
         model = load_rim_model(Path(self.inputs.model), self.inputs.device)
+        if len(patches) and patches.shape[-1] != model.patch_size:
+            raise InputError(
+                f"{self.inputs.model}: the model expects {model.patch_size}³ patches but the lesions were cut at "
+                f"{patches.shape[-1]}³; rerun with --patch-size {model.patch_size}"
+            )
         predictions = model.predict(patches)
         for column in predictions.columns:
             table[column] = predictions[column].to_numpy()

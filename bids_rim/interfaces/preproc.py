@@ -248,3 +248,48 @@ class LesionTableAndPatches(SimpleInterface):
         save_patches(patches_path, patches, patch_info)
         self._results.update(table=table_path, patches=patches_path)
         return runtime
+
+
+class _TemplateMapsInputSpec(BaseInterfaceInputSpec):
+    flair_on_qsm = File(exists=True, mandatory=True)
+    brain_mask = File(exists=True, mandatory=True)
+    labels = File(exists=True, mandatory=True)
+    table = File(exists=True, mandatory=True, desc="lesion table; rim_label selects the rim+ lesions")
+    spaces = traits.List(traits.Str, mandatory=True, desc="TemplateFlow template names")
+    seed = traits.Int(0, usedefault=True)
+
+
+class _TemplateMapsOutputSpec(TraitedSpec):
+    maps = traits.List(traits.Dict, desc="{space, desc, path} of each map written")
+
+
+class TemplateMaps(SimpleInterface):
+    """Lesion and rim+ lesion masks in each requested template space (affine + SyN)."""
+
+    input_spec = _TemplateMapsInputSpec
+    output_spec = _TemplateMapsOutputSpec
+
+    def _run_interface(self, runtime):
+        import pandas as pd
+
+        from bids_rim.preproc.template_space import apply_to_template, register_to_template, resolve_template
+
+        flair, brain, labels = _load(self.inputs.flair_on_qsm), _load(self.inputs.brain_mask), _load(self.inputs.labels)
+        table = pd.read_csv(self.inputs.table, sep="\t", na_values="n/a")
+        label_data = np.asarray(labels.dataobj)
+        masks = {"lesions": label_data > 0}
+        if "rim_label" in table:
+            rim_ids = table.loc[table["rim_label"] == 1, "lesion_id"].to_numpy()
+            masks["rim"] = np.isin(label_data, rim_ids)
+        maps = []
+        for space in self.inputs.spaces:
+            t1w_path, mask_path = resolve_template(space)
+            template = nib.load(t1w_path)
+            template_mask = nib.load(mask_path) if mask_path else None
+            transforms = register_to_template(flair, brain, template, template_mask, seed=self.inputs.seed)
+            for desc, mask in masks.items():
+                moved = apply_to_template(nib.Nifti1Image(mask.astype(np.uint8), labels.affine), template, transforms)
+                maps.append({"space": space, "desc": desc,
+                             "path": _save(moved, runtime.cwd, f"{space}_{desc}_mask.nii.gz")})
+        self._results["maps"] = maps
+        return runtime

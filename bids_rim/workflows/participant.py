@@ -24,6 +24,7 @@ from bids_rim.interfaces.preproc import (
     N4BiasCorrection,
     ResampleToQSM,
     RigidRegistration,
+    TemplateMaps,
 )
 from bids_rim.interfaces.reports import ParticipantReport
 
@@ -152,15 +153,25 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
             (mask_xfm, resample_mask, [("xfm", "xfm")]),
             (resample_mask, lesions, [("out_file", "lesion_mask")]),
         ])
+    final_table = (table, "table")
     if config.run_inference:
         model_path = config.model_path or bundled_model_path()
         infer = pe.Node(RimInference(model=str(model_path), device=execution.device,
                                      num_threads=execution.omp_nthreads),
                         name="rim_inference", n_procs=execution.omp_nthreads)
-        workflow.connect([(table, infer, [("table", "table"), ("patches", "patches")]),
-                          (infer, sink, [("table", "table")])])
-    else:
-        workflow.connect([(table, sink, [("table", "table")])])
+        workflow.connect([(table, infer, [("table", "table"), ("patches", "patches")])])
+        final_table = (infer, "table")
+    workflow.connect([(final_table[0], sink, [(final_table[1], "table")])])
+    if config.output_spaces:
+        template_maps = pe.Node(TemplateMaps(spaces=list(config.output_spaces), seed=execution.seed),
+                                name="template_maps")
+        workflow.connect([
+            (resample_flair, template_maps, [("out_file", "flair_on_qsm")]),
+            (brain_mask, template_maps, [("out_file", "brain_mask")]),
+            (lesions, template_maps, [("labels", "labels")]),
+            (final_table[0], template_maps, [(final_table[1], "table")]),
+            (template_maps, sink, [("maps", "template_maps")]),
+        ])
     return workflow
 
 
