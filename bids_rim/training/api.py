@@ -136,7 +136,9 @@ def train_rim_model(
     card = write_model_card(out_dir / f"{STEM}_modelcard.md", config=config.as_dict(), data_summary=summary,
                             pooled=pooled, intervals=intervals, fold_metrics=cv.fold_metrics, synthetic=synthetic,
                             model_file=model_path.name if model_path else "none (a scikit-learn baseline is not saved)",
-                            plots=plots, threshold=deployed_threshold)
+                            plots=plots, threshold=deployed_threshold,
+                            pretrain_embedding_std=[m.pretrain_history[-1]["qsm_embedding_std"]
+                                                    for m in members if m.pretrain_history])
     LOGGER.info("Cross-validated PR AUC %.3f (95%% CI %.3f-%.3f), prevalence %.3f", pooled["pr_auc"],
                 *intervals["pr_auc"], pooled["prevalence"])
     return TrainResult(model_path, card, metrics_path, pooled, intervals, cv.fold_metrics, plots, cv)

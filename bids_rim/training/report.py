@@ -92,7 +92,8 @@ def _fmt(value: float) -> str:
 
 def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[str, Any], pooled: dict[str, float],
                      intervals: dict[str, tuple[float, float]], fold_metrics: pd.DataFrame, synthetic: bool,
-                     model_file: str, plots: dict[str, Path], threshold: float) -> Path:
+                     model_file: str, plots: dict[str, Path], threshold: float,
+                     pretrain_embedding_std: list[float] | None = None) -> Path:
     """A markdown model card: data, sites, counts, metrics with 95 % CIs, calibration, use and limits."""
     headline = ["pr_auc", "roc_auc", "partial_roc_auc_fpr0.1", "f1", "sensitivity", "specificity", "precision",
                 "balanced_accuracy", "mcc", "ece", "count_icc", "prl4_kappa"]
@@ -117,7 +118,16 @@ def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[s
         lines.append(f"| {name} | {_fmt(pooled.get(name))} | {_fmt(low)}–{_fmt(high)} | "
                      f"{_fmt(float(column.mean()))} ± {_fmt(float(column.std()))} |")
     lines += ["", f"Chance level for PR AUC is the prevalence ({_fmt(pooled.get('prevalence'))}).", "",
-              "## Calibration and decision", "",
+              "| fold | lesions | rim+ | PR AUC | ROC AUC | F1 | threshold |", "|---|---|---|---|---|---|---|"]
+    for _, row in fold_metrics.iterrows():
+        lines.append(f"| {int(row['fold'])} | {int(row['n_lesions'])} | {int(row['n_rim_positive'])} | {_fmt(row['pr_auc'])} | "
+                     f"{_fmt(row['roc_auc'])} | {_fmt(row['f1'])} | {_fmt(row['threshold'])} |")
+    lines.append("")
+    if pretrain_embedding_std:
+        lines += ["Self-supervised pretraining, last-epoch embedding spread (mean per-dimension std of unit-norm QSM "
+                  "embeddings; near 0 would mean collapse) per model: "
+                  + ", ".join(_fmt(v) for v in pretrain_embedding_std) + ".", ""]
+    lines += ["## Calibration and decision", "",
               f"Probabilities are temperature-scaled per ensemble member; the expected calibration error of the "
               f"pooled out-of-fold predictions is {_fmt(pooled.get('ece'))}. The model file's decision threshold "
               f"({threshold:.3f}) maximises F1 on the out-of-fold predictions; `rim_uncertainty` is the spread "
