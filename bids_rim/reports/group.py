@@ -1,0 +1,171 @@
+"""The group HTML report: ``OUTPUT_DIR/group.html`` with figures in ``OUTPUT_DIR/group/figures/``.
+
+One page: the cohort in numbers, PRL counts and shares per site, the rim-probability
+distributions, the tests of site differences, a forest plot of the count model's rate
+ratios, the participants that failed or are missing, and one row per subject-session with a
+link to its participant report. Figures are drawn with matplotlib's Agg backend and written
+without metadata, so the same tables give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from bids_rim.group.aggregate import ParticipantProblem
+from bids_rim.group.stats import PRL_COUNT_THRESHOLD, CountModelResult
+from bids_rim.reports import figures
+
+plt = figures.plt
+SITE_COLOURS = ("#1f5a99", "#d9480f", "#2b8a3e", "#7048e8", "#c2255c", "#0b7285", "#e67700", "#495057")
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+
+def _site_labels(sites: pd.Series) -> list[str]:
+    return ["n/a" if pd.isna(site) else str(site) for site in sites]
+
+
+def plot_counts_per_site(patients: pd.DataFrame, sites: pd.DataFrame, out_png: Path) -> Path:
+    """Left: rim+ count per patient by site; right: shares with ≥ 1 and ≥ 4 PRL (Wilson 95 %)."""
+    labels = _site_labels(sites["site"])
+    figure, (counts_axis, share_axis) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    rng = np.random.default_rng(0)  # fixed jitter: identical figures on reruns
+    for position, site in enumerate(sites["site"]):
+        values = patients.loc[patients["site"].isna() if pd.isna(site) else patients["site"] == site,
+                              "rim_positive_count"].to_numpy(dtype=float)
+        colour = SITE_COLOURS[position % len(SITE_COLOURS)]
+        counts_axis.boxplot(values, positions=[position], widths=0.5, showfliers=False,
+                            medianprops={"color": colour})
+        counts_axis.scatter(position + rng.uniform(-0.18, 0.18, values.size), values, s=10, alpha=0.6, color=colour)
+    counts_axis.axhline(PRL_COUNT_THRESHOLD, color="#868e96", linestyle="--", linewidth=1)
+    counts_axis.set_xticks(range(len(labels)), labels)
+    counts_axis.set_xlabel("site")
+    counts_axis.set_ylabel("rim+ lesions per patient")
+    counts_axis.set_title("PRL count per patient (dashed: 4)")
+    width = 0.38
+    for offset, threshold, colour in ((-width / 2, 1, "#1f5a99"), (width / 2, PRL_COUNT_THRESHOLD, "#d9480f")):
+        share = sites[f"share_ge{threshold}_prl"].to_numpy(dtype=float)
+        errors = np.clip(np.vstack([share - sites[f"share_ge{threshold}_prl_ci_low"],
+                                  sites[f"share_ge{threshold}_prl_ci_high"] - share]), 0, None)
+        share_axis.bar(np.arange(len(labels)) + offset, share, width, yerr=errors, capsize=3, color=colour,
+                       alpha=0.8, label=f"≥ {threshold} PRL")
+    share_axis.set_xticks(range(len(labels)), labels)
+    share_axis.set_ylim(0, 1)
+    share_axis.set_xlabel("site")
+    share_axis.set_ylabel("share of patients")
+    share_axis.set_title("Patients with ≥ 1 and ≥ 4 PRL (Wilson 95 %)")
+    share_axis.legend(frameon=False)
+    figures.save_figure_png(figure, out_png)
+    plt.close(figure)
+    return out_png
+
+
+def plot_probability_histograms(lesions: pd.DataFrame, patients: pd.DataFrame, sites: pd.DataFrame,
+                                out_png: Path) -> Path:
+    """Histogram of lesion rim probabilities per site (analysed sessions), one panel per site."""
+    analysed = lesions.merge(patients[["participant_id", "session_id", "site"]], on=["participant_id", "session_id"])
+    n_sites = max(len(sites), 1)
+    columns = min(n_sites, 4)
+    rows = math.ceil(n_sites / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 0.6, 2.3 * rows + 0.4),
+                                squeeze=False, sharex=True, constrained_layout=True)
+    bins = np.linspace(0, 1, 21)
+    for position, (site, axis) in enumerate(zip(sites["site"], axes.flat)):
+        selected = analysed["site"].isna() if pd.isna(site) else analysed["site"] == site
+        values = analysed.loc[selected, "rim_probability"].dropna()
+        axis.hist(values, bins=bins, color=SITE_COLOURS[position % len(SITE_COLOURS)], alpha=0.85)
+        axis.set_yscale("log" if len(values) > 200 else "linear")
+        axis.set_title(f"site {_site_labels(pd.Series([site]))[0]} ({len(values)} lesions)", fontsize=10)
+        axis.set_xlabel("P(rim+)")
+    for axis in list(axes.flat)[n_sites:]:
+        axis.set_visible(False)
+    axes[0, 0].set_ylabel("lesions")
+    figures.save_figure_png(figure, out_png)
+    plt.close(figure)
+    return out_png
+
+
+def plot_rate_ratio_forest(table: pd.DataFrame, model_name: str, out_png: Path) -> Path:
+    """Rate ratios with 95 % intervals on a log axis, one row per term."""
+    height = 0.9 + 0.42 * max(len(table), 1)
+    figure, axis = plt.subplots(figsize=(7.5, height), constrained_layout=True)
+    positions = np.arange(len(table))[::-1]
+    axis.errorbar(table["rate_ratio"], positions,
+                  xerr=[table["rate_ratio"] - table["rate_ratio_ci_low"], table["rate_ratio_ci_high"] - table["rate_ratio"]],
+                  fmt="o", color="#1d2b3a", ecolor="#1f5a99", capsize=3)
+    axis.axvline(1.0, color="#868e96", linestyle="--", linewidth=1)
+    axis.set_xscale("log")
+    axis.set_yticks(positions, table["term"])
+    axis.set_xlabel("rate ratio of the PRL count (95 % CI, log scale)")
+    axis.set_title(f"Count model ({model_name})")
+    figures.save_figure_png(figure, out_png)
+    plt.close(figure)
+    return out_png
+
+
+def _format(value: object, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "n/a"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.1e}"
+    return str(value)
+
+
+def _rows(table: pd.DataFrame, columns: Sequence[str]) -> list[list[str]]:
+    return [[_format(row[column]) for column in columns] for _, row in table.iterrows()]
+
+
+def write_group_report(output_dir: Path, *, lesions: pd.DataFrame, subjects: pd.DataFrame, patients: pd.DataFrame,
+                       sites: pd.DataFrame, site_tests: pd.DataFrame, count_model: CountModelResult,
+                       problems: Sequence[ParticipantProblem], tables: dict[str, Path]) -> Path:
+    """Draw the figures and write ``OUTPUT_DIR/group.html``; returns its path."""
+    output_dir = Path(output_dir)
+    figure_dir = output_dir / "group" / "figures"
+    drawn = {
+        "counts": plot_counts_per_site(patients, sites, figure_dir / "desc-sitecounts_plot.png"),
+        "histograms": plot_probability_histograms(lesions, patients, sites, figure_dir / "desc-rimprobability_plot.png"),
+    }
+    if len(count_model.table):
+        drawn["forest"] = plot_rate_ratio_forest(count_model.table, count_model.model,
+                                                 figure_dir / "desc-countmodel_plot.png")
+    subject_columns = ["participant_id", "session_id", "site", "n_lesions", "rim_positive_count",
+                       "expected_rim_positive_count", "expected_count_ci_low", "expected_count_ci_high",
+                       "p_at_least_4_prl", "prl_ge4_decision", "lesion_volume_mm3", "prl_volume_mm3"]
+    subject_rows = [{"cells": [_format(row[c], 1 if c.endswith("mm3") else 2) for c in subject_columns],
+                     "link": f"{row['participant_id']}.html"
+                     if (output_dir / f"{row['participant_id']}.html").is_file() else None,
+                     "positive": bool(row["prl_ge4_decision"])}
+                    for _, row in subjects.reindex(columns=subject_columns).iterrows()]
+    site_columns = ["site", "n_patients", "n_ge1_prl", "share_ge1_prl", "share_ge1_prl_ci_low",
+                    "share_ge1_prl_ci_high", "n_ge4_prl", "share_ge4_prl", "share_ge4_prl_ci_low",
+                    "share_ge4_prl_ci_high", "mean_rim_positive_count", "mean_expected_rim_positive_count",
+                    "rim_probability_median"]
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+                                     autoescape=jinja2.select_autoescape(["html", "j2"]))
+    html = environment.get_template("group.html.j2").render(
+        n_participants=subjects["participant_id"].nunique(),
+        n_sessions=len(subjects),
+        n_lesions=len(lesions),
+        n_sites=len(sites),
+        n_ge4=int(patients["prl_ge4_decision"].sum()),
+        problems=problems,
+        figures={name: path.relative_to(output_dir).as_posix() for name, path in drawn.items()},
+        site_columns=site_columns,
+        site_rows=_rows(sites.reindex(columns=site_columns), site_columns),
+        test_rows=_rows(site_tests, ["test", "outcome", "statistic", "p_value", "note"]),
+        model=count_model,
+        model_rows=_rows(count_model.table, ["term", "rate_ratio", "rate_ratio_ci_low", "rate_ratio_ci_high",
+                                             "p_value"]),
+        subject_columns=subject_columns,
+        subject_rows=subject_rows,
+        tables={name: path.relative_to(output_dir).as_posix() for name, path in tables.items()},
+        threshold=PRL_COUNT_THRESHOLD,
+    )
+    report = output_dir / "group.html"
+    figures.atomic_write_bytes(report, html.encode("utf-8"))
+    return report
