@@ -47,8 +47,8 @@ class TrainingSettings:
     rim_annotations: Path | None = None
     arch: str = "asym"
     folds: int = 5
-    pretrain_epochs: int = 20
-    finetune_epochs: int = 40
+    pretrain_epochs: int = 10
+    finetune_epochs: int = 30
     batch_size: int = 32
 
 

@@ -121,7 +121,7 @@ def test_rerun_is_cached_and_byte_identical(participant_run: dict[str, Path]) ->
     before = _digest(output_dir)
     results_before = {p: p.stat().st_mtime_ns for p in work_dir.rglob("result_*.pklz") if "sink" not in p.parts[-2]}
     code = main([str(bids_dir), str(output_dir), "participant", "-d", str(bids_dir / "derivatives" / "lesion_masks"),
-                 "--work-dir", str(work_dir), "--no-inference", "--skip-bids-validation", *FAST_OPTIONS])
+                 "--work-dir", str(work_dir), "--no-inference", *FAST_OPTIONS])  # the fixture's very options
     assert code == 0
     assert _digest(output_dir) == before
     results_after = {p: p.stat().st_mtime_ns for p in results_before}

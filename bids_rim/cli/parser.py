@@ -273,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--arch", default="asym", metavar="NAME", help="network architecture to train")
     group.add_argument("--folds", type=_positive_int, default=5, help="patient-level cross-validation folds")
     group.add_argument(
-        "--pretrain-epochs", type=int, default=20, metavar="N", help="self-supervised pretraining epochs (0 skips it)"
+        "--pretrain-epochs", type=int, default=10, metavar="N", help="self-supervised pretraining epochs (0 skips it)"
     )
-    group.add_argument("--finetune-epochs", type=_positive_int, default=40, metavar="N", help="fine-tuning epochs")
+    group.add_argument("--finetune-epochs", type=_positive_int, default=30, metavar="N", help="fine-tuning epochs")
     group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="training batch size")
 
     performance = parser.add_argument_group("Performance and execution")
