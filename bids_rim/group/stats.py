@@ -273,6 +273,37 @@ def build_design(patients: pd.DataFrame, covariates: Covariates) -> tuple[pd.Dat
     return design, notes
 
 
+#: Below this estimated dispersion the negative binomial is the Poisson model (its boundary).
+NO_OVERDISPERSION_ALPHA = 1e-3
+
+
+def fit_negative_binomial(outcome: pd.Series, design: pd.DataFrame) -> tuple[object | None, float | None]:
+    """NB2 fit with alpha by maximum likelihood; ``(None, alpha estimate)`` when not usable.
+
+    Quasi-Newton optimisers are tried in turn: Newton steps go to NaN near alpha = 0, and with
+    alpha at that boundary the Hessian may not invert (no standard errors).
+    """
+    from statsmodels.discrete.discrete_model import NegativeBinomial
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning, HessianInversionWarning
+
+    alpha_estimate = None
+    for method in ("bfgs", "lbfgs", "nm"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # log(0) probes of the optimiser
+            warnings.simplefilter("ignore", ConvergenceWarning)  # checked through mle_retvals
+            warnings.simplefilter("ignore", HessianInversionWarning)  # checked through finite bse
+            try:
+                fit = NegativeBinomial(outcome, design, loglike_method="nb2").fit(method=method, disp=0, maxiter=2000)
+            except (np.linalg.LinAlgError, ValueError):
+                continue
+        if np.isfinite(fit.params["alpha"]):
+            alpha_estimate = float(fit.params["alpha"])
+        usable = np.isfinite(fit.params).all() and np.isfinite(fit.bse[design.columns]).all()
+        if fit.mle_retvals.get("converged", False) and usable:
+            return fit, alpha_estimate
+    return None, alpha_estimate
+
+
 def fit_count_model(patients: pd.DataFrame, covariates: Covariates, count_model: str = "negbin") -> CountModelResult:
     """Regress ``rim_positive_count`` on covariates and site; rate ratios with 95 % Wald intervals.
 
@@ -280,8 +311,6 @@ def fit_count_model(patients: pd.DataFrame, covariates: Covariates, count_model:
     maximum likelihood) falls back to Poisson, with a note, when it does not converge.
     """
     import statsmodels.api as sm
-    from statsmodels.discrete.discrete_model import NegativeBinomial
-    from statsmodels.tools.sm_exceptions import ConvergenceWarning, HessianInversionWarning
 
     if count_model not in COUNT_MODELS:
         raise InputError(f"--count-model must be one of {', '.join(COUNT_MODELS)}, not {count_model!r}")
@@ -305,28 +334,23 @@ def fit_count_model(patients: pd.DataFrame, covariates: Covariates, count_model:
         design = design.drop(columns=constant)
 
     model_used, alpha = count_model, None
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ConvergenceWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)  # log(0) probes of the optimiser
-        warnings.simplefilter("ignore", HessianInversionWarning)  # checked through finite bse below
-        try:
-            if count_model == "negbin":
-                # BFGS copes with alpha near 0 (Poisson-like data), where Newton steps go to NaN.
-                fit = NegativeBinomial(outcome, design, loglike_method="nb2").fit(method="bfgs", disp=0,
-                                                                                  maxiter=1000)
-                usable = np.isfinite(fit.params).all() and np.isfinite(fit.bse[design.columns]).all()
-                if not (fit.mle_retvals.get("converged", True) and usable):
-                    raise ConvergenceWarning("maximum likelihood did not converge to finite estimates")
-                alpha = float(fit.params["alpha"])
-            else:
-                fit = sm.GLM(outcome, design, family=sm.families.Poisson()).fit()
-        except (ConvergenceWarning, np.linalg.LinAlgError, ValueError) as error:
-            if count_model != "negbin":
-                notes.append(f"Poisson model failed: {error}")
-                return empty
-            notes.append(f"negative binomial did not fit ({error}); Poisson used instead")
+    fit = None
+    if count_model == "negbin":
+        fit, alpha_estimate = fit_negative_binomial(outcome, design)
+        if fit is not None:
+            alpha = alpha_estimate
+        else:
             model_used = "poisson"
+            reason = ("no overdispersion (alpha estimated at 0, where the negative binomial is the Poisson model)"
+                      if alpha_estimate is not None and alpha_estimate < NO_OVERDISPERSION_ALPHA
+                      else "the negative binomial fit did not converge")
+            notes.append(f"{reason}: Poisson model reported")
+    if fit is None:
+        try:
             fit = sm.GLM(outcome, design, family=sm.families.Poisson()).fit()
+        except (np.linalg.LinAlgError, ValueError) as error:
+            notes.append(f"Poisson model failed: {error}")
+            return empty
     terms = [term for term in design.columns if term != "Intercept"]
     interval = fit.conf_int(alpha=1 - CONFIDENCE_LEVEL)
     table = pd.DataFrame({

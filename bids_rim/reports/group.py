@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import jinja2
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -58,8 +59,8 @@ def plot_counts_per_site(patients: pd.DataFrame, sites: pd.DataFrame, out_png: P
     share_axis.set_ylim(0, 1)
     share_axis.set_xlabel("site")
     share_axis.set_ylabel("share of patients")
-    share_axis.set_title("Patients with ≥ 1 and ≥ 4 PRL (Wilson 95 %)")
-    share_axis.legend(frameon=False)
+    share_axis.set_title("Patients with ≥ 1 and ≥ 4 PRL (Wilson 95 %)", pad=24)
+    share_axis.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncols=2)
     figures.save_figure_png(figure, out_png)
     plt.close(figure)
     return out_png
@@ -100,6 +101,8 @@ def plot_rate_ratio_forest(table: pd.DataFrame, model_name: str, out_png: Path) 
                   fmt="o", color="#1d2b3a", ecolor="#1f5a99", capsize=3)
     axis.axvline(1.0, color="#868e96", linestyle="--", linewidth=1)
     axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
     axis.set_yticks(positions, table["term"])
     axis.set_xlabel("rate ratio of the PRL count (95 % CI, log scale)")
     axis.set_title(f"Count model ({model_name})")
@@ -154,6 +157,7 @@ def write_group_report(output_dir: Path, *, lesions: pd.DataFrame, subjects: pd.
         n_sites=len(sites),
         n_ge4=int(patients["prl_ge4_decision"].sum()),
         problems=problems,
+        reports={p.participant_id for p in problems if (output_dir / f"{p.participant_id}.html").is_file()},
         figures={name: path.relative_to(output_dir).as_posix() for name, path in drawn.items()},
         site_columns=site_columns,
         site_rows=_rows(sites.reindex(columns=site_columns), site_columns),
