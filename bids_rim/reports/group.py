@@ -56,11 +56,12 @@ def plot_counts_per_site(patients: pd.DataFrame, sites: pd.DataFrame, out_png: P
         share_axis.bar(np.arange(len(labels)) + offset, share, width, yerr=errors, capsize=3, color=colour,
                        alpha=0.8, label=f"≥ {threshold} PRL")
     share_axis.set_xticks(range(len(labels)), labels)
-    share_axis.set_ylim(0, 1)
+    share_axis.set_ylim(0, 1.18)  # room for the legend above 100 %
+    share_axis.set_yticks(np.linspace(0, 1, 6))
     share_axis.set_xlabel("site")
     share_axis.set_ylabel("share of patients")
-    share_axis.set_title("Patients with ≥ 1 and ≥ 4 PRL (Wilson 95 %)", pad=24)
-    share_axis.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncols=2)
+    share_axis.set_title("Patients with ≥ 1 and ≥ 4 PRL (Wilson 95 %)")
+    share_axis.legend(frameon=False, loc="upper center", ncols=2)
     figures.save_figure_png(figure, out_png)
     plt.close(figure)
     return out_png
@@ -80,7 +81,7 @@ def plot_probability_histograms(lesions: pd.DataFrame, patients: pd.DataFrame, s
         selected = analysed["site"].isna() if pd.isna(site) else analysed["site"] == site
         values = analysed.loc[selected, "rim_probability"].dropna()
         axis.hist(values, bins=bins, color=SITE_COLOURS[position % len(SITE_COLOURS)], alpha=0.85)
-        axis.set_yscale("log" if len(values) > 200 else "linear")
+        axis.axvline(0.5, color="#868e96", linestyle="--", linewidth=1)
         axis.set_title(f"site {_site_labels(pd.Series([site]))[0]} ({len(values)} lesions)", fontsize=10)
         axis.set_xlabel("P(rim+)")
     for axis in list(axes.flat)[n_sites:]:
