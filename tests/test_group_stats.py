@@ -95,7 +95,7 @@ def test_site_with_more_prl_is_detected(planted_result):
 
 
 @pytest.mark.parametrize("count_model", ["negbin", "poisson"])
-def test_planted_edss_association_is_recovered(planted_cohort, planted_result, count_model, tmp_path):
+def test_planted_edss_association_is_recovered(planted_cohort, planted_result, count_model):
     result = planted_result if count_model == "negbin" else run_group_level(
         planted_cohort.bids_dir, planted_cohort.output_dir, count_model="poisson", progress=False)
     edss = term_row(result, "EDSS")
