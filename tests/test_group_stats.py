@@ -105,6 +105,16 @@ def test_planted_edss_association_is_recovered(planted_cohort, planted_result, c
     assert result.count_model.n_patients == 300
 
 
+def test_overdispersed_counts_fit_a_negative_binomial(tmp_path):
+    cohort = simulate_cohort_tables(tmp_path, n_subjects=300, site_log_rate={"A": 0.0, "B": 0.0},
+                                    edss_log_rate=0.25, dispersion_alpha=0.5, seed=11)
+    result = run_group_level(cohort.bids_dir, cohort.output_dir, covariates=["EDSS"], progress=False)
+    assert result.count_model.model == "negbin"
+    assert 0.2 < result.count_model.alpha < 1.0
+    edss = term_row(result, "EDSS")
+    assert edss["rate_ratio_ci_low"] <= math.exp(0.25) <= edss["rate_ratio_ci_high"]
+
+
 def test_no_site_difference_when_none_is_planted(tmp_path):
     cohort = simulate_cohort_tables(tmp_path, n_subjects=120, site_log_rate={"A": 0.5, "B": 0.5, "C": 0.5}, seed=3)
     result = run_group_level(cohort.bids_dir, cohort.output_dir, progress=False)

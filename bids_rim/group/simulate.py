@@ -47,8 +47,12 @@ def lesion_table_text(rng: np.random.Generator, n_rim_positive: int, n_rim_negat
 
 def simulate_cohort_tables(root: Path, *, n_subjects: int, site_log_rate: Mapping[str, float],
                            edss_log_rate: float = 0.0, base_log_rate: float = 0.0, mean_rim_negative: float = 8.0,
-                           seed: int = 0) -> SimulatedCohort:
-    """Write ``root/bids`` (dataset_description.json, participants.tsv) and ``root/out`` lesion tables."""
+                           dispersion_alpha: float = 0.0, seed: int = 0) -> SimulatedCohort:
+    """Write ``root/bids`` (dataset_description.json, participants.tsv) and ``root/out`` lesion tables.
+
+    ``dispersion_alpha`` > 0 draws counts from a negative binomial (gamma-Poisson mixture, NB2:
+    variance = mean + alpha·mean²) instead of a Poisson.
+    """
     rng = np.random.default_rng(seed)
     bids_dir, output_dir = Path(root) / "bids", Path(root) / "out"
     bids_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +68,10 @@ def simulate_cohort_tables(root: Path, *, n_subjects: int, site_log_rate: Mappin
         "disease_duration": rng.integers(0, 30, n_subjects),
     })
     log_rate = base_log_rate + participants["site"].map(site_log_rate) + edss_log_rate * participants["EDSS"]
-    participants["planted_rim_positive_count"] = rng.poisson(np.exp(log_rate))
+    rate = np.exp(log_rate)
+    if dispersion_alpha > 0:
+        rate = rate * rng.gamma(1 / dispersion_alpha, dispersion_alpha, n_subjects)
+    participants["planted_rim_positive_count"] = rng.poisson(rate)
     participants.drop(columns="planted_rim_positive_count").to_csv(bids_dir / "participants.tsv", sep="\t", index=False)
     for participant, count in zip(participants["participant_id"], participants["planted_rim_positive_count"]):
         anat = output_dir / participant / "anat"
