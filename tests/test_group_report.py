@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from bids_rim.cli.run import main
+from bids_rim.errors import InputError
 from bids_rim.group.run import run_group_level
 from bids_rim.group.simulate import simulate_cohort_tables
 
@@ -61,3 +64,46 @@ def test_bad_covariate_through_the_command_line(cohort, capsys):
     assert code == 64
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("bids_rim: error: ") and "participants.tsv" in error and "'height'" in error
+
+
+def write_template_masks(cohort, participants, shape=(20, 24, 16), space="MNI152NLin2009cAsym"):
+    """Lesion mask: a cube for each participant, shifted per participant; rim mask: its first voxel."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-20, -24, -16]
+    for offset, participant in enumerate(participants):
+        lesions = np.zeros(shape, np.uint8)
+        lesions[5 + offset:9 + offset, 6:10, 6:10] = 1
+        rim = np.zeros(shape, np.uint8)
+        rim[5 + offset, 6, 6] = 1
+        anat = cohort.output_dir / participant / "anat"
+        for desc, data in (("lesions", lesions), ("rim", rim)):
+            nib.save(nib.Nifti1Image(data, affine), anat / f"{participant}_space-{space}_desc-{desc}_mask.nii.gz")
+    return affine
+
+
+def test_frequency_maps_in_template_space(cohort, tmp_path, monkeypatch):
+    affine = write_template_masks(cohort, ["sub-001", "sub-002", "sub-003", "sub-004"])
+    template_home = tmp_path / "templateflow" / "tpl-MNI152NLin2009cAsym"
+    template_home.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 24, 16)).astype(np.float32), affine),
+             template_home / "tpl-MNI152NLin2009cAsym_res-02_T1w.nii.gz")
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "templateflow"))
+    result = run_group_level(cohort.bids_dir, cohort.output_dir, progress=False)
+    maps = {item.desc: item for item in result.frequency_maps}
+    assert set(maps) == {"lesions", "rim"} and maps["lesions"].n_patients == 4
+    lesion_frequency = nib.load(maps["lesions"].path).get_fdata()
+    # Cubes shifted by one voxel per participant: x = 8 is in all four, x = 5 only in the first.
+    assert lesion_frequency[8, 7, 7] == 1.0 and lesion_frequency[5, 7, 7] == 0.25 and lesion_frequency[4, 7, 7] == 0
+    rim_frequency = nib.load(maps["rim"].path).get_fdata()
+    assert rim_frequency.sum() == pytest.approx(1.0) and rim_frequency[6, 6, 6] == 0.25
+    html = result.report.read_text()
+    assert "space-MNI152NLin2009cAsym_desc-frequency_plot.png" in html
+    assert (cohort.output_dir / "group" / "figures" / "space-MNI152NLin2009cAsym_desc-frequency_plot.png").is_file()
+
+
+def test_template_masks_on_different_grids_are_refused(cohort):
+    write_template_masks(cohort, ["sub-001"])
+    write_template_masks(cohort, ["sub-002"], shape=(21, 24, 16))
+    with pytest.raises(InputError, match="sub-002_space-MNI152NLin2009cAsym_desc-lesions_mask.nii.gz: template-space "
+                                         "mask on another grid"):
+        run_group_level(cohort.bids_dir, cohort.output_dir, progress=False)

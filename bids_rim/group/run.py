@@ -7,6 +7,7 @@ Outputs under OUTPUT_DIR::
     group/desc-sites_table.tsv (+.json)       one row per site
     group/desc-sitetests_table.tsv (+.json)   tests of site differences
     group/desc-countmodel_table.tsv (+.json)  rate ratios of the PRL count regression
+    group/space-S_desc-{lesionfreq,prlfreq}_map.nii.gz (+.json)   with --output-spaces S at participant level
     group/figures/*.png                       the report's figures
     group.html                                the group report
 """
@@ -25,6 +26,7 @@ from bids_rim.bidsio.derivatives import atomic_write_tsv
 from bids_rim.errors import InputError
 from bids_rim.group import sidecars, stats
 from bids_rim.group.aggregate import AggregatedTables, ParticipantProblem, aggregate_lesion_tables
+from bids_rim.group.frequency import FrequencyMap, write_frequency_maps
 
 LOGGER = logging.getLogger("bids_rim.group")
 
@@ -40,6 +42,7 @@ class GroupResult:
     site_tests: pd.DataFrame
     count_model: stats.CountModelResult
     problems: list[ParticipantProblem]
+    frequency_maps: list[FrequencyMap]
 
 
 def read_participants_tsv(bids_dir: Path) -> pd.DataFrame:
@@ -135,8 +138,12 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, covariates: Sequence[st
     site_tests = stats.site_difference_tests(patients)
 
     tables = write_tables(output_dir / "group", aggregated, subjects, sites, site_tests, model)
+    frequency_maps = write_frequency_maps(output_dir, patients[["participant_id", "session_id"]].itertuples(
+        index=False, name=None))
+    for item in frequency_maps:
+        LOGGER.info("Frequency map (%s, %d patients): %s", item.desc, item.n_patients, item.path)
     report = write_group_report(output_dir, lesions=lesions, subjects=subjects, patients=patients, sites=sites,
                                 site_tests=site_tests, count_model=model, problems=aggregated.problems,
-                                tables=tables)
+                                tables=tables, frequency_maps=frequency_maps)
     return GroupResult(report=report, tables=tables, subjects=subjects, sites=sites, site_tests=site_tests,
-                       count_model=model, problems=aggregated.problems)
+                       count_model=model, problems=aggregated.problems, frequency_maps=frequency_maps)

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Sequence
 
 import jinja2
+import nibabel as nib
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
 from bids_rim.group.aggregate import ParticipantProblem
+from bids_rim.group.frequency import FrequencyMap, template_background
 from bids_rim.group.stats import PRL_COUNT_THRESHOLD, CountModelResult
 from bids_rim.reports import figures
 
@@ -112,6 +114,42 @@ def plot_rate_ratio_forest(table: pd.DataFrame, model_name: str, out_png: Path) 
     return out_png
 
 
+def plot_frequency_maps(maps: Sequence[FrequencyMap], background: nib.Nifti1Image | None, out_png: Path,
+                        n_slices: int = 6) -> Path:
+    """Axial slices of one space's frequency maps (one row per map) over the template when on disk."""
+    images = [nib.as_closest_canonical(nib.load(item.path)) for item in maps]
+    volumes = [np.asarray(image.dataobj, dtype=np.float32) for image in images]
+    covered = np.flatnonzero((volumes[0] > 0).any(axis=(0, 1)))
+    low, high = (covered.min(), covered.max()) if covered.size else (0, volumes[0].shape[2] - 1)
+    slices = np.unique(np.linspace(low, high, n_slices + 2).round().astype(int)[1:-1])
+    grey = None
+    if background is not None:
+        background = nib.as_closest_canonical(background)
+        if background.shape[:3] == volumes[0].shape:
+            grey = np.asarray(background.dataobj, dtype=np.float32)
+    figure, axes = plt.subplots(len(maps), len(slices), figsize=(1.7 * len(slices) + 1.2, 1.9 * len(maps)),
+                                squeeze=False, constrained_layout=True)
+    for row, (item, volume) in enumerate(zip(maps, volumes)):
+        top = max(float(volume.max()), 1e-6)
+        for column, index in enumerate(slices):
+            axis = axes[row, column]
+            axis.set_facecolor("black")  # the hot colour map ends in white: keep its top visible
+            if grey is not None:
+                axis.imshow(grey[:, :, index].T, origin="lower", cmap="gray")
+            shown = np.ma.masked_less_equal(volume[:, :, index].T, 0)
+            drawn = axis.imshow(shown, origin="lower", cmap="hot", vmin=0, vmax=top, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(f"z = {index}", fontsize=9)
+        axes[row, 0].set_ylabel("lesions" if item.desc == "lesions" else "PRL", fontsize=10)
+        figure.colorbar(drawn, ax=list(axes[row]), shrink=0.9, label="share of patients")
+    figure.suptitle(f"Frequency maps in {maps[0].space} (L on the left)", fontsize=11)
+    figures.save_figure_png(figure, out_png)
+    plt.close(figure)
+    return out_png
+
+
 def _format(value: object, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "n/a"
@@ -126,7 +164,8 @@ def _rows(table: pd.DataFrame, columns: Sequence[str]) -> list[list[str]]:
 
 def write_group_report(output_dir: Path, *, lesions: pd.DataFrame, subjects: pd.DataFrame, patients: pd.DataFrame,
                        sites: pd.DataFrame, site_tests: pd.DataFrame, count_model: CountModelResult,
-                       problems: Sequence[ParticipantProblem], tables: dict[str, Path]) -> Path:
+                       problems: Sequence[ParticipantProblem], tables: dict[str, Path],
+                       frequency_maps: Sequence[FrequencyMap] = ()) -> Path:
     """Draw the figures and write ``OUTPUT_DIR/group.html``; returns its path."""
     output_dir = Path(output_dir)
     figure_dir = output_dir / "group" / "figures"
@@ -137,6 +176,11 @@ def write_group_report(output_dir: Path, *, lesions: pd.DataFrame, subjects: pd.
     if len(count_model.table):
         drawn["forest"] = plot_rate_ratio_forest(count_model.table, count_model.model,
                                                  figure_dir / "desc-countmodel_plot.png")
+    spaces = sorted({item.space for item in frequency_maps})
+    for space in spaces:
+        maps = sorted((item for item in frequency_maps if item.space == space), key=lambda item: item.desc)
+        drawn[f"frequency_{space}"] = plot_frequency_maps(maps, template_background(space),
+                                                          figure_dir / f"space-{space}_desc-frequency_plot.png")
     subject_columns = ["participant_id", "session_id", "site", "n_lesions", "rim_positive_count",
                        "expected_rim_positive_count", "expected_count_ci_low", "expected_count_ci_high",
                        "p_at_least_4_prl", "prl_ge4_decision", "lesion_volume_mm3", "prl_volume_mm3"]
@@ -170,6 +214,10 @@ def write_group_report(output_dir: Path, *, lesions: pd.DataFrame, subjects: pd.
         subject_rows=subject_rows,
         tables={name: path.relative_to(output_dir).as_posix() for name, path in tables.items()},
         threshold=PRL_COUNT_THRESHOLD,
+        frequency=[{"space": space, "figure": f"group/figures/space-{space}_desc-frequency_plot.png",
+                    "maps": [{"desc": item.desc, "path": item.path.relative_to(output_dir).as_posix(),
+                              "n": item.n_patients} for item in frequency_maps if item.space == space]}
+                   for space in spaces],
     )
     report = output_dir / "group.html"
     figures.atomic_write_bytes(report, html.encode("utf-8"))
