@@ -156,6 +156,12 @@ def test_aggregation_keeps_sessions_and_empty_tables(tmp_path):
     assert [(t.participant_id, t.session_id) for t in aggregated.sessions] == [("sub-01", "ses-01"), ("sub-01", "ses-02")]
     assert list(aggregated.lesions.columns[:2]) == ["participant_id", "session_id"]
     assert len(aggregated.lesions) == 2 and aggregated.lesions["volume_mm3"].isna().sum() == 1
+    sessions = pd.DataFrame([(t.participant_id, t.session_id) for t in aggregated.sessions],
+                            columns=["participant_id", "session_id"])
+    subjects = stats.subject_table(aggregated.lesions, sessions, pd.DataFrame({"participant_id": ["sub-01"]}))
+    assert subjects["rim_positive_count"].tolist() == [1, 0] and subjects["n_lesions"].tolist() == [2, 0]
+    patients = stats.patient_level(subjects)
+    assert patients[["participant_id", "session_id"]].values.tolist() == [["sub-01", "ses-02"]]
 
 
 def test_missing_or_non_numeric_covariate_is_a_clear_error(tmp_path):
