@@ -1,0 +1,21 @@
+"""The README's main command, ``bids_rim-demo``, in its smallest setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_the_whole_product(tmp_path: Path) -> None:
+    executable = Path(sys.executable).with_name("bids_rim-demo")
+    completed = subprocess.run([str(executable), str(tmp_path / "demo"), "--subjects", "3", "--sites", "2",
+                                "--nprocs", "2"], capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    output_dir = tmp_path / "demo" / "derivatives" / "bids_rim"
+    tables = sorted(output_dir.glob("sub-*/ses-*/anat/*_desc-lesions_table.tsv"))
+    assert len(tables) == 3
+    assert all("rim_probability" in table.read_text().splitlines()[0] for table in tables)
+    assert len(list(output_dir.glob("sub-*.html"))) == 3
+    assert (output_dir / "group.html").is_file()
+    assert "Group report:" in completed.stdout
