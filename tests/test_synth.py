@@ -105,10 +105,10 @@ def test_flair_and_qsm_are_misaligned_in_world_space(cohort):
     assert max(offsets) > 1.0
 
 
-def test_qsm_is_zero_outside_brain_and_in_ppm(cohort):
+def test_qsm_is_in_ppm_with_plausible_spread(cohort):
+    """The small crop lies inside the brain; QSM spread is tissue + noise, in ppm (not ppb)."""
     prefix, anat = next(_sessions(cohort))
     qsm = nib.load(anat / f"{prefix}_Chimap.nii.gz").get_fdata()
-    assert (qsm == 0).mean() > 0.05
     assert 0.002 < np.std(qsm[qsm != 0]) < 0.1
     assert json.loads((anat / f"{prefix}_Chimap.json").read_text())["Units"] == "ppm"
 

@@ -19,8 +19,9 @@ from .params import AnatomyParams, TissueParams
 
 BRAIN_CENTRE_MNI = np.array([0.0, -18.0, 8.0])
 # Crop of the small (test) size, MNI mm (min, max) per axis: lateral ventricles, deep grey
-# nuclei, upper brainstem and the surrounding white matter and cortex.
-SMALL_CROP_MNI = np.array([[-50.0, 50.0], [-70.0, 30.0], [-35.0, 40.0]])
+# nuclei and the surrounding periventricular and deep white matter (about 70 x 67 x 48 voxels
+# at 1.2 mm), small enough for a session to take about a second.
+SMALL_CROP_MNI = np.array([[-42.0, 42.0], [-58.0, 22.0], [-25.0, 32.0]])
 
 # Deep grey nuclei as ellipsoids: name, right-hemisphere centre (MNI mm), semi-axes (mm),
 # susceptibility range name in TissueParams. Mirrored to the left hemisphere.
@@ -47,12 +48,62 @@ class MniTemplate:
     ventricles: np.ndarray
 
 
+TEMPLATE_CACHE_VERSION = 1
+
+
+def _template_cache_path(nilearn_version: str) -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "bids_rim", f"synth_mni_v{TEMPLATE_CACHE_VERSION}_"
+                                           f"nilearn{nilearn_version}.npz")
+
+
 @lru_cache(maxsize=1)
 def load_mni_template() -> MniTemplate:
-    """Load the template from nilearn's wheel and derive a brain mask and the lateral ventricles."""
+    """The derived template, from an uncompressed cache when present (decompressing and
+    deriving it takes seconds, which every test process would otherwise pay).
+
+    Maps are held at 8 bits (as the template is shipped) whether they come from the cache or
+    were just derived, so that a first and a later run give the same bytes.
+    """
     import nilearn
 
-    folder = os.path.join(os.path.dirname(nilearn.__file__), "datasets", "data")
+    path = _template_cache_path(nilearn.__version__)
+    try:
+        with np.load(path) as cached:
+            return _from_8bit({k: cached[k] for k in cached.files})
+    except (OSError, KeyError, ValueError):
+        pass
+    stored = _to_8bit(_derive_mni_template(os.path.join(os.path.dirname(nilearn.__file__),
+                                                        "datasets", "data")))
+    try:  # write atomically: parallel test workers may race
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        partial = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(partial, **stored)
+        os.replace(partial, path)
+    except OSError:
+        pass
+    return _from_8bit(stored)
+
+
+T1_STORED_MAX = 2.0  # t1 (WM = 1) is clipped to [0, 2] when held at 8 bits
+
+
+def _to_8bit(template: MniTemplate) -> dict[str, np.ndarray]:
+    maps = {k: getattr(template, k) for k in ("gm", "wm", "brain", "ventricles")}
+    maps["t1"] = np.clip(template.t1, 0, T1_STORED_MAX) / T1_STORED_MAX
+    return {"affine": template.affine,
+            **{k: np.round(v * 255).clip(0, 255).astype(np.uint8) for k, v in maps.items()}}
+
+
+def _from_8bit(stored: dict[str, np.ndarray]) -> MniTemplate:
+    maps = {k: stored[k].astype(np.float32) / np.float32(255)
+            for k in ("t1", "gm", "wm", "brain", "ventricles")}
+    maps["t1"] *= np.float32(T1_STORED_MAX)
+    return MniTemplate(np.asarray(stored["affine"], dtype=float), **maps)
+
+
+def _derive_mni_template(folder: str) -> MniTemplate:
+    """Load the template from nilearn's wheel and derive a brain mask and the lateral ventricles."""
     maps = {}
     for name in ("t1", "gm", "wm"):
         path = os.path.join(folder, f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")
@@ -136,6 +187,7 @@ class AnatomyMaps:
     csf: np.ndarray
     ventricles: np.ndarray
     deep_gm: np.ndarray         # float 0..1, union of the nuclei
+    deep_nuclei: dict[str, np.ndarray]  # per nucleus (order of DEEP_NUCLEI), float 0..1
     t1_head: np.ndarray         # template T1 (WM = 1) for tissue outside the brain
 
 
@@ -162,7 +214,8 @@ def render_anatomy(subject: SubjectAnatomy, pose: np.ndarray, affine: np.ndarray
     csf = np.clip(brain - gm - wm, 0.0, 1.0)
     deep_gm = deep_nuclei_fractions(mni_mm, float(np.abs(affine[:3, :3]).max()))
     return AnatomyMaps(mni_mm, brain, wm, gm, csf, sample(template.ventricles),
-                       np.clip(sum(deep_gm.values()), 0, 1) * brain, sample(template.t1))
+                       np.clip(sum(deep_gm.values()), 0, 1) * brain, deep_gm,
+                       sample(template.t1))
 
 
 def deep_nuclei_fractions(mni_mm: np.ndarray, voxel_mm: float) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from tqdm import tqdm
 
 from .. import __version__
@@ -42,6 +43,7 @@ class CohortSummary:
     patients_with_4plus_rim_positive: float
     confounders: dict[str, int]
     oracle_pr_auc: float
+    image_contrast_pr_auc: float
     seconds_per_session: float
     prl_count_model: dict = field(default_factory=dict)
     sites: list[dict] = field(default_factory=list)
@@ -57,7 +59,8 @@ class CohortSummary:
                 f"  patients with >=1 rim+ {100 * self.patients_with_rim_positive:.0f} %,"
                 f" with >=4 rim+ {100 * self.patients_with_4plus_rim_positive:.0f} %\n"
                 f"  confounders: {mimics}\n"
-                f"  oracle PR AUC (ideal observer ceiling) {self.oracle_pr_auc:.3f}\n"
+                f"  oracle PR AUC (ideal observer ceiling) {self.oracle_pr_auc:.3f};"
+                f" plain image shell-minus-core PR AUC {self.image_contrast_pr_auc:.3f}\n"
                 f"  {self.seconds_per_session:.1f} s per session")
 
 
@@ -114,8 +117,9 @@ def _write_session(out: Path, person, subject, lesions, veins, params, size, ses
     prefix = f"{sub}_{ses}"
     images = simulate_session(subject, lesions, veins, person.site, params, size, rng)
     spacing = qsm_spacing(person.site, size)
-    cnr = lesion_rim_cnr(images.qsm_ppm, images.qsm_clean_ppm, images.truth_labels,
-                         images.brain_mask, spacing, rng)
+    cnr = lesion_rim_cnr(images.qsm_ppm, images.qsm_clean_ppm, images.qsm_background_ppm,
+                         images.truth_labels,
+                         images.brain_mask, spacing, rng, images.vessel_fraction)
     anat = out / sub / ses / "anat"
     write_nifti(anat / f"{prefix}_FLAIR.nii.gz", images.flair, images.flair_affine, np.int16)
     write_json(anat / f"{prefix}_FLAIR.json", flair_sidecar(person.site))
@@ -137,20 +141,22 @@ def _write_session(out: Path, person, subject, lesions, veins, params, size, ses
     dseg = np.zeros(images.truth_labels.shape, dtype=np.uint8)
     voxel_mm3 = spacing ** 3
     by_id = {lesion.lesion_id: lesion for lesion in lesions}
+    boxes = ndimage.find_objects(images.truth_labels)
     for lesion_id, measures in cnr.items():
         lesion = by_id[lesion_id]
-        voxels = np.argwhere(images.truth_labels == lesion_id)
+        box = boxes[lesion_id - 1]
+        inside = images.truth_labels[box] == lesion_id
+        voxels = np.argwhere(inside) + [s.start for s in box]
         centroid = images.qsm_affine[:3, :3] @ voxels.mean(axis=0) + images.qsm_affine[:3, 3]
-        rater_rim = rater_rim_label(rng, lesion, measures["expected_cnr"], params.rater)
+        rater_rim = rater_rim_label(rng, lesion, measures["rim_cnr"], params.rater)
         is_missed = lesion_id in missed
         if not is_missed:
             annotations.append({"lesion_id": lesion_id, "x_mm": round(centroid[0], 2),
                                 "y_mm": round(centroid[1], 2), "z_mm": round(centroid[2], 2),
                                 "rim": rater_rim})
-            inside = images.truth_labels == lesion_id
-            dseg[inside] = 2 if rater_rim else 1
+            dseg[box][inside] = 2 if rater_rim else 1
             if rater_rim:
-                dseg[inside & (images.rim_fraction >= 0.3)] = 3
+                dseg[box][inside & (images.rim_fraction[box] >= 0.3)] = 3
         rows.append({"participant_id": sub, "session_id": ses, "lesion_id": lesion_id,
                      "class": "rim+" if lesion.rim_positive else "rim-",
                      "location": lesion.location,
@@ -222,7 +228,8 @@ def _summarise(out, participants, truth_rows, params, sites, size, seed, n_sessi
         patients_with_rim_positive=float((per_patient >= 1).mean()),
         patients_with_4plus_rim_positive=float((per_patient >= 4).mean()),
         confounders={k: int(v) for k, v in confounders.items()},
-        oracle_pr_auc=oracle_pr_auc(truth["class"] == "rim+", truth["observed_cnr"]),
+        oracle_pr_auc=oracle_pr_auc(truth["class"] == "rim+", truth["observed_rim_cnr"]),
+        image_contrast_pr_auc=oracle_pr_auc(truth["class"] == "rim+", truth["observed_cnr"]),
         seconds_per_session=elapsed,
         prl_count_model={"formula": "n_rim+ ~ NegBin(mean mu, size k); log mu = intercept + "
                                     "edss_coef*(EDSS-3) + site_coef[site]",

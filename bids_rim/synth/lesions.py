@@ -54,14 +54,17 @@ def draw_lesions(rng: np.random.Generator, subject: SubjectAnatomy, n_rim_positi
     maps = placement_maps()
     classes = [True] * n_rim_positive + [False] * n_rim_negative
     rng.shuffle(classes)
-    locations = list(params.location_weights)
+    usable_by_location = {name: np.flatnonzero(inside_box(maps.candidates[name], box_mni,
+                                                          margin_mm=8.0))
+                          for name in params.location_weights}
+    # a cropped field of view may hold no candidate of a location (small size: infratentorial)
+    locations = [name for name, usable in usable_by_location.items() if len(usable)]
     weights = np.array([params.location_weights[k] for k in locations])
     lesions: list[Lesion] = []
     for index, rim_positive in enumerate(classes):
         location = locations[rng.choice(len(locations), p=weights / weights.sum())]
         pool, normals = maps.candidates[location], maps.normals[location]
-        usable = np.flatnonzero(inside_box(pool, box_mni, margin_mm=8.0))
-        pick = rng.choice(usable)
+        pick = rng.choice(usable_by_location[location])
         centre_mni = pool[pick]
         normal = normals[pick] if np.any(normals[pick]) else rng.normal(size=3)
         volume = _draw_volume(rng, params, rim_positive)
@@ -104,7 +107,9 @@ def _draw_contrast(rng, lesion: Lesion, params: LesionParams, chi_vein_ppm, chi_
     if lesion.rim_positive:
         lesion.core_chi_ppb = float(rng.uniform(*params.rim_core_chi_ppb))
         lesion.rim_chi_ppb = float(rng.uniform(*params.rim_chi_ppb))
-        lesion.rim_thickness_mm = float(rng.uniform(*params.rim_thickness_mm))
+        # a rim is an edge: never thicker than 40 % of the lesion's short semi-axis
+        lesion.rim_thickness_mm = float(min(rng.uniform(*params.rim_thickness_mm),
+                                            0.4 * lesion.semi_axes_mm.min()))
         lesion.rim_coverage = float(rng.uniform(*params.rim_coverage))
     else:
         draw = rng.uniform()

@@ -28,10 +28,12 @@ class SessionImages:
     qsm_affine: np.ndarray
     qsm_ppm: np.ndarray
     qsm_clean_ppm: np.ndarray     # same reconstruction without field noise (oracle only)
+    qsm_background_ppm: np.ndarray  # noise-free reconstruction without the rims (oracle only)
     magnitude: np.ndarray
     truth_labels: np.ndarray      # true lesion ids on the QSM grid
     rim_fraction: np.ndarray      # true rim partial volume on the QSM grid
     brain_mask: np.ndarray
+    vessel_fraction: np.ndarray   # true vein + calcification partial volume (oracle only)
     flair_affine: np.ndarray
     flair: np.ndarray
     flair_lesion_fraction: np.ndarray
@@ -42,8 +44,8 @@ class SessionImages:
 
 
 def qsm_spacing(site: Site, size: str) -> float:
-    """QSM voxel size: the site's for ``full``; 1.0-1.4 mm for the cropped ``small`` size."""
-    return site.qsm_spacing_mm if size == "full" else round(1.0 + (site.qsm_spacing_mm - 0.6), 2)
+    """QSM voxel size: the site's for ``full``; 1.1-1.3 mm for the cropped ``small`` size."""
+    return site.qsm_spacing_mm if size == "full" else round(1.1 + (site.qsm_spacing_mm - 0.6) / 2, 2)
 
 
 def _qsm_grid(subject: SubjectAnatomy, pose: np.ndarray, spacing: float, size: str,
@@ -77,6 +79,7 @@ def simulate_session(subject: SubjectAnatomy, lesions: list[Lesion], veins: list
     labels = np.zeros(shape, dtype=np.int16)
     best = np.zeros(shape, dtype=np.float32)
     rim_total = np.zeros(shape, dtype=np.float32)
+    rim_chi_ppm = np.zeros(shape, dtype=np.float32)
     for lesion in lesions:
         fr = lesion_fractions(lesion, pose, affine, shape)
         if fr is None:
@@ -85,8 +88,9 @@ def simulate_session(subject: SubjectAnatomy, lesions: list[Lesion], veins: list
         f = fr.lesion * (1 - anat.ventricles[b]) * (anat.brain[b] > 0.5)
         rim = fr.rim * f
         chi_lesion = chi_wm + lesion.core_chi_ppb / 1000.0
-        props.chi_ppm[b] = props.chi_ppm[b] * (1 - f) + f * chi_lesion + rim * (
-            lesion.rim_chi_ppb - lesion.core_chi_ppb) / 1000.0
+        rim_chi = rim * (lesion.rim_chi_ppb - lesion.core_chi_ppb) / 1000.0
+        props.chi_ppm[b] = props.chi_ppm[b] * (1 - f) + f * chi_lesion + rim_chi
+        rim_chi_ppm[b] += rim_chi
         props.flair[b] = props.flair[b] * (1 - f) + f * lesion.flair_ratio * tissue.flair_wm
         props.r2star_hz[b] = (props.r2star_hz[b] * (1 - f) + f * (
             tissue.r2star_wm_hz + tissue.r2star_lesion_change_hz
@@ -103,8 +107,10 @@ def simulate_session(subject: SubjectAnatomy, lesions: list[Lesion], veins: list
     for tube in veins + [t for lesion in lesions for t in lesion.veins]:
         pts = (to_vox[:3, :3] @ tube.points_y_mm.T + to_vox[:3, 3:4]).T
         tube_fraction(shape, pts, tube.radius_mm / spacing, out=vein_frac)
+    vessel_fraction = vein_frac.copy()
     chi_vein = subject.chi_ppm["chi_vein_ppm"]
     props.chi_ppm += vein_frac * (chi_vein - props.chi_ppm)
+    rim_chi_ppm *= 1 - vein_frac
     props.flair += vein_frac * (tissue.flair_vein - props.flair)
     props.r2star_hz += vein_frac * (tissue.r2star_vein_hz - props.r2star_hz)
     for lesion in lesions:
@@ -114,25 +120,33 @@ def simulate_session(subject: SubjectAnatomy, lesions: list[Lesion], veins: list
         calc = tube_fraction(shape, np.stack([centre, centre + 1e-3]),
                              lesion.calcification_radius_mm / spacing)
         props.chi_ppm += calc * (lesion.calcification_chi_ppm - props.chi_ppm)
+        rim_chi_ppm *= 1 - calc
         props.r2star_hz += calc * 60.0
         props.flair *= 1 - 0.5 * calc
+        np.maximum(vessel_fraction, calc, out=vessel_fraction)
 
     brain_mask = (anat.brain > 0.5).astype(np.float32)
     magnitude_clean = props.proton_density * np.exp(
         -params.sites.gre_echo_time_s * props.r2star_hz)
-    qsm, qsm_clean = _acquire_qsm(props.chi_ppm * (anat.brain > 0.05), brain_mask,
-                                  magnitude_clean, anat, site, spacing, rng)
+    in_head = anat.brain > 0.05
+    qsm, qsm_clean, rims_only = _acquire_qsm(props.chi_ppm * in_head, rim_chi_ppm * in_head,
+                                             brain_mask, magnitude_clean, anat, site, spacing,
+                                             rng)
     sigma_gre = float(np.median(magnitude_clean[anat.wm > 0.9])) / site.gre_snr
     magnitude = _rician(magnitude_clean, sigma_gre, rng) * site.flair_intensity_scale * 2
 
     flair_parts = _acquire_flair(props.flair, best, labels, affine, shape, subject, pose, site,
                                  params, size, rng)
-    return SessionImages(affine, qsm, qsm_clean, magnitude, labels, rim_total,
-                         brain_mask.astype(bool), *flair_parts)
+    return SessionImages(affine, qsm, qsm_clean, qsm_clean - rims_only, magnitude, labels, rim_total,
+                         brain_mask.astype(bool), vessel_fraction, *flair_parts)
 
 
-def _acquire_qsm(chi_ppm, mask, magnitude, anat, site: Site, spacing, rng):
-    """Field from the dipole kernel, field noise scaled by 1/magnitude, Tikhonov inversion."""
+def _acquire_qsm(chi_ppm, rim_chi_ppm, mask, magnitude, anat, site: Site, spacing, rng):
+    """Field from the dipole kernel, field noise scaled by 1/magnitude, Tikhonov inversion.
+
+    Returns the noisy and noise-free reconstructions and the reconstruction of the rims alone
+    (the inversion is linear, so noise-free minus rims-only is the image without rims).
+    """
     model = DipoleModel(chi_ppm.shape, spacing, site.tikhonov_lambda)
     field = model.field_ppm(chi_ppm)
     field += smooth_random_field(rng, chi_ppm.shape, 40.0 / spacing,
@@ -145,7 +159,9 @@ def _acquire_qsm(chi_ppm, mask, magnitude, anat, site: Site, spacing, rng):
     noisy = clean + model.invert(noise, mask)
     csf = (anat.ventricles > 0.8) & (mask > 0)
     offset = float(np.median(noisy[csf])) if csf.sum() > 20 else 0.0
-    return ((noisy - offset) * mask).astype(np.float32), ((clean - offset) * mask).astype(np.float32)
+    rims_only = model.invert(model.field_ppm(rim_chi_ppm), mask)
+    return (((noisy - offset) * mask).astype(np.float32),
+            ((clean - offset) * mask).astype(np.float32), rims_only.astype(np.float32))
 
 
 def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:

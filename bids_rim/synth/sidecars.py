@@ -88,7 +88,8 @@ def truth_columns() -> list[str]:
             "rim_contrast_ppb", "rim_thickness_mm", "rim_coverage", "core_contrast_ppb",
             "confounder", "central_vein", "confluent_with", "flair_ratio_to_wm",
             "shell_minus_core_ppb", "observed_shell_minus_core_ppb", "contrast_noise_sd_ppb",
-            "expected_cnr", "observed_cnr", "rater_missed", "rater_rim", "x_mm", "y_mm", "z_mm"]
+            "expected_cnr", "observed_cnr", "rim_shell_minus_core_ppb", "rim_cnr",
+            "observed_rim_cnr", "rater_missed", "rater_rim", "x_mm", "y_mm", "z_mm"]
 
 
 def readme_text(difficulty: str) -> str:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .anatomy import DEEP_NUCLEI, AnatomyMaps, SubjectAnatomy, deep_nuclei_fractions
+from .anatomy import DEEP_NUCLEI, AnatomyMaps, SubjectAnatomy
 from .geometry import smooth_random_field
 from .params import TissueParams
 
@@ -32,8 +32,7 @@ def build_property_maps(anat: AnatomyMaps, subject: SubjectAnatomy, tissue: Tiss
     r2 = anat.wm * tissue.r2star_wm_hz + anat.gm * tissue.r2star_gm_hz + anat.csf * tissue.r2star_csf_hz
     pd = (anat.wm * tissue.proton_density_wm + anat.gm * tissue.proton_density_gm
           + anat.csf * tissue.proton_density_csf)
-    for (name, _, _, chi_name), frac in zip(DEEP_NUCLEI, deep_nuclei_fractions(
-            anat.mni_mm, voxel_mm).values()):
+    for (name, _, _, chi_name), frac in zip(DEEP_NUCLEI, anat.deep_nuclei.values()):
         frac = frac * anat.brain
         value = chi[chi_name]
         chi_map = chi_map * (1 - frac) + frac * value
