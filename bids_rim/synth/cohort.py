@@ -118,8 +118,8 @@ def _write_session(out: Path, person, subject, lesions, veins, params, size, ses
     images = simulate_session(subject, lesions, veins, person.site, params, size, rng)
     spacing = qsm_spacing(person.site, size)
     cnr = lesion_rim_cnr(images.qsm_ppm, images.qsm_clean_ppm, images.qsm_background_ppm,
-                         images.truth_labels,
-                         images.brain_mask, spacing, rng, images.vessel_fraction)
+                         images.truth_labels, images.noise_model, spacing, rng,
+                         images.vessel_fraction)
     anat = out / sub / ses / "anat"
     write_nifti(anat / f"{prefix}_FLAIR.nii.gz", images.flair, images.flair_affine, np.int16)
     write_json(anat / f"{prefix}_FLAIR.json", flair_sidecar(person.site))

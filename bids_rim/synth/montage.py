@@ -15,17 +15,46 @@ import pandas as pd  # noqa: E402
 from .geometry import resample  # noqa: E402
 
 HALF_WIDTH_MM = 14.0
+QSM_WINDOW_PPB = (-80.0, 80.0)
+
+
+def _patches(root: Path, truth_dir: Path, lesion) -> tuple[np.ndarray, np.ndarray]:
+    """Axial QSM patch through a lesion centre and the FLAIR resampled onto it (truth motion)."""
+    prefix = f"{lesion.participant_id}_{lesion.session_id}"
+    anat = root / lesion.participant_id / lesion.session_id / "anat"
+    qsm_img = nib.load(anat / f"{prefix}_Chimap.nii.gz")
+    flair_img = nib.load(anat / f"{prefix}_FLAIR.nii.gz")
+    registration = json.loads((truth_dir / f"{prefix}_registration.json").read_text())
+    qsm = np.asarray(qsm_img.dataobj, dtype=np.float32)
+    spacing = float(qsm_img.header.get_zooms()[0])
+    centre = np.linalg.inv(qsm_img.affine) @ np.array([lesion.x_mm, lesion.y_mm, lesion.z_mm, 1])
+    i, j, k = np.round(centre[:3]).astype(int)
+    half = int(HALF_WIDTH_MM / spacing)
+    box = (slice(max(0, i - half), i + half), slice(max(0, j - half), j + half), slice(k, k + 1))
+    patch_affine = qsm_img.affine.copy()
+    patch_affine[:3, 3] = qsm_img.affine[:3, :3] @ [b.start for b in box] + qsm_img.affine[:3, 3]
+    patch_shape = tuple(b.stop - b.start for b in box[:2]) + (1,)
+    flair = resample(np.asarray(flair_img.dataobj, dtype=np.float32), flair_img.affine,
+                     patch_affine, patch_shape, np.asarray(registration["qsm_to_flair_ras"]))
+    return qsm[box][:, :, 0], flair[:, :, 0]
 
 
 def _pick_examples(truth: pd.DataFrame, per_kind: int) -> pd.DataFrame:
+    """Per kind, lesions spread over the volume range (largest, middle, ...), not only the best."""
+    plain = (truth["class"] == "rim-") & (truth["confounder"] == "none")
     kinds = {"rim+": truth["class"] == "rim+",
+             "central vein (rim-)": plain & (truth["central_vein"] == 1),
              "edge vein (rim-)": truth["confounder"] == "edge_vein",
              "diffuse (rim-)": truth["confounder"] == "diffuse",
              "calcification (rim-)": truth["confounder"] == "calcification",
-             "plain rim-": (truth["class"] == "rim-") & (truth["confounder"] == "none")}
+             "plain rim-": plain & (truth["central_vein"] == 0)}
     picks = []
     for kind, rows in kinds.items():
-        chosen = truth[rows].sort_values("volume_mm3", ascending=False).head(per_kind).copy()
+        ranked = truth[rows].sort_values("volume_mm3", ascending=False)
+        if ranked.empty:
+            continue
+        spread = np.unique(np.linspace(0, (len(ranked) - 1) * 0.6, per_kind).round().astype(int))
+        chosen = ranked.iloc[spread].copy()
         chosen["kind"] = kind
         picks.append(chosen)
     return pd.concat(picks)
@@ -40,29 +69,24 @@ def write_montage(cohort_dir, png_path, per_kind: int = 3) -> Path:
         raise FileNotFoundError(f"{truth_dir}: no truth tables; is this a bids_rim-synth cohort?")
     truth = pd.concat(pd.read_csv(t, sep="\t") for t in tables)
     examples = _pick_examples(truth, per_kind)
-    fig, axes = plt.subplots(len(examples), 2, figsize=(4.2, 2.1 * len(examples)))
-    axes = np.atleast_2d(axes)
-    for row, (_, lesion) in zip(axes, examples.iterrows()):
-        prefix = f"{lesion.participant_id}_{lesion.session_id}"
-        anat = root / lesion.participant_id / lesion.session_id / "anat"
-        qsm_img = nib.load(anat / f"{prefix}_Chimap.nii.gz")
-        flair_img = nib.load(anat / f"{prefix}_FLAIR.nii.gz")
-        registration = json.loads((truth_dir / f"{prefix}_registration.json").read_text())
-        qsm = np.asarray(qsm_img.dataobj, dtype=np.float32)
-        spacing = float(qsm_img.header.get_zooms()[0])
-        centre = np.linalg.inv(qsm_img.affine) @ np.array([lesion.x_mm, lesion.y_mm, lesion.z_mm, 1])
-        i, j, k = np.round(centre[:3]).astype(int)
-        half = int(HALF_WIDTH_MM / spacing)
-        box = (slice(max(0, i - half), i + half), slice(max(0, j - half), j + half), k)
-        flair_on_qsm = resample(np.asarray(flair_img.dataobj, dtype=np.float32), flair_img.affine,
-                                qsm_img.affine, qsm.shape,
-                                np.asarray(registration["qsm_to_flair_ras"]))
-        row[0].imshow(1000 * qsm[box].T, origin="lower", cmap="gray", vmin=-50, vmax=70)
-        row[1].imshow(flair_on_qsm[box].T, origin="lower", cmap="gray")
-        row[0].set_title(f"QSM [-50,70] ppb: {lesion.kind}", fontsize=7)
-        row[1].set_title(f"FLAIR {prefix} lesion {lesion.lesion_id}", fontsize=7)
-        for ax in row:
-            ax.axis("off")
+    kinds = list(dict.fromkeys(examples["kind"]))
+    fig, axes = plt.subplots(len(kinds), 2 * per_kind,
+                             figsize=(1.7 * 2 * per_kind, 1.9 * len(kinds)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for row, kind in zip(axes, kinds):
+        for column, (_, lesion) in enumerate(examples[examples["kind"] == kind].iterrows()):
+            qsm_patch, flair_patch = _patches(root, truth_dir, lesion)
+            row[2 * column].imshow(1000 * qsm_patch.T, origin="lower", cmap="gray",
+                                   vmin=QSM_WINDOW_PPB[0], vmax=QSM_WINDOW_PPB[1],
+                                   interpolation="nearest")
+            row[2 * column + 1].imshow(flair_patch.T, origin="lower", cmap="gray",
+                                       interpolation="nearest")
+            detail = (f"{lesion.rim_contrast_ppb:.0f} ppb" if lesion["class"] == "rim+"
+                      else f"{lesion.volume_mm3:.0f} mm3")
+            row[2 * column].set_title(f"QSM {kind}\n{lesion.participant_id} #{lesion.lesion_id}"
+                                      f" {detail}", fontsize=6)
+            row[2 * column + 1].set_title("FLAIR", fontsize=6)
     fig.tight_layout()
     out = Path(png_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,8 @@
 
 For each true lesion, the observer knows the lesion's true extent and measures, on the
 reconstructed QSM, the median of the edge shell (lesion voxels within ``SHELL_MM`` of the edge)
-minus the median of the core. It divides by the standard deviation of that same contrast on the
-reconstruction's noise (the masks moved to random places in the brain), giving a
+minus the median of the core. It divides by the standard deviation of that same contrast over
+independent redraws of the noisy reconstruction around the lesion, giving a
 contrast-to-noise ratio. Like an expert reader, who follows a vessel through neighbouring
 slices and discounts it, it leaves out voxels touched by a known vein or calcification (and
 their one-voxel blooming) before taking the medians.
@@ -26,9 +26,10 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score
 
+from .qsm import NoiseModel, local_noise_realisations
+
 SHELL_MM = 1.5
-N_NOISE_PLACEMENTS = 24
-NOISE_OFFSET_MM = 16.0
+N_NOISE_REALISATIONS = 16
 
 
 def shell_and_core(labels: np.ndarray, lesion_id: int, spacing_mm: float,
@@ -69,42 +70,20 @@ def shell_minus_core(qsm: np.ndarray, box, shell: np.ndarray, core: np.ndarray) 
     return float(np.median(region[shell]) - np.median(region[core]))
 
 
-def noise_of_contrast(noise: np.ndarray, brain: np.ndarray, box, shell, core, spacing_mm: float,
+def noise_of_contrast(qsm_clean: np.ndarray, noise_model: NoiseModel, box, shell, core,
                       rng: np.random.Generator) -> float:
-    """Std of the shell-minus-core contrast over placements of the masks near the lesion.
+    """SD of the shell-minus-core contrast over independent redraws of the noisy image.
 
-    The noise of a reconstruction is not stationary (it rises where the GRE magnitude is dark,
-    near veins and iron, and streaks along the magic cone), so the masks are moved by
-    ``NOISE_OFFSET_MM`` (at least half of it) in random directions around the lesion and kept
-    where they stay inside the brain. The SD is then scaled by the RMS noise inside the
-    lesion's own masks over the mean RMS inside the placed masks, which carries the noise
-    raised by a vein crossing the lesion: the local noise level, as an ideal observer knows it.
+    The reconstruction's noise is neither stationary (it rises where the GRE magnitude is dark,
+    near veins and iron) nor white (streaks along the magic cone), so it is redrawn with the
+    same model around the lesion itself, and added to the noise-free image before the medians
+    are taken (a median over mixed voxels, part rim and part not, moves more with noise than
+    the noise's own median does): the spread an ideal observer knows.
     """
-    size = np.array([s.stop - s.start for s in box])
-    start = np.array([s.start for s in box])
-    reach = NOISE_OFFSET_MM / spacing_mm
-    values, rms = [], []
-    for _ in range(8 * N_NOISE_PLACEMENTS):
-        offset = rng.uniform(-reach, reach, size=3)
-        if np.linalg.norm(offset) < reach / 2:
-            continue
-        corner = start + np.round(offset).astype(int)
-        if np.any(corner < 0) or np.any(corner + size > brain.shape):
-            continue
-        placed = tuple(slice(c, c + n) for c, n in zip(corner, size))
-        if brain[placed][shell | core].mean() < 0.95:  # keep placements inside the brain
-            continue
-        values.append(shell_minus_core(noise, placed, shell, core))
-        rms.append(_rms(noise[placed][shell | core]))
-        if len(values) == N_NOISE_PLACEMENTS:
-            break
-    if len(values) <= 2:
-        return float("nan")
-    return float(np.std(values)) * _rms(noise[box][shell | core]) / float(np.mean(rms))
-
-
-def _rms(values: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(values.astype(np.float64) ** 2)))
+    clean = qsm_clean[box]
+    draws = local_noise_realisations(noise_model, box, N_NOISE_REALISATIONS, rng)
+    values = [float(np.median((clean + d)[shell]) - np.median((clean + d)[core])) for d in draws]
+    return float(np.std(values, ddof=1))
 
 
 def vessel_exclusion(vessel_fraction: np.ndarray, threshold: float = 0.1) -> np.ndarray:
@@ -113,7 +92,7 @@ def vessel_exclusion(vessel_fraction: np.ndarray, threshold: float = 0.1) -> np.
 
 
 def lesion_rim_cnr(qsm: np.ndarray, qsm_clean: np.ndarray, qsm_background: np.ndarray,
-                   labels: np.ndarray, brain: np.ndarray, spacing_mm: float,
+                   labels: np.ndarray, noise_model: NoiseModel, spacing_mm: float,
                    rng: np.random.Generator, vessel_fraction: np.ndarray | None = None
                    ) -> dict[int, dict[str, float]]:
     """Per lesion id: shell-minus-core contrasts (ppb) and CNRs of both observers.
@@ -121,7 +100,6 @@ def lesion_rim_cnr(qsm: np.ndarray, qsm_clean: np.ndarray, qsm_background: np.nd
     ``qsm_clean`` is the noise-free reconstruction, ``qsm_background`` the noise-free
     reconstruction without rims (what the oracle knows).
     """
-    noise = qsm - qsm_clean
     excluded = None if vessel_fraction is None else vessel_exclusion(vessel_fraction)
     out = {}
     boxes = ndimage.find_objects(labels)
@@ -131,7 +109,7 @@ def lesion_rim_cnr(qsm: np.ndarray, qsm_clean: np.ndarray, qsm_background: np.nd
         if masks is None:
             continue
         box, shell, core = masks
-        sd = noise_of_contrast(noise, brain, box, shell, core, spacing_mm, rng)
+        sd = noise_of_contrast(qsm_clean, noise_model, box, shell, core, rng)
         if not np.isfinite(sd) or sd <= 0:
             continue
         expected = shell_minus_core(qsm_clean, box, shell, core)

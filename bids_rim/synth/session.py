@@ -14,7 +14,7 @@ from .lesions import Lesion, lesion_fractions
 from .painting import tube_fraction
 from .params import SynthParams
 from .population import Site
-from .qsm import DipoleModel
+from .qsm import DipoleModel, NoiseModel
 from .tissue import build_property_maps
 from .vessels import Tube
 
@@ -34,6 +34,7 @@ class SessionImages:
     rim_fraction: np.ndarray      # true rim partial volume on the QSM grid
     brain_mask: np.ndarray
     vessel_fraction: np.ndarray   # true vein + calcification partial volume (oracle only)
+    noise_model: NoiseModel       # to redraw the QSM noise around a lesion (oracle only)
     flair_affine: np.ndarray
     flair: np.ndarray
     flair_lesion_fraction: np.ndarray
@@ -129,7 +130,7 @@ def simulate_session(subject: SubjectAnatomy, lesions: list[Lesion], veins: list
     magnitude_clean = props.proton_density * np.exp(
         -params.sites.gre_echo_time_s * props.r2star_hz)
     in_head = anat.brain > 0.05
-    qsm, qsm_clean, rims_only = _acquire_qsm(props.chi_ppm * in_head, rim_chi_ppm * in_head,
+    qsm, qsm_clean, rims_only, noise_model = _acquire_qsm(props.chi_ppm * in_head, rim_chi_ppm * in_head,
                                              brain_mask, magnitude_clean, anat, site, spacing,
                                              rng)
     sigma_gre = float(np.median(magnitude_clean[anat.wm > 0.9])) / site.gre_snr
@@ -138,14 +139,15 @@ def simulate_session(subject: SubjectAnatomy, lesions: list[Lesion], veins: list
     flair_parts = _acquire_flair(props.flair, best, labels, affine, shape, subject, pose, site,
                                  params, size, rng)
     return SessionImages(affine, qsm, qsm_clean, qsm_clean - rims_only, magnitude, labels, rim_total,
-                         brain_mask.astype(bool), vessel_fraction, *flair_parts)
+                         brain_mask.astype(bool), vessel_fraction, noise_model, *flair_parts)
 
 
 def _acquire_qsm(chi_ppm, rim_chi_ppm, mask, magnitude, anat, site: Site, spacing, rng):
     """Field from the dipole kernel, field noise scaled by 1/magnitude, Tikhonov inversion.
 
-    Returns the noisy and noise-free reconstructions and the reconstruction of the rims alone
-    (the inversion is linear, so noise-free minus rims-only is the image without rims).
+    Returns the noisy and noise-free reconstructions, the reconstruction of the rims alone
+    (the inversion is linear, so noise-free minus rims-only is the image without rims) and
+    the noise model.
     """
     model = DipoleModel(chi_ppm.shape, spacing, site.tikhonov_lambda)
     field = model.field_ppm(chi_ppm)
@@ -154,14 +156,17 @@ def _acquire_qsm(chi_ppm, rim_chi_ppm, mask, magnitude, anat, site: Site, spacin
     reference = float(np.median(magnitude[anat.wm > 0.9]))
     noise_scale = np.clip(reference / np.maximum(magnitude, 1e-6), 1.0, 5.0)
     sigma_field = site.qsm_noise_ppb / 1000.0 / model.noise_gain()
-    noise = rng.standard_normal(chi_ppm.shape, dtype=np.float32) * sigma_field * noise_scale
+    field_sigma = (sigma_field * noise_scale).astype(np.float32)
+    noise = rng.standard_normal(chi_ppm.shape, dtype=np.float32) * field_sigma
     clean = model.invert(field, mask)
     noisy = clean + model.invert(noise, mask)
     csf = (anat.ventricles > 0.8) & (mask > 0)
     offset = float(np.median(noisy[csf])) if csf.sum() > 20 else 0.0
     rims_only = model.invert(model.field_ppm(rim_chi_ppm), mask)
     return (((noisy - offset) * mask).astype(np.float32),
-            ((clean - offset) * mask).astype(np.float32), rims_only.astype(np.float32))
+            ((clean - offset) * mask).astype(np.float32), rims_only.astype(np.float32),
+            NoiseModel(field_sigma, mask.astype(np.float32), spacing, site.tikhonov_lambda,
+                       model.contrast_kept))
 
 
 def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
