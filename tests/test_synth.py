@@ -32,10 +32,13 @@ def _sessions(root: Path):
 
 
 def _shell_core(qsm, labels, lesion_id, spacing):
+    """Shell-minus-core median (ppm) of a lesion, leaving out obvious veins (> 100 ppb) and the
+    voxel around them, as a reader does."""
     inside = labels == lesion_id
     depth = ndimage.distance_transform_edt(inside) * spacing
+    inside &= ~ndimage.binary_dilation(qsm > 0.1)
     shell, core = inside & (depth <= 1.5), inside & (depth > 1.5)
-    if not core.any():
+    if not core.any() or not shell.any():
         return None
     return float(np.median(qsm[shell]) - np.median(qsm[core]))
 

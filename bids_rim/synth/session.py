@@ -86,8 +86,9 @@ def simulate_session(subject: SubjectAnatomy, lesions: list[Lesion], veins: list
         if fr is None:
             continue
         b = fr.box
-        f = fr.lesion * (1 - anat.ventricles[b]) * (anat.brain[b] > 0.5)
-        rim = fr.rim * f
+        tissue_here = (1 - anat.ventricles[b]) * (anat.brain[b] > 0.5)
+        f = fr.lesion * tissue_here
+        rim = fr.rim * tissue_here  # fr.rim already holds its own partial volume
         chi_lesion = chi_wm + lesion.core_chi_ppb / 1000.0
         rim_chi = rim * (lesion.rim_chi_ppb - lesion.core_chi_ppb) / 1000.0
         props.chi_ppm[b] = props.chi_ppm[b] * (1 - f) + f * chi_lesion + rim_chi
