@@ -51,7 +51,7 @@ class MniTemplate:
 TEMPLATE_CACHE_VERSION = 1
 
 
-def _template_cache_path(nilearn_version: str) -> str:
+def template_cache_path(nilearn_version: str) -> str:
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(root, "bids_rim", f"synth_mni_v{TEMPLATE_CACHE_VERSION}_"
                                            f"nilearn{nilearn_version}.npz")
@@ -67,7 +67,7 @@ def load_mni_template() -> MniTemplate:
     """
     import nilearn
 
-    path = _template_cache_path(nilearn.__version__)
+    path = template_cache_path(nilearn.__version__)
     try:
         with np.load(path) as cached:
             return _from_8bit({k: cached[k] for k in cached.files})

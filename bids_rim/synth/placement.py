@@ -1,13 +1,14 @@
 """Where lesions and veins may sit: candidate maps derived once from the MNI template (2 mm)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import load_mni_template
+from .anatomy import template_cache_path, load_mni_template
 
 STEP_MM = 2.0
 
@@ -22,7 +23,30 @@ class PlacementMaps:
 
 @lru_cache(maxsize=1)
 def placement_maps() -> PlacementMaps:
-    """Candidate positions per lesion location and per vein kind."""
+    """Candidate positions per lesion location and per vein kind (cached next to the template)."""
+    import nilearn
+
+    path = template_cache_path(nilearn.__version__).replace(".npz", "_placement.npz")
+    try:
+        with np.load(path) as cached:
+            names = [k[len("candidates_"):] for k in cached.files if k.startswith("candidates_")]
+            return PlacementMaps({n: cached[f"candidates_{n}"] for n in names},
+                                 {n: cached[f"normals_{n}"] for n in names})
+    except (OSError, KeyError, ValueError):
+        pass
+    maps = _derive_placement_maps()
+    try:  # write atomically: parallel test workers may race
+        partial = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(partial, **{f"candidates_{n}": v for n, v in maps.candidates.items()},
+                 **{f"normals_{n}": v for n, v in maps.normals.items()})
+        os.replace(partial, path)
+    except OSError:
+        pass
+    return maps
+
+
+def _derive_placement_maps() -> PlacementMaps:
+    """Candidate positions per lesion location and per vein kind, from the template."""
     t = load_mni_template()
     sl = (slice(None, None, 2),) * 3
     wm, gm, brain, vent = t.wm[sl], t.gm[sl], t.brain[sl], t.ventricles[sl]

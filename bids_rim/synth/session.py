@@ -199,15 +199,14 @@ def _acquire_flair(flair_truth, lesion_frac, labels, qsm_affine, qsm_shape, subj
     normal = flair_affine[:3, 2] / np.linalg.norm(flair_affine[:3, 2])
     offsets = [-1.0, 0.0, 1.0] if site.flair_protocol == "2D" else [0.0]
     signal = np.zeros(shape, dtype=np.float32)
-    coverage = np.zeros(shape, dtype=np.float32)
-    head = _template_head(flair_affine, shape, subject, pose, to_qsm_world)
-    ones = np.ones(qsm_shape, dtype=np.float32)
     for off in offsets:  # thick 2D slices average the signal across the slice profile
         shifted = flair_affine.copy()
         shifted[:3, 3] += normal * off
-        signal += resample(flair_truth, qsm_affine, shifted, shape, to_qsm_world) / len(offsets)
-        coverage += resample(ones, qsm_affine, shifted, shape, to_qsm_world) / len(offsets)
-    signal = signal + (1 - coverage) * head
+        # NaN marks FLAIR voxels that reach outside the QSM field of view
+        signal += resample(flair_truth, qsm_affine, shifted, shape, to_qsm_world,
+                           cval=np.nan) / len(offsets)
+    outside = np.isnan(signal)
+    signal[outside] = _template_head(flair_affine, shape, subject, pose, to_qsm_world)[outside]
     bias = np.exp(smooth_random_field(rng, shape, 120.0 / spacing.min(), 1.0))
     bias = 1 + sp.flair_bias_amplitude * np.tanh(np.log(bias))
     sigma = 1.0 / site.flair_snr
