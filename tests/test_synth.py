@@ -150,3 +150,37 @@ def test_cli_as_a_user_types_it(tmp_path):
     bad = subprocess.run([str(exe), str(tmp_path / "d"), "--subjects", "0"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "--subjects" in bad.stderr
+
+
+@pytest.mark.parametrize("difficulty", ["easy", "hard"])
+def test_other_difficulties_with_two_sessions(tmp_path, difficulty):
+    """Both sessions are written, show the same lesions, and differ in head pose and noise."""
+    summary = generate_cohort(tmp_path / "c", n_subjects=1, n_sessions=2, difficulty=difficulty,
+                              size="small", seed=5, progress=False)
+    assert summary.n_sessions == 2 and summary.difficulty == difficulty
+    truth = tmp_path / "c" / "sourcedata" / "synth_truth"
+    ids = [set(pd.read_csv(truth / f"sub-001_ses-0{k}_truth.tsv", sep="\t").lesion_id)
+           for k in (1, 2)]
+    # the same lesions; a few at the edge of the small crop move in or out with the head pose
+    assert len(ids[0]) > 0 and len(ids[0] & ids[1]) >= 0.8 * max(len(ids[0]), len(ids[1]))
+    affines = [nib.load(tmp_path / "c" / "sub-001" / f"ses-0{k}" / "anat" /
+                        f"sub-001_ses-0{k}_Chimap.nii.gz").affine for k in (1, 2)]
+    assert not np.allclose(affines[0], affines[1])
+
+
+def test_local_noise_redraws_match_the_full_image_noise():
+    """The oracle's local noise redraws have the SD of the noise of the whole reconstruction."""
+    from bids_rim.synth.qsm import DipoleModel, NoiseModel, local_noise_realisations
+
+    shape, spacing, lam = (48, 48, 48), 1.0, 0.02
+    rng = np.random.default_rng(0)
+    model = DipoleModel(shape, spacing, lam)
+    mask = np.ones(shape, dtype=np.float32)
+    sigma = np.full(shape, 0.01, dtype=np.float32)
+    full = [model.invert(rng.standard_normal(shape).astype(np.float32) * sigma, mask)
+            for _ in range(4)]
+    centre = (slice(20, 28),) * 3
+    full_sd = np.std([f[centre] for f in full])
+    local = local_noise_realisations(NoiseModel(sigma, mask, spacing, lam, model.contrast_kept),
+                                     centre, 16, rng)
+    assert abs(np.std(local) / full_sd - 1) < 0.15
