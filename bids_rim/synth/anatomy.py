@@ -205,17 +205,33 @@ def render_anatomy(subject: SubjectAnatomy, pose: np.ndarray, affine: np.ndarray
     inv_t = np.linalg.inv(template.affine).astype(np.float32)
     vox = np.einsum("ij,j...->i...", inv_t[:3, :3], mni_mm) + inv_t[:3, 3].reshape(3, 1, 1, 1)
 
-    def sample(volume: np.ndarray) -> np.ndarray:
-        return ndimage.map_coordinates(volume, vox, order=1, mode="constant", cval=0.0,
-                                       prefilter=False).astype(np.float32)
+    def sample(volume: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        """Linear sampling; only at ``where`` (the rest is 0) when given, which saves time."""
+        if where is None:
+            return ndimage.map_coordinates(volume, vox, order=1, mode="constant", cval=0.0,
+                                           prefilter=False).astype(np.float32)
+        out = np.zeros(shape, dtype=np.float32)
+        out[where] = ndimage.map_coordinates(volume, vox[:, where], order=1, mode="constant",
+                                             cval=0.0, prefilter=False)
+        return out
 
     brain = sample(template.brain)
-    gm, wm = sample(template.gm), sample(template.wm)
+    in_brain = brain > 0
+    gm, wm = sample(template.gm, in_brain), sample(template.wm, in_brain)
     csf = np.clip(brain - gm - wm, 0.0, 1.0)
+    ventricle_box = _ventricle_box_vox(template)
+    near_ventricles = in_brain & np.all((vox >= ventricle_box[:, :1, None, None])
+                                        & (vox <= ventricle_box[:, 1:, None, None]), axis=0)
     deep_gm = deep_nuclei_fractions(mni_mm, float(np.abs(affine[:3, :3]).max()))
-    return AnatomyMaps(mni_mm, brain, wm, gm, csf, sample(template.ventricles),
+    return AnatomyMaps(mni_mm, brain, wm, gm, csf, sample(template.ventricles, near_ventricles),
                        np.clip(sum(deep_gm.values()), 0, 1) * brain, deep_gm,
-                       sample(template.t1))
+                       sample(template.t1, brain < 1))  # t1 serves only outside the brain
+
+
+def _ventricle_box_vox(template: MniTemplate) -> np.ndarray:
+    """(3, 2) template-voxel bounds (min, max) of the ventricle map, one voxel of margin."""
+    found = ndimage.find_objects((template.ventricles > 0).astype(np.int8))[0]
+    return np.array([[b.start - 1, b.stop] for b in found], dtype=np.float32)
 
 
 def deep_nuclei_fractions(mni_mm: np.ndarray, voxel_mm: float) -> dict[str, np.ndarray]:
