@@ -1,0 +1,49 @@
+"""The classification benchmark's --quick mode runs end to end, so that the benchmark code never rots.
+
+It runs in a subprocess (as a user would) on the tiny cohort, into a temporary folder, and checks
+the written table: every requested method is there with a finite PR AUC in [0, 1] inside its
+own bootstrap interval. The numbers themselves are meaningless at this size and are not judged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK_METHODS = ("asym", "radiomics", "oracle")  # the slow ablations are left to the real run
+
+
+def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "classification.py"), "--quick", "--threads", "1",
+         "--methods", ",".join(QUICK_METHODS), "--out", str(out), "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, env=environment, cwd=REPO, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    table = pd.read_csv(out / "classification.tsv", sep="\t")
+    assert set(table["method"]) == set(QUICK_METHODS)
+    pr_auc = table[table["metric"] == "pr_auc"].set_index("method")
+    assert set(pr_auc.index) == set(QUICK_METHODS)
+    for method, row in pr_auc.iterrows():
+        values = row[["ci_low", "estimate", "ci_high"]].to_numpy(dtype=float)
+        assert np.isfinite(values).all(), f"{method}: PR AUC or its interval is not finite: {values}"
+        assert ((values >= 0) & (values <= 1)).all(), f"{method}: PR AUC outside [0, 1]: {values}"
+        assert values[0] <= values[1] <= values[2], f"{method}: estimate outside its interval: {values}"
+
+    page = (out / "classification.md").read_text()
+    assert "QUICK" in page and "TRUE class" in page and "rater's annotations" in page
+    for method in QUICK_METHODS:
+        assert f"| {method} |" in page
+    assert (out / "classification_pr.png").stat().st_size > 0 and (out / "classification_roc.png").stat().st_size > 0
+    predictions = pd.read_csv(out / "classification_predictions.tsv", sep="\t")
+    # the same lesions are scored by every method (one split, one evaluation set)
+    lesion_sets = [set(zip(part["participant_id"], part["lesion_id"])) for _, part in predictions.groupby("method")]
+    assert all(s == lesion_sets[0] for s in lesion_sets)
