@@ -12,9 +12,61 @@ import numpy as np
 import pytest
 from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 
+from bids_rim.preproc.antsio import RAS_TO_LPS
+from bids_rim.preproc.template_space import apply_to_template, register_to_template
+
 from .conftest import FAST_OPTIONS
 
 SPACE = "MNI152NLin2009cAsym"
+
+
+def rotation_matrix(about_x_deg: float, about_z_deg: float) -> np.ndarray:
+    """Rotation about x, then about z (RAS axes)."""
+    a, c = np.deg2rad(about_x_deg), np.deg2rad(about_z_deg)
+    about_x = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    about_z = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return about_z @ about_x
+
+
+def test_registration_recovers_a_known_affine_and_moves_masks(tmp_path: Path) -> None:
+    """A 3 mm MNI152 brain placed in the world by a known rigid motion, contrast inverted (as FLAIR vs T1w).
+
+    The subject's voxels are the template's with another affine, so the truth is exact: a
+    template point p is the subject point ``inv(subject_to_template) @ p``.
+    """
+    import ants
+
+    t1w, brain = load_mni152_template(resolution=3), load_mni152_brain_mask(resolution=3)
+    template = nib.Nifti1Image(np.asarray(t1w.dataobj, dtype=np.float32), t1w.affine)
+    template_mask = nib.Nifti1Image((np.asarray(brain.dataobj) > 0).astype(np.uint8), brain.affine)
+    subject_to_template = np.eye(4)
+    subject_to_template[:3, :3] = rotation_matrix(4.0, 7.0)
+    subject_to_template[:3, 3] = [6.0, -5.0, 4.0]
+    subject_affine = np.linalg.inv(subject_to_template) @ template.affine
+    intensities = np.asarray(template.dataobj)
+    inverted = np.where(np.asarray(template_mask.dataobj) > 0, 1.2 * intensities.max() - intensities, 0)
+    subject = nib.Nifti1Image(inverted.astype(np.float32), subject_affine)
+    subject_mask = nib.Nifti1Image(np.asarray(template_mask.dataobj), subject_affine)
+
+    transforms = register_to_template(subject, subject_mask, template, template_mask, seed=0, work_dir=tmp_path)
+    assert all(Path(path).parent == tmp_path for path in transforms)
+
+    # The affine stage alone maps template points (ITK: fixed → moving, LPS) onto the subject.
+    affine_stage = ants.read_transform(next(path for path in transforms if path.endswith(".mat")))
+    errors_mm = []
+    for point in [(x, y, z) for x in (-40, 40) for y in (-50, 30) for z in (-20, 40)]:
+        found = RAS_TO_LPS @ np.asarray(affine_stage.apply_to_point(tuple(RAS_TO_LPS @ np.asarray(point, float))))
+        expected = (np.linalg.inv(subject_to_template) @ np.r_[point, 1.0])[:3]
+        errors_mm.append(np.linalg.norm(found - expected))
+    assert max(errors_mm) < 1.5, f"affine off by up to {max(errors_mm):.2f} mm"
+
+    # A lesion cube drawn on the subject lands on the same template voxels.
+    cube = np.zeros(template.shape, np.uint8)
+    cube[24:30, 36:42, 30:36] = 1
+    moved = np.asarray(apply_to_template(nib.Nifti1Image(cube, subject_affine), template, transforms).dataobj)
+    assert set(np.unique(moved)) <= {0, 1}
+    dice = 2 * np.logical_and(moved > 0, cube > 0).sum() / (moved.sum() + cube.sum())
+    assert dice > 0.8, f"lesion cube Dice {dice:.2f} in template space"
 
 
 @pytest.fixture(scope="module")

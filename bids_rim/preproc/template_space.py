@@ -64,12 +64,18 @@ def register_to_template(
     template_mask: nib.Nifti1Image | None = None,
     *,
     seed: int = 0,
+    work_dir: Path | None = None,
 ) -> list[str]:
     """Affine + SyN transforms (antspyx file list, template ← subject) for ``apply_to_template``.
 
-    The files live in a temporary folder that antspyx made; use them before the process ends.
+    The transform files are written under ``work_dir`` (named ``to_template_*``) when given,
+    else in a temporary folder that antspyx makes and never removes. ITK's thread count is
+    process-wide (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, see :mod:`bids_rim.preproc.antsio`),
+    so it is not an argument here.
     """
     import ants
+
+    outprefix = {} if work_dir is None else {"outprefix": str(Path(work_dir) / "to_template_")}
 
     brain = np.asarray(brain_mask.dataobj) > 0
     moving = nib.Nifti1Image(np.asarray(flair_on_qsm.dataobj, dtype=np.float32) * brain, flair_on_qsm.affine)
@@ -80,6 +86,7 @@ def register_to_template(
     result = ants.registration(
         fixed=to_ants(fixed), moving=to_ants(moving), type_of_transform="SyN",
         aff_metric="mattes", syn_metric="mattes", reg_iterations=(40, 20, 0), random_seed=int(seed),
+        **outprefix,
     )
     return list(result["fwdtransforms"])
 
