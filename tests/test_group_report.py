@@ -34,6 +34,7 @@ def test_report_lists_every_participant_and_links_reports(cohort):
         assert f">{participant}<" in html
     assert '<a href="sub-001.html">sub-001</a>' in html and '<a href="sub-003.html">' not in html
     assert "sub-099" in html and "no QSM image" in html and 'href="sub-099.html"' not in html
+    assert re.search(r"<td>sub-099</td>\s*<td>all</td><td>failed</td>", html)
     for figure in re.findall(r'<img src="([^"]+)"', html):
         assert (cohort.output_dir / figure).is_file(), figure
     assert len(re.findall(r'<img src="', html)) == 3  # counts per site, histograms, forest plot

@@ -12,7 +12,7 @@ import pytest
 
 from bids_rim.errors import InputError
 from bids_rim.group import stats
-from bids_rim.group.aggregate import aggregate_lesion_tables
+from bids_rim.group.aggregate import aggregate_lesion_tables, find_bids_sessions
 from bids_rim.group.run import run_group_level
 from bids_rim.group.simulate import simulate_cohort_tables
 
@@ -143,6 +143,26 @@ def test_failed_and_missing_participants_are_listed(tmp_path):
     result = run_group_level(cohort.bids_dir, cohort.output_dir, progress=False)
     assert {p.participant_id for p in result.problems} == {"sub-003", "sub-007"}
     assert len(result.subjects) == 10
+
+
+def test_sessions_without_a_table_are_listed(tmp_path):
+    """A participant whose second visit crashed (or never ran) is listed for that session, not analysed silently."""
+    bids_dir, output_dir = tmp_path / "bids", tmp_path / "out"
+    header = "lesion_id\tvolume_mm3\trim_probability\trim_uncertainty\trim_label\n"
+    for participant in ("sub-01", "sub-02"):
+        for session in ("ses-01", "ses-02"):
+            (bids_dir / participant / session / "anat").mkdir(parents=True)
+        anat = output_dir / participant / "ses-01" / "anat"
+        anat.mkdir(parents=True)
+        (anat / f"{participant}_ses-01_desc-lesions_table.tsv").write_text(header + "1\t12.5\t0.8\t0.1\t1\n")
+    (bids_dir / "sub-03").mkdir()  # in BIDS_DIR, not in participants.tsv, never processed
+    (output_dir / "sub-02" / "log").mkdir(parents=True)  # crash file straight under log/
+    (output_dir / "sub-02" / "log" / "crash-node.txt").write_text("RuntimeError: ses-02 registration diverged\n")
+    aggregated = aggregate_lesion_tables(output_dir, ["sub-01", "sub-02"], expected_sessions=find_bids_sessions(bids_dir))
+    listed = [(p.participant_id, p.session_id, p.status) for p in aggregated.problems]
+    assert listed == [("sub-01", "ses-02", "missing"), ("sub-02", "ses-02", "failed"), ("sub-03", None, "missing")]
+    assert "registration diverged" in aggregated.problems[1].reason
+    assert aggregated.problems[1].label == "sub-02 ses-02"
 
 
 def test_aggregation_keeps_sessions_and_empty_tables(tmp_path):

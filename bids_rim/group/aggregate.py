@@ -8,7 +8,13 @@ one ``read_csv`` per file would take tens of seconds.
 Participants that cannot contribute are listed, never silently dropped:
 
 * *failed*: a crash file under ``sub-X/log/`` and no lesion table;
-* *missing*: named in ``participants.tsv`` but with neither a lesion table nor a crash file.
+* *missing*: named in ``participants.tsv`` (or with a ``sub-X`` folder in BIDS_DIR) but with
+  neither a lesion table nor a crash file.
+
+A participant with some lesion tables is checked session by session against its ``ses-*``
+folders in BIDS_DIR: a session without a table is listed too (*failed* when the participant
+has a crash file, else *missing*), so that a participant whose second visit crashed is not
+silently analysed on its first one.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -33,11 +39,17 @@ ID_COLUMNS = ("participant_id", "session_id")
 
 @dataclass(frozen=True)
 class ParticipantProblem:
-    """A participant that has no lesion table, and why (one line)."""
+    """A participant (or one of its sessions) that has no lesion table, and why (one line)."""
 
     participant_id: str
     status: str  # "failed" or "missing"
     reason: str
+    session_id: str | None = None  # None: the whole participant
+
+    @property
+    def label(self) -> str:
+        """``sub-X`` or ``sub-X ses-Y``, as shown in the report and the log."""
+        return self.participant_id if self.session_id is None else f"{self.participant_id} {self.session_id}"
 
 
 @dataclass(frozen=True)
@@ -90,10 +102,22 @@ def crash_reason(crash_file: Path) -> str:
 
 def find_crashed_participants(output_dir: Path) -> dict[str, str]:
     """``{participant_id: reason}`` for every participant with a crash file (latest run wins)."""
+    crash_files = [*output_dir.glob("sub-*/log/crash-*"), *output_dir.glob("sub-*/log/*/crash-*")]
     crashed: dict[str, str] = {}
-    for crash_file in sorted(output_dir.glob("sub-*/log/*/crash-*")):
-        crashed[crash_file.parts[-4]] = f"{crash_reason(crash_file)} ({crash_file.relative_to(output_dir)})"
+    # Run folders are named by start time, so sorting by path puts the latest run last.
+    for crash_file in sorted(crash_files):
+        participant = crash_file.relative_to(output_dir).parts[0]
+        crashed[participant] = f"{crash_reason(crash_file)} ({crash_file.relative_to(output_dir)})"
     return crashed
+
+
+def find_bids_sessions(bids_dir: Path) -> dict[str, list[str]]:
+    """``{participant_id: [session_id, ...]}`` from the ``sub-*/ses-*`` folders of a raw BIDS dataset.
+
+    Only folder names are listed (no file is opened); a participant without sessions maps to ``[]``.
+    """
+    return {subject.name: sorted(session.name for session in subject.glob("ses-*") if session.is_dir())
+            for subject in sorted(Path(bids_dir).glob("sub-*")) if subject.is_dir()}
 
 
 def _split_header(text: str, path: Path) -> tuple[str, list[str]]:
@@ -128,13 +152,35 @@ def read_lesion_tables(tables: Iterable[SessionTable], *, progress: bool = False
     return pd.concat(frames, ignore_index=True, sort=False)
 
 
-def aggregate_lesion_tables(output_dir: Path, participant_ids: Iterable[str] = (), *,
-                            progress: bool = False) -> AggregatedTables:
-    """Collect OUTPUT_DIR's lesion tables and list the participants without one.
+def _missing_sessions(sessions: Sequence[SessionTable], expected_sessions: Mapping[str, Sequence[str]],
+                      crashed: Mapping[str, str]) -> list[ParticipantProblem]:
+    """Sessions of BIDS_DIR without a lesion table, for participants that have at least one table."""
+    found: dict[str, set[str]] = {}
+    for table in sessions:
+        found.setdefault(table.participant_id, set()).add(table.session_id or "")
+    problems = []
+    for participant, with_table in sorted(found.items()):
+        for session in expected_sessions.get(participant, ()):
+            if session in with_table:
+                continue
+            if participant in crashed:
+                problems.append(ParticipantProblem(participant, "failed", crashed[participant], session))
+            else:
+                problems.append(ParticipantProblem(participant, "missing", "session in BIDS_DIR without a lesion "
+                                                   "table and no crash file", session))
+    return problems
 
-    ``participant_ids`` are those of ``participants.tsv`` (``sub-`` prefixed); one of them with
-    neither a table nor a crash file is *missing*.
+
+def aggregate_lesion_tables(output_dir: Path, participant_ids: Iterable[str] = (), *,
+                            expected_sessions: Mapping[str, Sequence[str]] | None = None,
+                            progress: bool = False) -> AggregatedTables:
+    """Collect OUTPUT_DIR's lesion tables and list the participants (and sessions) without one.
+
+    ``participant_ids`` are those expected (``participants.tsv`` and BIDS_DIR's ``sub-*``
+    folders, ``sub-`` prefixed); one of them with neither a table nor a crash file is *missing*.
+    ``expected_sessions`` (from :func:`find_bids_sessions`) adds the sessions without a table.
     """
+    expected_sessions = expected_sessions or {}
     sessions = find_lesion_tables(output_dir)
     lesions = read_lesion_tables(sessions, progress=progress)
     with_table = {table.participant_id for table in sessions}
@@ -143,5 +189,7 @@ def aggregate_lesion_tables(output_dir: Path, participant_ids: Iterable[str] = (
                 for participant, reason in sorted(crashed.items()) if participant not in with_table]
     listed = {problem.participant_id for problem in problems} | with_table
     problems += [ParticipantProblem(participant, "missing", "no lesion table and no crash file in the output directory")
-                 for participant in sorted(set(participant_ids)) if participant not in listed]
+                 for participant in sorted(set(participant_ids) | set(expected_sessions)) if participant not in listed]
+    problems += _missing_sessions(sessions, expected_sessions, crashed)
+    problems.sort(key=lambda problem: (problem.participant_id, problem.session_id or ""))
     return AggregatedTables(lesions=lesions, sessions=sessions, problems=problems)

@@ -25,7 +25,8 @@ import pandas as pd
 from bids_rim.bidsio.derivatives import atomic_write_tsv
 from bids_rim.errors import InputError
 from bids_rim.group import sidecars, stats
-from bids_rim.group.aggregate import AggregatedTables, ParticipantProblem, aggregate_lesion_tables
+from bids_rim.group.aggregate import (AggregatedTables, ParticipantProblem, aggregate_lesion_tables,
+                                      find_bids_sessions)
 from bids_rim.group.frequency import FrequencyMap, write_frequency_maps
 
 LOGGER = logging.getLogger("bids_rim.group")
@@ -114,9 +115,10 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, covariates: Sequence[st
 
     bids_dir, output_dir = Path(bids_dir), Path(output_dir)
     participants = read_participants_tsv(bids_dir)
-    aggregated = aggregate_lesion_tables(output_dir, participants["participant_id"], progress=progress)
+    aggregated = aggregate_lesion_tables(output_dir, participants["participant_id"],
+                                         expected_sessions=find_bids_sessions(bids_dir), progress=progress)
     for problem in aggregated.problems:
-        LOGGER.warning("%s %s: %s", problem.participant_id, problem.status, problem.reason)
+        LOGGER.warning("%s %s: %s", problem.label, problem.status, problem.reason)
     if not aggregated.sessions:
         raise InputError(f"{output_dir}: no *_desc-lesions_table.tsv found; run the participant level first")
     LOGGER.info("Group level: %d lesion tables, %d lesions", len(aggregated.sessions), len(aggregated.lesions))

@@ -116,7 +116,10 @@ def plot_rate_ratio_forest(table: pd.DataFrame, model_name: str, out_png: Path) 
 
 def plot_frequency_maps(maps: Sequence[FrequencyMap], background: nib.Nifti1Image | None, out_png: Path,
                         n_slices: int = 6) -> Path:
-    """Axial slices of one space's frequency maps (one row per map) over the template when on disk."""
+    """Axial slices of one space's frequency maps (one row per map) over the template when on disk.
+
+    Slices are titled by their world z (mm), so they can be compared with atlas coordinates.
+    """
     images = [nib.as_closest_canonical(nib.load(item.path)) for item in maps]
     volumes = [np.asarray(image.dataobj, dtype=np.float32) for image in images]
     covered = np.flatnonzero((volumes[0] > 0).any(axis=(0, 1)))
@@ -141,7 +144,8 @@ def plot_frequency_maps(maps: Sequence[FrequencyMap], background: nib.Nifti1Imag
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
-                axis.set_title(f"z = {index}", fontsize=9)
+                z_mm = nib.affines.apply_affine(images[0].affine, (0, 0, index))[2]
+                axis.set_title(f"z = {z_mm:.0f} mm", fontsize=9)
         axes[row, 0].set_ylabel("lesions" if item.desc == "lesions" else "PRL", fontsize=10)
         figure.colorbar(drawn, ax=list(axes[row]), shrink=0.9, label="share of patients")
     figure.suptitle(f"Frequency maps in {maps[0].space} (L on the left)", fontsize=11)
