@@ -14,8 +14,8 @@ import pandas as pd  # noqa: E402
 
 from .geometry import resample  # noqa: E402
 
-HALF_WIDTH_MM = 14.0
-QSM_WINDOW_PPB = (-80.0, 80.0)
+HALF_WIDTH_MM = 11.0
+QSM_WINDOW_PPB = (-70.0, 50.0)   # centred near normal white matter (about -30 ppb vs CSF)
 
 
 def _patches(root: Path, truth_dir: Path, lesion) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +40,8 @@ def _patches(root: Path, truth_dir: Path, lesion) -> tuple[np.ndarray, np.ndarra
 
 
 def _pick_examples(truth: pd.DataFrame, per_kind: int) -> pd.DataFrame:
-    """Per kind, lesions spread over the volume range (largest, middle, ...), not only the best."""
+    """Per kind, lesions spread over a range, not only the best: rim+ by true rim CNR (clearest,
+    typical, ...), mimics by volume (largest, middle, ...)."""
     plain = (truth["class"] == "rim-") & (truth["confounder"] == "none")
     kinds = {"rim+": truth["class"] == "rim+",
              "central vein (rim-)": plain & (truth["central_vein"] == 1),
@@ -50,7 +51,8 @@ def _pick_examples(truth: pd.DataFrame, per_kind: int) -> pd.DataFrame:
              "plain rim-": plain & (truth["central_vein"] == 0)}
     picks = []
     for kind, rows in kinds.items():
-        ranked = truth[rows].sort_values("volume_mm3", ascending=False)
+        key = "rim_cnr" if kind == "rim+" else "volume_mm3"
+        ranked = truth[rows].sort_values(key, ascending=False)
         if ranked.empty:
             continue
         spread = np.unique(np.linspace(0, (len(ranked) - 1) * 0.6, per_kind).round().astype(int))
@@ -82,8 +84,8 @@ def write_montage(cohort_dir, png_path, per_kind: int = 3) -> Path:
                                    interpolation="nearest")
             row[2 * column + 1].imshow(flair_patch.T, origin="lower", cmap="gray",
                                        interpolation="nearest")
-            detail = (f"{lesion.rim_contrast_ppb:.0f} ppb" if lesion["class"] == "rim+"
-                      else f"{lesion.volume_mm3:.0f} mm3")
+            detail = (f"{lesion.rim_contrast_ppb:.0f} ppb, CNR {lesion.rim_cnr:.1f}"
+                      if lesion["class"] == "rim+" else f"{lesion.volume_mm3:.0f} mm3")
             row[2 * column].set_title(f"QSM {kind}\n{lesion.participant_id} #{lesion.lesion_id}"
                                       f" {detail}", fontsize=6)
             row[2 * column + 1].set_title("FLAIR", fontsize=6)
