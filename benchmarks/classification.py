@@ -373,7 +373,7 @@ def interpretation(table: pd.DataFrame) -> str:
 
 def write_markdown(path: Path, table: pd.DataFrame, settings: BenchmarkSettings, summary: dict, command: str,
                    timings: dict[str, float], label_report: dict, plots: list[Path],
-                   failures: dict[str, str]) -> None:
+                   failures: dict[str, str], pending: list[str]) -> None:
     """The results page: setup, labels, cohort, table with CIs, timings and what the numbers say."""
     methods = list(dict.fromkeys(table["method"]))
     header = "| method | " + " | ".join(HEADLINE_METRICS) + " | time (s) |"
@@ -429,6 +429,7 @@ def write_markdown(path: Path, table: pd.DataFrame, settings: BenchmarkSettings,
         *(f"| {m} | " + " | ".join(_cell(table, m, k) for k in HEADLINE_METRICS) + f" | {timings.get(m, 0):.0f} |"
           for m in methods),
         "",
+        *([f"- **Not finished (run still going or cut short): {', '.join(pending)}**"] if pending else []),
         *(f"- **{m} FAILED** and is missing from the table: {reason}" for m, reason in failures.items()),
         "",
         "Methods: " + "; ".join(f"**{m}** {METHOD_DESCRIPTIONS[m]}" for m in methods) + ".",
@@ -465,6 +466,19 @@ def label_report(meta: pd.DataFrame, truth: pd.DataFrame, evaluable: np.ndarray,
 # ----------------------------------------------------------------------------- driver
 
 
+def write_outputs(out_dir: Path, predictions: pd.DataFrame, table: pd.DataFrame, settings: BenchmarkSettings,
+                  summary: dict, command: str, timings: dict[str, float], labels: dict,
+                  failures: dict[str, str]) -> None:
+    """Metrics TSV, per-lesion predictions, ROC/PR plots and the results page."""
+    table.to_csv(out_dir / f"{STEM}.tsv", sep="\t", index=False, float_format="%.4f")
+    predictions.drop(columns="row").to_csv(out_dir / f"{STEM}_predictions.tsv", sep="\t", index=False,
+                                           float_format="%.5f")
+    plots = plot_curves(predictions, out_dir)
+    pending = [m for m in settings.methods if m not in timings and m not in failures]
+    write_markdown(out_dir / f"{STEM}.md", table, settings, summary, command, timings, labels, plots, failures,
+                   pending)
+
+
 def run_benchmark(settings: BenchmarkSettings, out_dir: Path, work: Path, command: str) -> pd.DataFrame:
     """The whole benchmark; returns the long metrics table (also written to ``out_dir``)."""
     import torch
@@ -487,7 +501,9 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: Path, work: Path, comman
     in_folds = meta["participant_id"].isin([p for fold in folds for p in fold]).to_numpy()
     LOGGER.info("%d lesions, %d evaluable; folds %s", len(meta), int((evaluable & in_folds).sum()), folds)
 
-    predictions, timings, failures = [], {}, {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = label_report(meta, truth, evaluable, in_folds)
+    predictions, tables, timings, failures = [], [], {}, {}
     for method in settings.methods:
         started = time.perf_counter()
         LOGGER.info("method %s", method)
@@ -503,23 +519,21 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: Path, work: Path, comman
             continue
         timings[method] = time.perf_counter() - started
         part.insert(0, "method", method)
+        rows = part["row"].to_numpy()
+        part["participant_id"] = meta["participant_id"].to_numpy()[rows]
+        part["lesion_id"] = meta["lesion_id"].to_numpy()[rows]
+        part["rater_label"] = meta["label"].to_numpy()[rows]
+        part["true_label"] = truth["true_label"].to_numpy()[rows].astype(int)
         predictions.append(part)
+        tables.append(summarise(part, settings))
+        # Written after every method, so that a long run cut short still leaves what it finished.
+        write_outputs(out_dir, pd.concat(predictions, ignore_index=True), pd.concat(tables, ignore_index=True),
+                      settings, summary, command, timings, labels, failures)
     if not predictions:
         raise RuntimeError(f"every method failed: {failures}")
-    predictions = pd.concat(predictions, ignore_index=True)
-    predictions["participant_id"] = meta["participant_id"].to_numpy()[predictions["row"]]
-    predictions["lesion_id"] = meta["lesion_id"].to_numpy()[predictions["row"]]
-    predictions["rater_label"] = meta["label"].to_numpy()[predictions["row"]]
-    predictions["true_label"] = truth["true_label"].to_numpy()[predictions["row"]].astype(int)
-
-    table = summarise(predictions, settings)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / f"{STEM}.tsv", sep="\t", index=False, float_format="%.4f")
-    predictions.drop(columns="row").to_csv(out_dir / f"{STEM}_predictions.tsv", sep="\t", index=False,
-                                           float_format="%.5f")
-    plots = plot_curves(predictions, out_dir)
-    write_markdown(out_dir / f"{STEM}.md", table, settings, summary, command, timings,
-                   label_report(meta, truth, evaluable, in_folds), plots, failures)
+    table = pd.concat(tables, ignore_index=True)
+    write_outputs(out_dir, pd.concat(predictions, ignore_index=True), table, settings, summary, command, timings,
+                  labels, failures)
     if failures:
         raise RuntimeError(f"method(s) failed (results written without them): {failures}")
     return table
