@@ -48,8 +48,9 @@ def test_registration_recovers_a_known_affine_and_moves_masks(tmp_path: Path) ->
     subject = nib.Nifti1Image(inverted.astype(np.float32), subject_affine)
     subject_mask = nib.Nifti1Image(np.asarray(template_mask.dataobj), subject_affine)
 
-    transforms = register_to_template(subject, subject_mask, template, template_mask, seed=0, work_dir=tmp_path)
-    assert all(Path(path).parent == tmp_path for path in transforms)
+    transforms = register_to_template(subject, subject_mask, template, template_mask, seed=0,
+                                      work_dir=tmp_path / "xfm")
+    assert all(Path(path).parent == tmp_path / "xfm" for path in transforms)
 
     # The affine stage alone maps template points (ITK: fixed → moving, LPS) onto the subject.
     affine_stage = ants.read_transform(next(path for path in transforms if path.endswith(".mat")))

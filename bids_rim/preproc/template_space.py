@@ -68,14 +68,17 @@ def register_to_template(
 ) -> list[str]:
     """Affine + SyN transforms (antspyx file list, template ← subject) for ``apply_to_template``.
 
-    The transform files are written under ``work_dir`` (named ``to_template_*``) when given,
-    else in a temporary folder that antspyx makes and never removes. ITK's thread count is
+    The transform files (``to_template_*``) go to ``work_dir`` when given (made if needed),
+    else to a temporary folder that antspyx makes and never removes. ITK's thread count is
     process-wide (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, see :mod:`bids_rim.preproc.antsio`),
     so it is not an argument here.
     """
     import ants
 
-    outprefix = {} if work_dir is None else {"outprefix": str(Path(work_dir) / "to_template_")}
+    outprefix = {}
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        outprefix = {"outprefix": str(Path(work_dir) / "to_template_")}
 
     brain = np.asarray(brain_mask.dataobj) > 0
     moving = nib.Nifti1Image(np.asarray(flair_on_qsm.dataobj, dtype=np.float32) * brain, flair_on_qsm.affine)
