@@ -286,7 +286,8 @@ class TemplateMaps(SimpleInterface):
             t1w_path, mask_path = resolve_template(space)
             template = nib.load(t1w_path)
             template_mask = nib.load(mask_path) if mask_path else None
-            transforms = register_to_template(flair, brain, template, template_mask, seed=self.inputs.seed)
+            transforms = register_to_template(flair, brain, template, template_mask, seed=self.inputs.seed,
+                                              work_dir=Path(runtime.cwd) / f"to_{space}")
             for desc, mask in masks.items():
                 moved = apply_to_template(nib.Nifti1Image(mask.astype(np.uint8), labels.affine), template, transforms)
                 maps.append({"space": space, "desc": desc,
