@@ -213,6 +213,19 @@ def test_tables_without_rim_probabilities_are_refused(tmp_path):
         run_group_level(cohort.bids_dir, cohort.output_dir, progress=False)
 
 
+def test_tables_of_a_run_without_a_model_are_listed_not_counted_as_zero(tmp_path):
+    cohort = simulate_cohort_tables(tmp_path, n_subjects=12, site_log_rate={"A": 0.5, "B": 0.5}, seed=4)
+    for participant in ("sub-002", "sub-005"):
+        table = cohort.output_dir / participant / "anat" / f"{participant}_desc-lesions_table.tsv"
+        frame = pd.read_csv(table, sep="\t")
+        frame.drop(columns=["rim_probability", "rim_uncertainty", "rim_label"]).to_csv(table, sep="\t", index=False)
+    result = run_group_level(cohort.bids_dir, cohort.output_dir, progress=False)
+    assert [(p.participant_id, p.status) for p in result.problems] == [("sub-002", "unscored"), ("sub-005", "unscored")]
+    assert "sub-002" not in set(result.subjects["participant_id"]) and len(result.subjects) == 10
+    assert result.count_model.n_patients == 10
+    assert result.sites["n_patients"].sum() == 10
+
+
 def test_no_lesion_table_at_all_is_a_clear_error(tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(InputError, match="no \\*_desc-lesions_table.tsv found"):

@@ -42,7 +42,7 @@ class ParticipantProblem:
     """A participant (or one of its sessions) that has no lesion table, and why (one line)."""
 
     participant_id: str
-    status: str  # "failed" or "missing"
+    status: str  # "failed", "missing" or (set by the group level) "unscored"
     reason: str
     session_id: str | None = None  # None: the whole participant
 

@@ -127,6 +127,16 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, covariates: Sequence[st
                             columns=["participant_id", "session_id"])
     lesions = aggregated.lesions.assign(session_id=aggregated.lesions["session_id"].fillna("n/a"))
     subjects = stats.subject_table(lesions, sessions, participants)
+    unscored = stats.unscored_sessions(subjects)
+    unscored_problems = [
+        ParticipantProblem(participant, "unscored", "lesion table without rim probabilities (participant level run "
+                           "without a model); left out of the statistics", None if session == "n/a" else session)
+        for participant, session in subjects.loc[unscored, ["participant_id", "session_id"]].itertuples(index=False)]
+    for problem in unscored_problems:
+        LOGGER.warning("%s %s: %s", problem.label, problem.status, problem.reason)
+    problems = sorted(aggregated.problems + unscored_problems,
+                      key=lambda problem: (problem.participant_id, problem.session_id or ""))
+    subjects = subjects[~unscored].reset_index(drop=True)
     unlisted = sorted(set(subjects["participant_id"]) - set(participants["participant_id"]))
     if unlisted:
         LOGGER.warning("not in participants.tsv (no site or covariates): %s", ", ".join(unlisted))
@@ -145,7 +155,7 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, covariates: Sequence[st
     for item in frequency_maps:
         LOGGER.info("Frequency map (%s, %d patients): %s", item.desc, item.n_patients, item.path)
     report = write_group_report(output_dir, lesions=lesions, subjects=subjects, patients=patients, sites=sites,
-                                site_tests=site_tests, count_model=model, problems=aggregated.problems,
+                                site_tests=site_tests, count_model=model, problems=problems,
                                 tables=tables, frequency_maps=frequency_maps)
     return GroupResult(report=report, tables=tables, subjects=subjects, sites=sites, site_tests=site_tests,
-                       count_model=model, problems=aggregated.problems, frequency_maps=frequency_maps)
+                       count_model=model, problems=problems, frequency_maps=frequency_maps)

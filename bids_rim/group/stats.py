@@ -124,6 +124,15 @@ def subject_table(lesions: pd.DataFrame, sessions: pd.DataFrame, participants: p
     return table.merge(participants, on="participant_id", how="left")
 
 
+def unscored_sessions(subjects: pd.DataFrame) -> pd.Series:
+    """True for subject-sessions with lesions but no rim probability at all.
+
+    Such a table comes from a participant level run without a model; counting it as zero PRL
+    would bias every statistic, so these sessions are left out and listed instead.
+    """
+    return (subjects["n_lesions"] > 0) & (subjects["n_lesions_without_probability"] == subjects["n_lesions"])
+
+
 def patient_level(subjects: pd.DataFrame) -> pd.DataFrame:
     """One row per participant: the last session in label order."""
     ordered = subjects.sort_values(["participant_id", "session_id"], kind="stable")
