@@ -377,9 +377,14 @@ def write_markdown(path: Path, table: pd.DataFrame, settings: BenchmarkSettings,
     """The results page: setup, labels, cohort, table with CIs, timings and what the numbers say."""
     methods = list(dict.fromkeys(table["method"]))
     header = "| method | " + " | ".join(HEADLINE_METRICS) + " | time (s) |"
+    paper_sized = (settings.subjects, settings.sites, settings.size, settings.folds, settings.patch_size,
+                   set(settings.methods)) == (88, 3, "full", 5, 32, set(ALL_METHODS))
     lines = [
         f"# Classification benchmark{' (QUICK: CI smoke run, numbers meaningless)' if settings.quick else ''}",
         "",
+        *([] if paper_sized or settings.quick else
+          ["**This is NOT the paper-sized run** (88 patients, 3 sites, full size, 5 folds, every method): it is a "
+           "smaller configuration that fits the time available; read its intervals accordingly.", ""]),
         f"- Command: `{command}`",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; seed {settings.seed}",
         f"- Machine: {machine_description()}",
@@ -513,7 +518,7 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: Path, work: Path, comman
                 part = evaluate_observer(scores, truth["true_label"].to_numpy(), meta, folds, evaluable)
             else:
                 part = evaluate_learned(method_config(method, settings), data.patches, meta, folds, evaluable, device)
-        except (ValueError, RuntimeError) as error:  # one method failing must not lose the others' hours
+        except Exception as error:  # noqa: BLE001 -- one method crashing must not lose the others' hours
             LOGGER.error("method %s failed: %s", method, error)
             failures[method] = f"{type(error).__name__}: {error}"
             continue
