@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import pandas as pd
-from bids_rim.errors import InputError
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+from bids_rim.errors import InputError
 
 
 class _RimInferenceInputSpec(BaseInterfaceInputSpec):
