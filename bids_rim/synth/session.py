@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -220,11 +221,17 @@ def _acquire_flair(flair_truth, lesion_frac, labels, qsm_affine, qsm_shape, subj
 
 def _template_head(flair_affine, shape, subject: SubjectAnatomy, pose, to_qsm_world):
     """FLAIR-like signal of the head from the template (affine part only), outside the QSM FOV."""
-    t = load_mni_template()
     y_to_mni = np.eye(4)
     y_to_mni[:3, :3] = np.diag(1 / subject.scale)
     y_to_mni[:3, 3] = BRAIN_CENTRE_MNI
     world_map = y_to_mni @ np.linalg.inv(pose) @ to_qsm_world
+    return resample(_template_flair(), load_mni_template().affine, flair_affine, shape, world_map)
+
+
+@lru_cache(maxsize=1)
+def _template_flair() -> np.ndarray:
+    """FLAIR-like contrast of the whole template (WM 1, GM 1.3, CSF 0.2, head from T1)."""
+    t = load_mni_template()
     csf = np.clip(t.brain - t.gm - t.wm, 0, 1)
-    template_flair = t.wm + 1.3 * t.gm + 0.2 * csf + (1 - t.brain) * 0.8 * np.clip(t.t1, 0, 2)
-    return resample(template_flair.astype(np.float32), t.affine, flair_affine, shape, world_map)
+    flair = t.wm + 1.3 * t.gm + 0.2 * csf + (1 - t.brain) * 0.8 * np.clip(t.t1, 0, 2)
+    return flair.astype(np.float32)
