@@ -366,6 +366,11 @@ def interpretation(table: pd.DataFrame) -> str:
         sentences.append(f"The plain image-contrast observer reaches {_value(table, 'contrast_observer', 'pr_auc'):.3f}: "
                          f"the gap to the oracle is what veins, blooming and bright neighbours cost a naive reader.")
     prevalence = _value(table, methods[0], "prevalence") if methods else float("nan")
+    at_chance = [m for m in methods if m not in OBSERVERS and _value(table, m, "pr_auc", "ci_low") <= prevalence]
+    if at_chance:
+        sentences.append(f"The PR AUC interval of {', '.join(at_chance)} reaches down to chance: on this cohort "
+                         f"{'it has' if len(at_chance) == 1 else 'they have'} not shown that {'it' if len(at_chance) == 1 else 'they'} "
+                         f"learned the rim.")
     sentences.append(f"Chance PR AUC is the prevalence, {prevalence:.3f}. With this many patients the "
                      f"bootstrap intervals are wide; differences inside them are not evidence.")
     return " ".join(sentences)
