@@ -22,6 +22,7 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 from tqdm.auto import tqdm
 
+from bids_rim.errors import InputError
 from bids_rim.training import losses
 from bids_rim.training.augment import PatchAugmenter
 from bids_rim.training.batching import balanced_batches
@@ -95,6 +96,9 @@ def finetune(
     """Fine-tune ``model`` in place (it ends with the best epoch's weights) and calibrate it."""
     train_labels = np.asarray(train_labels).astype(int)
     val_labels = np.asarray(val_labels).astype(int)
+    if len(np.unique(train_labels)) < 2 or len(train_labels) < 2:
+        raise InputError(f"{description}: the fine-tuning set has {len(train_labels)} labelled lesions "
+                         f"({int(train_labels.sum())} rim+); it needs rim+ and rim- lesions to learn from")
     n_positive = max(int(train_labels.sum()), 1)
     objective = FinetuneObjective(model, config, (len(train_labels) - n_positive) / n_positive).to(device)
     trainable = wrap(objective, context, device)
