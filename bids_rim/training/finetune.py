@@ -96,9 +96,9 @@ def finetune(
     """Fine-tune ``model`` in place (it ends with the best epoch's weights) and calibrate it."""
     train_labels = np.asarray(train_labels).astype(int)
     val_labels = np.asarray(val_labels).astype(int)
-    if len(np.unique(train_labels)) < 2 or len(train_labels) < 2:
-        raise InputError(f"{description}: the fine-tuning set has {len(train_labels)} labelled lesions "
-                         f"({int(train_labels.sum())} rim+); it needs rim+ and rim- lesions to learn from")
+    if len(train_labels) < 2:
+        raise InputError(f"{description}: the fine-tuning set has {len(train_labels)} labelled lesion(s); "
+                         "at least two are needed to form a batch")
     n_positive = max(int(train_labels.sum()), 1)
     objective = FinetuneObjective(model, config, (len(train_labels) - n_positive) / n_positive).to(device)
     trainable = wrap(objective, context, device)
