@@ -77,16 +77,22 @@ def _temporary_sibling(path: Path) -> Path:
     return Path(name)
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write text to ``path`` atomically."""
+def atomic_write_bytes(path: Path, content: bytes) -> Path:
+    """Write bytes to ``path`` atomically (a temporary sibling, then ``os.replace``)."""
+    path = Path(path)
     temporary = _temporary_sibling(path)
     try:
-        temporary.write_text(text)
+        temporary.write_bytes(content)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write text (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_copy(source: Path, path: Path) -> Path:

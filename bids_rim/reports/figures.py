@@ -12,8 +12,6 @@ the left of the panel), with L/R letters on the axial panels.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,6 +24,8 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from scipy import ndimage  # noqa: E402
+
+from bids_rim.bidsio.derivatives import atomic_write_bytes  # noqa: E402 - the one atomic writer
 
 #: QSM display window in ppm (paramagnetic rims are tens of ppb above white matter).
 QSM_WINDOW_PPM = (-0.10, 0.15)
@@ -42,22 +42,6 @@ PLANES = ("axial", "coronal", "sagittal")
 
 
 # --------------------------------------------------------------------------- writing
-def atomic_write_bytes(path: Path, content: bytes) -> Path:
-    """Write ``content`` to ``path`` via a temporary sibling and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    temporary = Path(name)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
 def save_figure_png(figure: Figure, out_png: Path, *, dpi: int = REPORT_DPI) -> Path:
     """Render ``figure`` to PNG bytes (no metadata) and write them atomically."""
     buffer = io.BytesIO()
