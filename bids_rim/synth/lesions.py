@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import rotation_matrix
 from .params import LesionParams
 from .placement import inside_box, placement_maps
 from .anatomy import SubjectAnatomy

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import ndimage
 
 from .anatomy import (BRAIN_CENTRE_MNI, SMALL_CROP_MNI, SubjectAnatomy, load_mni_template,
                       render_anatomy, draw_head_pose)
