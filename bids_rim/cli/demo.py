@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from bids_rim.cli.run import configure_logging
 from bids_rim.cli.run import main as bids_rim_main
 
 LOGGER = logging.getLogger("bids_rim.demo")
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(name)s | %(message)s", datefmt="%H:%M:%S")
+    configure_logging(verbosity=0)  # the same single handler the bids_rim command installs
     from bids_rim.synth import generate_cohort
 
     root = args.directory.absolute()

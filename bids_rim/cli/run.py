@@ -64,6 +64,8 @@ def configure_logging(verbosity: int) -> None:
         nipype_logger = logging.getLogger(name)
         nipype_logger.setLevel(logging.DEBUG if verbosity >= 2 else quiet_level)
         nipype_logger.propagate = False  # Nipype has its own handler: no double lines
+    # pybids' schema loader announces its bundled schema at INFO on every run: not news to users.
+    logging.getLogger("bidsschematools").setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
 
 
 def _load_plugin(path: Path | None, nprocs: int, mem_mb: int | None) -> tuple[str, dict]:
