@@ -8,8 +8,18 @@ import torch
 
 from bids_rim.errors import InputError
 from bids_rim.models import get_model
-from bids_rim.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from bids_rim.training.inference import PREDICTION_COLUMNS, load_rim_model, resolve_device
+from bids_rim.training.calibration import sigmoid
+from bids_rim.training.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    save_checkpoint,
+)
+from bids_rim.training.inference import (
+    PREDICTION_COLUMNS,
+    load_rim_model,
+    resolve_device,
+)
+from bids_rim.training.prediction import predict_logits
 from bids_rim.training.toy import make_toy_patches
 
 ARCH_CONFIG = {"width": 4, "conditioning": "film_spatial", "film_stages": [0], "dropout": 0.1}
@@ -21,7 +31,7 @@ def _save(path, seeds=(0, 1), arch="asym", arch_config=ARCH_CONFIG, threshold=0.
         torch.manual_seed(seed)
         state_dicts.append(get_model(arch, **arch_config).state_dict())
     return save_checkpoint(path, arch=arch, arch_config=arch_config, state_dicts=state_dicts,
-                           temperatures=[1.5] * len(seeds), threshold=threshold, patch_size=16, patch_spacing_mm=1.0,
+                           temperatures=[1.5] * len(seeds), biases=[-1.0] * len(seeds), threshold=threshold, patch_size=16, patch_spacing_mm=1.0,
                            training={"synthetic_data": True, "note": "test"})
 
 
@@ -40,26 +50,49 @@ def test_round_trip_restores_every_member_exactly(tmp_path):
 
 def test_predict_gives_probability_uncertainty_and_label(tmp_path):
     model = load_rim_model(_save(tmp_path / "model.pt"), "cpu")
+    assert model.biases == [-1.0, -1.0] and model.temperatures == [1.5, 1.5]
     patches, _ = make_toy_patches(2, 5, patch_size=16, seed=0)
-    table = model.predict(patches, batch_size=4)
+    table = model.predict(patches, batch_size=4, ensemble=True)
     assert list(table.columns) == list(PREDICTION_COLUMNS) and len(table) == 10
     assert table["rim_probability"].between(0, 1).all() and (table["rim_uncertainty"] >= 0).all()
     assert (table["rim_uncertainty"] > 0).any()  # two different members disagree
     np.testing.assert_array_equal(table["rim_label"], (table["rim_probability"] >= 0.4).astype(int))
     # Batching does not change the numbers; the empty case keeps the columns.
-    np.testing.assert_allclose(model.predict(patches, batch_size=3)["rim_probability"], table["rim_probability"], rtol=1e-5)
+    np.testing.assert_allclose(model.predict(patches, batch_size=3, ensemble=True)["rim_probability"],
+                               table["rim_probability"], rtol=1e-5)
     assert list(model.predict(patches[:0]).columns) == list(PREDICTION_COLUMNS)
-    # Without the ensemble and the flips, one deterministic view: no spread to report.
-    single = model.predict(patches, ensemble=False, tta=False)
+    # The final model alone, one deterministic view: Platt-calibrated sigma(logit / T + b), no spread.
+    single = model.predict(patches, tta=False, mc_dropout_samples=0)
+    logits = predict_logits(model.members[-1], patches, torch.device("cpu"))[0]
+    np.testing.assert_allclose(single["rim_probability"], sigmoid(logits / 1.5 - 1.0), rtol=1e-5)
     assert (single["rim_uncertainty"] == 0).all()
     assert not np.allclose(single["rim_probability"], table["rim_probability"])
-    # Monte Carlo dropout alone also spreads the predictions, reproducibly.
-    mc = model.predict(patches, ensemble=False, tta=False, mc_dropout_samples=4)
+    # Monte Carlo dropout spreads the views reproducibly, without moving the probability.
+    mc = model.predict(patches, tta=False, mc_dropout_samples=4)
     assert (mc["rim_uncertainty"] > 0).all()
-    np.testing.assert_array_equal(mc, model.predict(patches, ensemble=False, tta=False, mc_dropout_samples=4))
-    assert not model.members[-1].head[2].training  # dropout back to eval mode
+    np.testing.assert_array_equal(mc, model.predict(patches, tta=False, mc_dropout_samples=4))
+    np.testing.assert_allclose(mc["rim_probability"], single["rim_probability"], rtol=1e-6)
+    assert not model.members[-1].head[2].training  # dropout stays in eval mode
+    # The default: the final model's flip views with MC dropout samples of its head.
+    default = model.predict(patches)
+    assert (default["rim_uncertainty"] > 0).all()
     with pytest.raises(InputError, match="do not fit this model"):
         model.predict(patches[:, :, :8, :8, :8])
+
+
+def test_head_only_mc_dropout_matches_whole_network_dropout():
+    """Sampling only the head gives the same distribution as dropout on in the whole network."""
+    torch.manual_seed(0)
+    network = get_model("asym", **{**ARCH_CONFIG, "dropout": 0.5})
+    patches, _ = make_toy_patches(1, 3, patch_size=16, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    head_samples = predict_logits(network, patches, torch.device("cpu"), mc_dropout_samples=400, generator=generator)[1:]
+    network.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        whole = np.stack([network(torch.as_tensor(patches))["logit"].numpy() for _ in range(400)])
+    np.testing.assert_allclose(head_samples.mean(0), whole.mean(0), atol=0.15 * whole.std(0).max() + 1e-3)
+    np.testing.assert_allclose(head_samples.std(0), whole.std(0), rtol=0.2)
 
 
 def test_other_architecture_or_version_fails_with_one_line(tmp_path):
@@ -74,6 +107,11 @@ def test_other_architecture_or_version_fails_with_one_line(tmp_path):
     torch.save(payload, tmp_path / "future.pt")
     with pytest.raises(InputError, match="format_version 99 is not supported") as info:
         load_checkpoint(tmp_path / "future.pt")
+    assert "\n" not in str(info.value)
+    payload["format_version"] = 1  # the temperature-only files of the previous asym network
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(InputError, match="format_version 1 comes from an older bids_rim.*retrain") as info:
+        load_checkpoint(tmp_path / "old.pt")
     assert "\n" not in str(info.value)
 
     payload["format_version"] = FORMAT_VERSION

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from bids_rim.training.calibration import choose_threshold, fit_temperature, sigmoid
+from bids_rim.training.calibration import (
+    calibrated,
+    choose_threshold,
+    fit_platt,
+    fit_temperature,
+    prior_shift_bias,
+    sigmoid,
+)
 from bids_rim.training.metrics import (
     all_metrics,
     bootstrap_ci,
@@ -63,3 +70,21 @@ def test_temperature_and_threshold_from_validation():
     threshold = choose_threshold(calibrated, labels)
     assert lesion_metrics(labels, calibrated, threshold)["f1"] >= lesion_metrics(labels, calibrated, 0.9)["f1"]
     assert fit_temperature(overconfident, np.zeros(2000)) == 1.0 and choose_threshold(calibrated, np.zeros(2000)) == 0.5
+
+
+def test_platt_bias_undoes_a_balanced_training_prior_that_temperature_cannot():
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(-3.5, 2.0, 3000)  # calibrated log-odds at about 8 % prevalence
+    labels = (rng.random(3000) < sigmoid(true_logits)).astype(int)
+    shift = prior_shift_bias(labels.mean())  # what a class-balanced sampler adds: logit(0.5) - logit(pi)
+    balanced = true_logits - shift  # the same ranking, centred as if rim+ were half of the lesions
+    temperature_only = sigmoid(balanced / fit_temperature(balanced, labels))
+    temperature, bias = fit_platt(balanced, labels, shift)
+    platt = calibrated(balanced, temperature, bias)
+    assert 0.8 < temperature < 1.25 and abs(bias - shift) < 0.3
+    assert expected_calibration_error(labels, platt) < 0.03 < expected_calibration_error(labels, temperature_only)
+    assert abs(platt.mean() - labels.mean()) < 0.02
+    # Two validation lesions of each class: the prior keeps the fit near the analytic correction.
+    few_t, few_b = fit_platt(np.array([-1.0, 0.5, 2.0, 3.0]), np.array([0, 0, 1, 1]), shift)
+    assert abs(np.log(few_t)) < 1.5 and abs(few_b - shift) < 1.5
+    assert fit_platt(balanced, np.zeros(3000), shift) == (1.0, shift)

@@ -2,12 +2,15 @@
 
 Layout for a patch of P³ voxels (channels ``qsm_ppm, flair_nawm, lesion_mask``)::
 
-    [qsm, mask] ─ QSM stem (P/2, w) ──▶ cond₀ ─ res+SE (P/4, 2w) ─▶ cond₁ ─ res+SE (P/8, 4w) ─ pool ─ MLP ─ logit
+    [qsm, mask] ─ QSM stem (P/2, w) ──▶ cond₀ ─ res+SE (P/4, 2w) ─▶ cond₁ ─ res+SE (P/8, 4w) ─ region pool ─ MLP ─ logit
     [flair, mask] ─ FLAIR stem (P/2, w) ──┘ ─ res (P/4, 2w) ───────────┘ (only when stage 1 is conditioned)
 
 ``cond`` is the conditioning chosen by ``conditioning`` (spatial FiLM by default) at the stages in
 ``film_stages`` (0 = mid resolution P/2, 1 = P/4). With ``conditioning="none"`` FLAIR is ignored.
-The lesion mask goes to both stems: it tells each branch where the lesion edge is.
+The lesion mask goes to both stems: it tells each branch where the lesion edge is. The FLAIR
+stem is a light one (patchify + depthwise conv): FLAIR only conditions. The region pool averages
+the last QSM features over the whole patch, the lesion's edge band and its core (from the mask
+channel), so the head compares shell and core as a reader does instead of seeing one global mean.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bids_rim.models.blocks import PreActResBlock, mlp_head, scale_inputs, stem
+from bids_rim.models.blocks import (
+    LesionRegionPool,
+    PreActResBlock,
+    light_stem,
+    mlp_head,
+    scale_inputs,
+    stem,
+)
 from bids_rim.models.conditioning import CONDITIONINGS, make_conditioning
 
 QSM, FLAIR, MASK = 0, 1, 2
@@ -47,17 +57,18 @@ class AsymQsmFlairNet(nn.Module):
         self.conditioning_kind = conditioning
         self.film_stages = stages
         self.mid_channels = width
-        self.embedding_dim = 4 * width
+        self.embedding_dim = 3 * 4 * width  # whole patch, edge band, core
         self.qsm_stem = stem(2, width)
         self.qsm_block1 = PreActResBlock(width, 2 * width, stride=2, squeeze_excite=True)
         self.qsm_block2 = PreActResBlock(2 * width, 4 * width, stride=2, squeeze_excite=True)
-        self.flair_stem = stem(2, width)
+        self.flair_stem = light_stem(2, width)
         self.flair_block1 = PreActResBlock(width, 2 * width, stride=2) if 1 in stages else None
         self.conditioners = nn.ModuleDict(
             {str(s): make_conditioning(conditioning, width * 2**s) for s in stages}
         )
         self.pool = nn.AdaptiveAvgPool3d(1)
-        self.head = mlp_head(self.embedding_dim, self.embedding_dim, dropout)
+        self.region_pool = LesionRegionPool()
+        self.head = mlp_head(self.embedding_dim, 4 * width, dropout)
         # Projects the pooled FLAIR stem features to the embedding size, for cross-modal pretraining.
         self.flair_projection = nn.Linear(2 * width if self.flair_block1 is not None else width, self.embedding_dim)
 
@@ -84,7 +95,7 @@ class AsymQsmFlairNet(nn.Module):
         if "1" in self.conditioners and flair:
             z = self.conditioners["1"](z, flair[1])
         z = self.qsm_block2(z)
-        return {"mid": mid, "embedding": self.pool(z).flatten(1)}
+        return {"mid": mid, "embedding": self.region_pool(z, x[:, MASK:MASK + 1])}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         embedding = self.features(x)["embedding"]

@@ -16,13 +16,14 @@ CONDITIONINGS = ("film_spatial", "film_channel", "gated_xattn", "none")
 class SpatialFiLM(nn.Module):
     """Per-voxel scale and shift: ``(1 + γ(f)) · z + β(f)``, then a 1×1×1 fusion convolution.
 
-    γ and β come from a 3×3×3 conv of the FLAIR features; both and the fusion residual are
-    zero-initialised.
+    γ and β come from a ``kernel_size``³ conv of the FLAIR features (1 by default: the FLAIR
+    stem already mixes each voxel's 3×3×3 neighbourhood, and a 3³ conv here cost as much as a
+    whole stem); both and the fusion residual are zero-initialised.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, kernel_size: int = 1) -> None:
         super().__init__()
-        self.to_scale_shift = nn.Conv3d(channels, 2 * channels, 3, padding=1)
+        self.to_scale_shift = nn.Conv3d(channels, 2 * channels, kernel_size, padding=kernel_size // 2)
         self.fuse = nn.Conv3d(channels, channels, 1)
         for layer in (self.to_scale_shift, self.fuse):
             nn.init.zeros_(layer.weight)

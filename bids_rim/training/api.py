@@ -131,6 +131,7 @@ def train_rim_model(
         model_path = save_checkpoint(
             out_dir / f"{STEM}_model.pt", arch=config.arch, arch_config=config.model_kwargs(),
             state_dicts=[m.state_dict for m in members], temperatures=[m.temperature for m in members],
+            biases=[m.bias for m in members],
             threshold=deployed_threshold, patch_size=config.patch_size, patch_spacing_mm=config.patch_spacing_mm,
             training=training_meta)
     card = write_model_card(out_dir / f"{STEM}_modelcard.md", config=config.as_dict(), data_summary=summary,

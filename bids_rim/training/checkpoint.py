@@ -1,10 +1,14 @@
 """The model file: a plain ``torch.save`` dict, loadable with ``torch.load(weights_only=True)``.
 
 Keys: ``format_version``, ``arch``, ``arch_config`` (kwargs of ``get_model``), ``state_dicts``
-(the ensemble: fold models and the final model), ``temperatures`` (one per member),
-``temperature`` (their median, for display), ``threshold`` (decision threshold on the ensemble
+(the ensemble: fold models and the final model), ``temperatures`` and ``biases`` (one Platt
+scaling ``σ(z / T + b)`` per member), ``temperature`` (their median, for display), ``threshold`` (decision threshold on the ensemble
 probability), ``patch_size``, ``patch_spacing_mm``, ``training`` (metadata: config, counts,
 metrics, synthetic or not).
+
+Versions: 2 added ``biases`` and came with a new ``asym`` network (light FLAIR stem, lesion
+region pooling). Version 1 files are refused with a message saying to retrain: their asym weights
+no longer fit, and their temperature-only calibration gave probabilities near 0.5.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import torch
 from bids_rim.errors import InputError
 from bids_rim.models import available_models, is_neural
 
-FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "arch", "arch_config", "state_dicts", "temperatures", "threshold",
+FORMAT_VERSION = 2
+REQUIRED_KEYS = ("format_version", "arch", "arch_config", "state_dicts", "temperatures", "biases", "threshold",
                  "patch_size", "patch_spacing_mm", "training")
 
 
@@ -32,6 +36,7 @@ def save_checkpoint(
     arch_config: dict[str, Any],
     state_dicts: list[dict[str, torch.Tensor]],
     temperatures: list[float],
+    biases: list[float],
     threshold: float,
     patch_size: int,
     patch_spacing_mm: float,
@@ -40,14 +45,15 @@ def save_checkpoint(
     """Write the model file atomically (temporary file, then rename)."""
     if not is_neural(arch):
         raise ValueError(f"{arch!r} is not a torch network; only networks are saved as model files")
-    if len(state_dicts) != len(temperatures) or not state_dicts:
-        raise ValueError("need one temperature per state dict, and at least one state dict")
+    if len(state_dicts) != len(temperatures) or len(state_dicts) != len(biases) or not state_dicts:
+        raise ValueError("need one temperature and one bias per state dict, and at least one state dict")
     payload = {
         "format_version": FORMAT_VERSION,
         "arch": arch,
         "arch_config": dict(arch_config),
         "state_dicts": [{k: v.detach().cpu() for k, v in sd.items()} for sd in state_dicts],
         "temperatures": [float(t) for t in temperatures],
+        "biases": [float(b) for b in biases],
         "temperature": float(np.median(temperatures)),
         "threshold": float(threshold),
         "patch_size": int(patch_size),
@@ -80,6 +86,9 @@ def load_checkpoint(path: Path, expected_arch: str | None = None) -> dict[str, A
         raise InputError(f"{path}: not a bids_rim model file ({reason})") from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise InputError(f"{path}: not a bids_rim model file (no format_version)")
+    if payload["format_version"] == 1:
+        raise InputError(f"{path}: model file format_version 1 comes from an older bids_rim (its asym network and "
+                         f"temperature-only calibration were replaced); retrain it with this version")
     if payload["format_version"] != FORMAT_VERSION:
         raise InputError(
             f"{path}: model file format_version {payload['format_version']!r} is not supported "

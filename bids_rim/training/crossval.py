@@ -22,8 +22,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from bids_rim.errors import InputError
 from bids_rim.models import get_model, is_neural
+from bids_rim.training.calibration import calibrated, choose_threshold
 from bids_rim.training.checkpoint import load_checkpoint
-from bids_rim.training.calibration import choose_threshold, sigmoid
 from bids_rim.training.config import TrainConfig
 from bids_rim.training.distributed import DistContext
 from bids_rim.training.finetune import finetune
@@ -36,7 +36,10 @@ LOGGER = logging.getLogger("bids_rim.crossval")
 
 @dataclass
 class FoldModel:
-    """One trained member: weights (None for scikit-learn models), calibration and provenance."""
+    """One trained member: weights (None for scikit-learn models), calibration and provenance.
+
+    Calibrated probability: ``σ(logit / temperature + bias)`` (Platt scaling on validation patients).
+    """
 
     state_dict: dict[str, torch.Tensor] | None
     temperature: float
@@ -47,6 +50,7 @@ class FoldModel:
     pretrain_history: list[dict[str, float]] = field(default_factory=list)
     finetune_history: list[dict[str, float]] = field(default_factory=list)
     estimator: object | None = None
+    bias: float = 0.0
 
 
 @dataclass
@@ -168,7 +172,7 @@ def train_member(
     result = finetune(model, patches[fit_rows], labels[fit_rows], patches[val_rows], labels[val_rows], config, device,
                       seed=seed + 1, context=context, progress=progress, description=f"finetune {name}".strip())
     return FoldModel(result.state_dict, result.temperature, result.threshold, pretrain_patients, fit_patients,
-                     val_patients, pretrain_history, result.history)
+                     val_patients, pretrain_history, result.history, bias=result.bias)
 
 
 def member_probabilities(member: FoldModel, config: TrainConfig, patches: np.ndarray, device: torch.device) -> np.ndarray:
@@ -177,7 +181,7 @@ def member_probabilities(member: FoldModel, config: TrainConfig, patches: np.nda
         return member.estimator.predict_proba(patches)
     model = get_model(config.arch, **config.model_kwargs()).to(device)
     model.load_state_dict(member.state_dict)
-    return sigmoid(predict_logits(model, patches, device)[0] / member.temperature)
+    return calibrated(predict_logits(model, patches, device)[0], member.temperature, member.bias)
 
 
 def cross_validate(
@@ -203,7 +207,8 @@ def cross_validate(
         test_meta = meta.iloc[test_rows]
         metrics = all_metrics(test_meta["participant_id"].to_numpy(), test_meta["label"].to_numpy(), probabilities,
                               member.threshold)
-        rows.append({"fold": fold, "threshold": member.threshold, "temperature": member.temperature, **metrics})
+        rows.append({"fold": fold, "threshold": member.threshold, "temperature": member.temperature,
+                     "calibration_bias": member.bias, **metrics})
         predictions.append(pd.DataFrame({
             "participant_id": test_meta["participant_id"].to_numpy(), "site": test_meta["site"].to_numpy(),
             "lesion_id": test_meta["lesion_id"].to_numpy(), "label": test_meta["label"].to_numpy().astype(int),

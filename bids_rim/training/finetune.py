@@ -4,8 +4,10 @@ Loss per batch: ``L = L_cls + softplus(w) · SupCon(embedding, labels; τ)`` whe
 focal loss or the class-weighted BCE, and ``w`` is either learned (starting at
 ``softplus(w) = supcon_weight``, as the paper) or fixed. Batches are class-balanced draws; the
 augmentations include a shift of FLAIR by up to ``flair_shift_voxels`` relative to QSM.
-Early stopping keeps the epoch with the best inner-validation PR AUC; the temperature and the
-max-F1 threshold are then fitted on that same validation set (never on test data).
+Early stopping keeps the epoch with the best inner-validation PR AUC; Platt scaling (a temperature
+and a bias, centred on the analytic correction from the training batches' class prior to the real
+one) and the max-F1 threshold are then fitted on that same validation set (never on test data).
+With ``loss="weighted_bce"`` the class weight replaces oversampling: batches are plain shuffles.
 """
 
 from __future__ import annotations
@@ -25,10 +27,21 @@ from tqdm.auto import tqdm
 from bids_rim.errors import InputError
 from bids_rim.training import losses
 from bids_rim.training.augment import PatchAugmenter
-from bids_rim.training.batching import balanced_batches
-from bids_rim.training.calibration import choose_threshold, fit_temperature, sigmoid
+from bids_rim.training.batching import balanced_batches, shuffled_batches
+from bids_rim.training.calibration import (
+    calibrated,
+    choose_threshold,
+    fit_platt,
+    logit,
+    prior_shift_bias,
+)
 from bids_rim.training.config import TrainConfig
-from bids_rim.training.distributed import DistContext, all_ranks_agree, local_slice, wrap
+from bids_rim.training.distributed import (
+    DistContext,
+    all_ranks_agree,
+    local_slice,
+    wrap,
+)
 from bids_rim.training.prediction import predict_logits
 
 LOGGER = logging.getLogger("bids_rim.finetune")
@@ -40,6 +53,7 @@ class FinetuneResult:
 
     state_dict: dict[str, torch.Tensor]
     temperature: float
+    bias: float
     threshold: float
     best_epoch: int
     best_val_pr_auc: float
@@ -48,6 +62,20 @@ class FinetuneResult:
 
 def _inverse_softplus(value: float) -> float:
     return math.log(math.expm1(value))
+
+
+def training_prior_bias(config: TrainConfig, train_prevalence: float) -> float:
+    """Log-odds shift from what the loss and batches taught the network to the real class prior.
+
+    Balanced batches (focal loss) present rim+ at prior 0.5 and focal ``α`` weighs it by
+    ``α / (1 − α)``; weighted BCE on natural batches weighs rim+ by ``(1 − π) / π``, which also
+    amounts to a prior of 0.5. The fitted Platt bias starts from (and is pulled towards) this value.
+    """
+    if config.loss == "focal":
+        taught_log_odds = math.log(config.focal_alpha / (1 - config.focal_alpha))
+    else:
+        taught_log_odds = logit(0.5)
+    return prior_shift_bias(train_prevalence) - taught_log_odds
 
 
 class FinetuneObjective(nn.Module):
@@ -113,7 +141,10 @@ def finetune(
     for epoch in epochs:
         objective.train()
         sums: dict[str, float] = {}
-        batches = balanced_batches(train_labels, config.batch_size, generator)
+        if config.loss == "focal":
+            batches = balanced_batches(train_labels, config.batch_size, generator)
+        else:
+            batches = shuffled_batches(len(train_labels), config.batch_size, generator)
         for batch_indices in batches:
             mine = local_slice(batch_indices, context).numpy()
             batch = augment(torch.from_numpy(train_patches[mine])).to(device)
@@ -147,11 +178,12 @@ def finetune(
 
     model.load_state_dict(best_state)
     val_logits = predict_logits(model, val_patches, device)[0]
-    temperature = fit_temperature(val_logits, val_labels)
-    threshold = choose_threshold(sigmoid(val_logits / temperature), val_labels)
+    temperature, bias = fit_platt(val_logits, val_labels, training_prior_bias(config, float(train_labels.mean())))
+    threshold = choose_threshold(calibrated(val_logits, temperature, bias), val_labels)
     return FinetuneResult(
         state_dict={k: v.detach().cpu().clone() for k, v in best_state.items()},
         temperature=temperature,
+        bias=bias,
         threshold=threshold,
         best_epoch=best_epoch,
         best_val_pr_auc=float(best_score) if val_has_both else float("nan"),

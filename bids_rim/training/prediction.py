@@ -1,4 +1,4 @@
-"""Forward passes over many patches in batches, with flip test-time augmentation."""
+"""Forward passes over many patches in batches, with flip test-time augmentation and MC dropout."""
 
 from __future__ import annotations
 
@@ -12,29 +12,45 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,))
 ALL_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_logits(
     model: nn.Module,
     patches: np.ndarray,
     device: torch.device,
     batch_size: int = 64,
     flips: tuple[tuple[int, ...], ...] = ((),),
-    mc_dropout: bool = False,
+    mc_dropout_samples: int = 0,
+    generator: torch.Generator | None = None,
 ) -> np.ndarray:
-    """Logits (V, N) of ``model`` for every flip view V and patch N.
+    """Logits (V · (1 + S), N) of ``model`` for every flip view V and patch N.
 
-    The model is put in eval mode; with ``mc_dropout`` its dropout layers stay stochastic
-    (Monte Carlo dropout), so repeated calls sample the predictive distribution.
+    The first V rows are the deterministic (eval-mode) logits, one per flip view. With
+    ``mc_dropout_samples = S`` each view adds S Monte Carlo dropout samples (rows V.., view-major).
+    Every network here keeps its dropout in the classifier head (``logit = head(embedding)``),
+    so a sample re-runs only the head on the view's embedding: the same distribution as re-running
+    the whole network with dropout on, at a negligible cost. ``generator`` seeds the dropout masks.
     """
     model.eval()
-    if mc_dropout:
-        for module in model.modules():
-            if isinstance(module, nn.Dropout):
-                module.train()
-    views: list[list[np.ndarray]] = [[] for _ in flips]
+    head = model.head
+    rows: list[list[np.ndarray]] = [[] for _ in range(len(flips) * (1 + mc_dropout_samples))]
     for start in range(0, len(patches), batch_size):
         batch = torch.as_tensor(np.ascontiguousarray(patches[start : start + batch_size]), dtype=torch.float32).to(device)
         for view, dims in enumerate(flips):
-            flipped = torch.flip(batch, dims) if dims else batch
-            views[view].append(model(flipped)["logit"].float().cpu().numpy())
-    return np.stack([np.concatenate(v) if v else np.zeros(0, np.float32) for v in views])
+            out = model(torch.flip(batch, dims) if dims else batch)
+            rows[view].append(out["logit"].float().cpu().numpy())
+            for sample in range(mc_dropout_samples):
+                rows[len(flips) + view * mc_dropout_samples + sample].append(
+                    _dropout_head(head, out["embedding"], generator).float().cpu().numpy())
+    return np.stack([np.concatenate(r) if r else np.zeros(0, np.float32) for r in rows])
+
+
+def _dropout_head(head: nn.Module, embedding: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The head with every dropout layer sampling a mask from ``generator`` (other layers as in eval)."""
+    x = embedding
+    for layer in head:
+        if isinstance(layer, nn.Dropout) and layer.p > 0:
+            keep = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) >= layer.p
+            x = x * keep / (1 - layer.p)
+        else:
+            x = layer(x)
+    return x.squeeze(-1)

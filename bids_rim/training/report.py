@@ -19,7 +19,8 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 METRIC_DESCRIPTIONS = {
     "fold": "cross-validation fold (1..K); 'pooled' rows pool all out-of-fold predictions",
     "threshold": "decision threshold on the calibrated rim probability, chosen (max F1) on the fold's inner validation patients",
-    "temperature": "temperature of the logit scaling fitted on the inner validation patients",
+    "temperature": "temperature T of the Platt scaling sigma(logit / T + b) fitted on the inner validation patients",
+    "calibration_bias": "bias b of the Platt scaling sigma(logit / T + b): the shift from the balanced training prior to the real one",
     "n_lesions": "labelled test lesions", "n_rim_positive": "rim+ test lesions", "prevalence": "fraction of rim+ test lesions",
     "pr_auc": "area under the precision-recall curve (average precision); chance = prevalence",
     "roc_auc": "area under the ROC curve; chance = 0.5",
@@ -109,7 +110,7 @@ def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[s
               "## Evaluation", "",
               f"{config['folds']}-fold cross-validation by patient (stratified by site and rim+ count). "
               "Pretraining in each fold saw only that fold's training patients. Each fold's threshold and "
-              "temperature were chosen on inner-validation patients; the numbers below pool the out-of-fold "
+              "calibration (temperature and bias) were chosen on inner-validation patients; the numbers below pool the out-of-fold "
               "predictions, with 95 % bootstrap intervals over patients.", "",
               "| metric | pooled | 95 % CI | per-fold mean ± sd |", "|---|---|---|---|"]
     for name in headline:
@@ -128,7 +129,8 @@ def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[s
                   "embeddings; near 0 would mean collapse) per model: "
                   + ", ".join(_fmt(v) for v in pretrain_embedding_std) + ".", ""]
     lines += ["## Calibration and decision", "",
-              f"Probabilities are temperature-scaled per ensemble member; the expected calibration error of the "
+              f"Probabilities are Platt-scaled per ensemble member (a temperature and a bias that undoes the "
+              f"balanced training prior, fitted on inner-validation patients); the expected calibration error of the "
               f"pooled out-of-fold predictions is {_fmt(pooled.get('ece'))}. The model file's decision threshold "
               f"({threshold:.3f}) maximises F1 on the out-of-fold predictions; `rim_uncertainty` is the spread "
               "over ensemble members and flip views.", ""]
