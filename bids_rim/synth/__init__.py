@@ -2,4 +2,4 @@
 from .cohort import CohortSummary, generate_cohort
 from .params import SynthParams, get_params
 
-__all__ = ["CohortSummary", "generate_cohort", "SynthParams", "get_params"]
+__all__ = ["CohortSummary", "SynthParams", "generate_cohort", "get_params"]

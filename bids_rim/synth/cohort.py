@@ -19,9 +19,19 @@ from .params import get_params
 from .population import draw_participant, draw_sites
 from .rater import missed_lesions, rater_mask, rater_rim_label
 from .session import qsm_spacing, simulate_session
-from .sidecars import (annotation_sidecar, dataset_description, flair_sidecar, mask_sidecar,
-                       participants_sidecar, qsm_sidecar, readme_text, rim_dseg_table,
-                       rim_dseg_sidecar, t2starw_sidecar, truth_columns)
+from .sidecars import (
+    annotation_sidecar,
+    dataset_description,
+    flair_sidecar,
+    mask_sidecar,
+    participants_sidecar,
+    qsm_sidecar,
+    readme_text,
+    rim_dseg_sidecar,
+    rim_dseg_table,
+    t2starw_sidecar,
+    truth_columns,
+)
 from .vessels import draw_vein_tree
 
 
@@ -223,7 +233,7 @@ def _summarise(out, participants, truth_rows, params, sites, size, seed, n_sessi
     return CohortSummary(
         out_dir=str(out), difficulty=params.difficulty, size=size, seed=seed,
         n_subjects=len(participants), n_sites=len(sites), n_sessions=n_sessions,
-        n_lesions=int(len(first)), n_rim_positive=int(rim.sum()),
+        n_lesions=len(first), n_rim_positive=int(rim.sum()),
         lesion_prevalence=float(rim.mean()) if len(first) else float("nan"),
         patients_with_rim_positive=float((per_patient >= 1).mean()),
         patients_with_4plus_rim_positive=float((per_patient >= 4).mean()),

@@ -83,12 +83,23 @@ def resample(volume: np.ndarray, source_affine: np.ndarray, target_affine: np.nd
 
 
 def upsample_to(coarse: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Linear interpolation of a coarse array onto ``shape`` (corners aligned)."""
-    factors = [n / c for n, c in zip(shape, coarse.shape)]
-    out = ndimage.zoom(coarse, factors, order=1, grid_mode=False)
-    if out.shape != tuple(shape):  # zoom rounds; pad or crop the last voxel if needed
-        out = np.pad(out, [(0, max(0, n - o)) for n, o in zip(shape, out.shape)], mode="edge")
-        out = out[tuple(slice(0, n) for n in shape)]
+    """Linear interpolation of a coarse array onto ``shape`` (corners aligned).
+
+    Separable: one two-tap interpolation per axis, which gives what ``ndimage.zoom(order=1,
+    grid_mode=False)`` gives (up to float32 rounding) at a fraction of its cost.
+    """
+    out = np.asarray(coarse, dtype=np.float32)
+    for axis, n in enumerate(shape):
+        n_in = out.shape[axis]
+        position = np.linspace(0.0, n_in - 1.0, n) if n_in > 1 else np.zeros(n)
+        below = np.clip(np.floor(position).astype(int), 0, max(n_in - 2, 0))
+        weight = (position - below).astype(np.float32)
+        above = np.minimum(below + 1, n_in - 1)
+        expand = [None] * out.ndim
+        expand[axis] = slice(None)
+        weight = weight[tuple(expand)]
+        out = (np.take(out, below, axis=axis) * (1 - weight)
+               + np.take(out, above, axis=axis) * weight)
     return out
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .anatomy import SubjectAnatomy
 from .params import LesionParams
 from .placement import inside_box, placement_maps
-from .anatomy import SubjectAnatomy
 from .vessels import Tube, bent_line
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import pandas as pd
 
-from .geometry import resample  # noqa: E402
+from .geometry import resample
 
 HALF_WIDTH_MM = 11.0
 QSM_WINDOW_PPB = (-70.0, 50.0)   # centred near normal white matter (about -30 ppb vs CSF)

@@ -80,10 +80,9 @@ def noise_of_contrast(qsm_clean: np.ndarray, noise_model: NoiseModel, box, shell
     are taken (a median over mixed voxels, part rim and part not, moves more with noise than
     the noise's own median does): the spread an ideal observer knows.
     """
-    clean = qsm_clean[box]
-    draws = local_noise_realisations(noise_model, box, N_NOISE_REALISATIONS, rng)
-    values = [float(np.median((clean + d)[shell]) - np.median((clean + d)[core])) for d in draws]
-    return float(np.std(values, ddof=1))
+    noisy = qsm_clean[box] + local_noise_realisations(noise_model, box, N_NOISE_REALISATIONS, rng)
+    values = np.median(noisy[:, shell], axis=1) - np.median(noisy[:, core], axis=1)
+    return float(np.std(values.astype(np.float64), ddof=1))
 
 
 def vessel_exclusion(vessel_fraction: np.ndarray, threshold: float = 0.1) -> np.ndarray:

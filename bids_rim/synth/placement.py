@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import template_cache_path, load_mni_template
+from .anatomy import load_mni_template, template_cache_path
 
 STEP_MM = 2.0
 

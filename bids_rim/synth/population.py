@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .params import PrlCountModel, SiteParams, LesionParams
+from .params import LesionParams, PrlCountModel, SiteParams
 
 
 @dataclass(frozen=True)

