@@ -64,15 +64,20 @@ class N4BiasCorrection(SimpleInterface):
 class _BrainMaskInputSpec(BaseInterfaceInputSpec):
     qsm = File(exists=True, mandatory=True)
     magnitude = File(exists=True)
+    flair = File(exists=True, desc="bias-corrected FLAIR: the template is registered to it")
+    xfm = File(exists=True, desc="FLAIR→QSM ITK transform, to carry the template mask onto the QSM grid")
+    template = traits.Str(desc="TemplateFlow template for the last resort; brainmask.BRAIN_MASK_TEMPLATE if unset")
+    seed = traits.Int(0, usedefault=True)
 
 
 class _BrainMaskOutputSpec(TraitedSpec):
     out_file = File(exists=True)
-    method = traits.Str(desc="qsm-support | magnitude")
+    method = traits.Str(desc="qsm-support | magnitude | template <name>")
 
 
 class BrainMask(SimpleInterface):
-    """Brain mask: the QSM's own support when it is masked, else from the GRE magnitude."""
+    """Brain mask: the QSM's own support when it is masked, else from the GRE magnitude, else a
+    TemplateFlow template's brain mask registered to FLAIR and carried onto the QSM grid."""
 
     input_spec = _BrainMaskInputSpec
     output_spec = _BrainMaskOutputSpec
@@ -83,17 +88,33 @@ class BrainMask(SimpleInterface):
         qsm = _load(self.inputs.qsm)
         mask = qsm_support_mask(qsm)
         method = "qsm-support"
-        if mask is None:
-            if not isdefined(self.inputs.magnitude):
-                raise checks.InputError(
-                    f"{self.inputs.qsm}: the QSM map is not masked and no GRE magnitude image was found "
-                    "to build a brain mask from"
-                )
+        if mask is None and isdefined(self.inputs.magnitude):
             mask = mask_from_magnitude(_load(self.inputs.magnitude))
             method = "magnitude"
+        elif mask is None:
+            mask, method = self._template_mask(qsm)
         self._results["out_file"] = _save(mask, runtime.cwd, "brain_mask.nii.gz")
         self._results["method"] = method
         return runtime
+
+    def _template_mask(self, qsm: nib.Nifti1Image) -> tuple[nib.Nifti1Image, str]:
+        from bids_rim.preproc.brainmask import BRAIN_MASK_TEMPLATE, mask_from_template
+        from bids_rim.preproc.template_space import resolve_template
+        from bids_rim.preproc.transforms import read_itk_rigid
+
+        if not (isdefined(self.inputs.flair) and isdefined(self.inputs.xfm)):
+            raise checks.InputError(
+                f"{self.inputs.qsm}: the QSM map is not masked, there is no GRE magnitude image, and no "
+                "FLAIR with its transform was given to register a template brain mask to"
+            )
+        space = self.inputs.template if isdefined(self.inputs.template) else BRAIN_MASK_TEMPLATE
+        t1w_path, mask_path = resolve_template(space)
+        if mask_path is None:
+            raise checks.InputError(f"{t1w_path}: template {space} has no brain mask (desc-brain_mask) beside it")
+        mask = mask_from_template(_load(self.inputs.flair), _load(str(t1w_path)), _load(str(mask_path)),
+                                  reference=qsm, reference_to_image=read_itk_rigid(self.inputs.xfm),
+                                  seed=self.inputs.seed)
+        return mask, f"template {space}"
 
 
 class _RegisterInputSpec(BaseInterfaceInputSpec):
@@ -117,7 +138,11 @@ class RigidRegistration(SimpleInterface):
 
     def _run_interface(self, runtime):
         from bids_rim.preproc.registration import register_rigid
-        from bids_rim.preproc.transforms import rotation_angle_deg, translation_mm, write_itk_rigid
+        from bids_rim.preproc.transforms import (
+            rotation_angle_deg,
+            translation_mm,
+            write_itk_rigid,
+        )
 
         matrix = register_rigid(
             _load(self.inputs.moving),
@@ -145,7 +170,10 @@ class ResampleToQSM(SimpleInterface):
     output_spec = _OutFileSpec
 
     def _run_interface(self, runtime):
-        from bids_rim.preproc.resample import resample_mask_to_reference, resample_to_reference
+        from bids_rim.preproc.resample import (
+            resample_mask_to_reference,
+            resample_to_reference,
+        )
         from bids_rim.preproc.transforms import read_itk_rigid
 
         matrix = read_itk_rigid(self.inputs.xfm) if isdefined(self.inputs.xfm) else np.eye(4)
@@ -272,7 +300,11 @@ class TemplateMaps(SimpleInterface):
     def _run_interface(self, runtime):
         import pandas as pd
 
-        from bids_rim.preproc.template_space import apply_to_template, register_to_template, resolve_template
+        from bids_rim.preproc.template_space import (
+            apply_to_template,
+            register_to_template,
+            resolve_template,
+        )
 
         flair, brain, labels = _load(self.inputs.flair_on_qsm), _load(self.inputs.brain_mask), _load(self.inputs.labels)
         table = pd.read_csv(self.inputs.table, sep="\t", na_values="n/a")

@@ -1,7 +1,8 @@
 """Brain masks on the QSM grid: QSM's own support, the GRE magnitude, or a registered template.
 
 Order of preference in the workflow: QSM support (QSM maps are almost always masked by the
-reconstruction), then the GRE magnitude, then a template mask (e.g. a TemplateFlow template).
+reconstruction), then the GRE magnitude, then a template mask (the TemplateFlow template
+:data:`BRAIN_MASK_TEMPLATE`, registered to FLAIR).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from .resample import resample_mask_to_reference
 #: Unmasked reconstructions have almost no exact zeros (float noise), while a masked map cropped
 #: tightly around the brain can leave under 1 % outside it (seen on the synthetic small size).
 MIN_ZERO_FRACTION_FOR_MASKED_QSM = 0.002
+#: TemplateFlow template whose brain mask is used when neither QSM support nor magnitude exist.
+BRAIN_MASK_TEMPLATE = "MNI152NLin2009cAsym"
 
 
 def _mask_image(mask: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
@@ -90,9 +93,21 @@ def mask_from_template(
     template: nib.Nifti1Image,
     template_mask: nib.Nifti1Image,
     *,
+    reference: nib.Nifti1Image | None = None,
+    reference_to_image: np.ndarray | None = None,
     seed: int = 0,
 ) -> nib.Nifti1Image:
-    """Brain mask of ``image`` from a template: the template is registered to the image (affine,
-    mutual information) and its brain mask resampled onto the image grid."""
+    """Brain mask from a template: the template is registered to ``image`` (affine, mutual
+    information) and its brain mask resampled onto the image grid (covered fraction ≥ 0.5).
+
+    With ``reference`` and ``reference_to_image`` (4×4, reference world → image world, RAS mm)
+    the mask goes onto the reference grid instead, through the composed transform; the
+    workflow registers the template to FLAIR and puts the mask on the QSM grid this way,
+    because an unmasked QSM map has too little anatomy to register a template to.
+    """
     image_to_template = register_affine(template, image, seed=seed)
-    return resample_mask_to_reference(template_mask, image, image_to_template)
+    if reference is None:
+        return resample_mask_to_reference(template_mask, image, image_to_template)
+    if reference_to_image is None:
+        raise ValueError("reference_to_image is needed with reference")
+    return resample_mask_to_reference(template_mask, reference, image_to_template @ np.asarray(reference_to_image))

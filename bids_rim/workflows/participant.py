@@ -86,6 +86,9 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
         inputs ─▶ brain_mask ─┼─▶ register (FLAIR→QSM, rigid MI) ─▶ resample FLAIR [+ lesion mask]
                              │        ─▶ lesions (mask or built-in) ─▶ table + patches
                              │        ─▶ rim inference ─▶ sink (BIDS derivatives)
+
+    The brain mask is the QSM support, else from the magnitude; without a magnitude, a template
+    brain mask registered to FLAIR is the last resort, so brain_mask then runs after register.
     """
     settings, execution = config.lesions, config.execution
     workflow = pe.Workflow(name=unit.name.replace("-", "_") + "_wf")
@@ -100,7 +103,7 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
     outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
 
     n4 = pe.Node(N4BiasCorrection(num_threads=execution.omp_nthreads), name="n4_flair", n_procs=execution.omp_nthreads)
-    brain_mask = pe.Node(BrainMask(), name="brain_mask")
+    brain_mask = pe.Node(BrainMask(seed=execution.seed), name="brain_mask")
     register = pe.Node(RigidRegistration(seed=execution.seed), name="register_flair_to_qsm")
     resample_flair = pe.Node(ResampleToQSM(out_name="flair_on_qsm.nii.gz"), name="resample_flair")
     lesions = pe.Node(LabelLesions(min_volume_mm3=settings.min_volume_mm3,
@@ -140,7 +143,10 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
         workflow.connect([(inputnode, brain_mask, [("magnitude", "magnitude")]),
                           (inputnode, register, [("magnitude", "fixed")])])
     else:
-        workflow.connect([(inputnode, register, [("qsm", "fixed")])])
+        # Without a magnitude, an unmasked QSM map gets a template brain mask registered to FLAIR.
+        workflow.connect([(inputnode, register, [("qsm", "fixed")]),
+                          (n4, brain_mask, [("out_file", "flair")]),
+                          (register, brain_mask, [("xfm", "xfm")])])
     if use_mask:
         resample_mask = pe.Node(ResampleToQSM(is_mask=True, out_name="lesion_mask_on_qsm.nii.gz"),
                                 name="resample_lesion_mask")
