@@ -184,3 +184,21 @@ def test_local_noise_redraws_match_the_full_image_noise():
     local = local_noise_realisations(NoiseModel(sigma, mask, spacing, lam, model.contrast_kept),
                                      centre, 16, rng)
     assert abs(np.std(local) / full_sd - 1) < 0.15
+
+
+def test_drawn_rim_counts_follow_the_issue_prevalence():
+    """Over many drawn patients (two sites, no images): ~10 % of lesions rim+, ~50 % of
+    patients with >= 1 and ~20 % with >= 4 (issue 2)."""
+    from bids_rim.synth.params import get_params
+    from bids_rim.synth.population import draw_participant, draw_sites
+
+    params = get_params()
+    rng = np.random.default_rng(0)
+    sites = draw_sites(rng, 2, params.sites)
+    people = [draw_participant(rng, i, sites[i % 2], params.prl_counts, params.lesions)
+              for i in range(3000)]
+    rim = np.array([p.n_rim_positive for p in people])
+    total = rim + np.array([p.n_rim_negative for p in people])
+    assert 0.08 <= rim.sum() / total.sum() <= 0.12
+    assert 0.42 <= np.mean(rim >= 1) <= 0.58
+    assert 0.15 <= np.mean(rim >= 4) <= 0.27
