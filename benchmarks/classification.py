@@ -1,41 +1,50 @@
 """Classification benchmark: our model, its ablations, the baselines and the oracle, side by side.
 
-    python benchmarks/classification.py                       # the paper-sized run (88 patients, 5 folds), by hand
+    python benchmarks/classification.py --jobs 16 --nprocs 16 --device auto   # paper-sized (88 patients, 5 folds)
+    bash benchmarks/run_paper_sized.sh                       # the same on the GPU machine, results under $OUT/results
     python benchmarks/classification.py --subjects 24 --size small --folds 3 --methods asym,radiomics,oracle
     python benchmarks/classification.py --quick --out /tmp/bench   # tiny, for CI (never overwrites results/)
 
 What it does, once for all methods:
-1. writes a synthetic cohort (``bids_rim.synth.generate_cohort``, ``realistic`` difficulty) and
-   runs the product's own participant level on it (``bids_rim.cli.run.main``, no inference);
+1. writes a synthetic cohort (``bids_rim.synth.generate_cohort``, ``realistic`` difficulty; in
+   ``--jobs`` processes when the generator offers it) and runs the product's own participant
+   level on it (``bids_rim.cli.run.main``, no inference, ``--nprocs`` subjects at once);
 2. gathers the patches with the rater's annotations as labels (``load_training_set``): this is
    what a user would train on, rater errors included;
 3. matches every pipeline lesion to its true lesion (the truth centroid inside the lesion label
    map, else the nearest pipeline centroid within 4 mm) to get its TRUE class and the oracle's
    decision variable;
 4. draws ONE patient-level K-fold split (``patient_folds``, fixed seed) and cross-validates
-   every method on it (``cross_validate`` trains on the rater's labels of the training
-   patients); every lesion of the test patients that has a true lesion is then predicted and
-   scored against its TRUE class;
+   every method on it: each (method, fold) is one task, trained by ``train_member`` on the
+   rater's labels of the training patients with the seed ``cross_validate`` would give that
+   fold, in ``--jobs`` worker processes (so the numbers do not depend on the number of jobs);
+   every lesion of the test patients that has a true lesion is then predicted and scored
+   against its TRUE class;
 5. the two observers (the oracle on ``observed_rim_cnr`` and the plain image-contrast observer on
    ``observed_cnr``) get a logistic calibration and a max-F1 threshold fitted on the same
    training patients (with true labels: they are ceilings, not products);
 6. metrics from ``bids_rim.training.metrics`` with patient bootstrap 95 % CIs, written as
-   ``classification.md``, ``classification.tsv``, per-lesion predictions and ROC/PR plots.
+   ``classification.md``, ``classification.tsv``, per-lesion predictions and ROC/PR plots,
+   after every finished method, so that a run cut short keeps what it finished and names the
+   methods it did not (``--time-budget`` stops it cleanly, never silently).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import json
 import logging
+import multiprocessing
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +57,8 @@ HEADLINE_METRICS = ("pr_auc", "roc_auc", "partial_roc_auc_fpr0.1", "f1", "sensit
                     "balanced_accuracy", "mcc", "ece", "count_icc", "prl4_kappa")
 OBSERVERS = {  # name -> (truth column it ranks by, description)
     "oracle": ("observed_rim_cnr", "ideal observer on each lesion's true rim CNR (synthetic truth; the ceiling)"),
-    "contrast_observer": ("observed_cnr", "plain shell-minus-core contrast of the noisy QSM over its noise "
-                                          "(synthetic truth; fooled by veins and bright neighbours)"),
+    "contrast_observer": ("observed_cnr", ("plain shell-minus-core contrast of the noisy QSM over its noise "
+                                          "(synthetic truth; fooled by veins and bright neighbours)")),
 }
 METHOD_DESCRIPTIONS = {
     "asym": "ours: asym QSM net with FLAIR FiLM, self-supervised pretraining and SupCon (default TrainConfig)",
@@ -63,7 +72,7 @@ METHOD_DESCRIPTIONS = {
     **{name: description for name, (_, description) in OBSERVERS.items()},
 }
 ALL_METHODS = tuple(METHOD_DESCRIPTIONS)
-LOGGER = logging.getLogger("bids_rim.benchmark")
+LOGGER = logging.getLogger("benchmarks.classification")  # outside bids_rim: its CLI adds a handler there
 
 
 @dataclass(frozen=True)
@@ -80,44 +89,117 @@ class BenchmarkSettings:
     methods: tuple[str, ...]
     quick: bool
     bootstrap_resamples: int
-    threads: int
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run is executed: its speed, not its numbers (every training task has its own seed).
+
+    ``jobs`` worker processes generate the cohort and train the (method, fold) tasks, each with
+    ``threads`` torch threads; ``nprocs`` subjects go through the participant level at once;
+    ``device`` is ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``; ``time_budget_s`` (from
+    the start of the run) stops the training stage and names what did not finish.
+    """
+
+    jobs: int = 1
+    nprocs: int = 2
+    threads: int = 1
+    device: str = "cpu"
+    time_budget_s: float | None = None
+
+
+@dataclass
+class StageClock:
+    """Wall and CPU seconds of each stage (CPU includes finished child processes)."""
+
+    wall_s: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    @staticmethod
+    def cpu_now() -> float:
+        """CPU seconds used so far by this process and its reaped children."""
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    def record(self, stage: str, wall_started: float, cpu_started: float) -> None:
+        self.wall_s[stage] = time.perf_counter() - wall_started
+        self.cpu_s[stage] = self.cpu_now() - cpu_started
+        LOGGER.info("stage %s: %.0f s wall, %.0f CPU s", stage, self.wall_s[stage], self.cpu_s[stage])
 
 
 # ----------------------------------------------------------------------------- cohort
 
 
-def prepare_cohort(settings: BenchmarkSettings, work: Path) -> tuple[Path, Path, dict]:
-    """Write the cohort and run the participant level once (both reused when ``work`` already has them)."""
-    from bids_rim.cli.run import main as bids_rim_main
+def generate(settings: BenchmarkSettings, bids_dir: Path, jobs: int) -> dict:
+    """The synthetic cohort, in ``jobs`` processes when ``generate_cohort`` has a ``jobs`` option.
+
+    Without it the generator runs serially (logged and written into the results): the benchmark
+    does not re-implement the generator's internals to parallelise it.
+    """
     from bids_rim.synth import generate_cohort
 
+    options = {"n_subjects": settings.subjects, "n_sites": settings.sites, "difficulty": "realistic",
+               "size": settings.size, "seed": settings.seed, "progress": False}
+    parallel = "jobs" in inspect.signature(generate_cohort).parameters
+    if parallel:
+        options["jobs"] = jobs
+    elif jobs > 1:
+        LOGGER.warning("generate_cohort has no 'jobs' option: generating the %d subjects serially", settings.subjects)
+    summary = asdict(generate_cohort(bids_dir, **options))
+    summary["generation_jobs"] = jobs if parallel else 1
+    return summary
+
+
+def check_work_folder(settings: BenchmarkSettings, work: Path) -> None:
+    """Record what shapes the cohort and patches in ``work``; refuse to reuse a folder made differently."""
+    shape = {"subjects": settings.subjects, "sites": settings.sites, "size": settings.size, "seed": settings.seed,
+             "patch_size": settings.patch_size, "patch_spacing_mm": settings.patch_spacing_mm}
+    path = work / "benchmark_work.json"
+    if path.exists() and json.loads(path.read_text()) != shape:
+        raise ValueError(f"{work}: made for {json.loads(path.read_text())}, not {shape}; choose another --work")
+    if not path.exists() and any(work.iterdir()):
+        raise ValueError(f"{work}: not empty and not a benchmark work folder; choose another --work")
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(shape))
+
+
+def prepare_cohort(settings: BenchmarkSettings, execution: Execution, work: Path,
+                   clock: StageClock) -> tuple[Path, Path, dict]:
+    """Write the cohort and run the participant level once (both reused when ``work`` already has them)."""
+    from bids_rim.cli.run import main as bids_rim_main
+
     bids_dir, output_dir = work / "bids", work / "derivatives"
+    check_work_folder(settings, work)
     summary_path = work / "cohort_summary.json"
     if not summary_path.exists():
-        started = time.perf_counter()
-        summary = asdict(generate_cohort(bids_dir, n_subjects=settings.subjects, n_sites=settings.sites,
-                                         difficulty="realistic", size=settings.size, seed=settings.seed,
-                                         progress=False))
-        summary["generation_s"] = time.perf_counter() - started
+        wall, cpu = time.perf_counter(), clock.cpu_now()
+        summary = generate(settings, bids_dir, execution.jobs)
+        clock.record("cohort generation", wall, cpu)
+        summary["generation_s"], summary["generation_cpu_s"] = clock.wall_s["cohort generation"], \
+            clock.cpu_s["cohort generation"]
         summary_path.write_text(json.dumps(summary, indent=1, default=str))
     summary = json.loads(summary_path.read_text())
     record_path = work / "participant_level.json"
     if not record_path.exists():
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), clock.cpu_now()
         code = bids_rim_main([str(bids_dir), str(output_dir), "participant",
                               "-d", str(bids_dir / "derivatives" / "lesion_masks"), "--work-dir", str(work / "work"),
-                              "--no-inference", "--nprocs", "2", "--omp-nthreads", "1",
+                              "--no-inference", "--nprocs", str(execution.nprocs), "--omp-nthreads", "1",
+                              "--seed", str(settings.seed),
                               "--patch-size", str(settings.patch_size),
                               "--patch-spacing", str(settings.patch_spacing_mm)])
+        clock.record("participant level", wall, cpu)
         expected = sorted(p.name for p in bids_dir.glob("sub-*") if p.is_dir())
         done = {p.name for p in output_dir.glob("sub-*") if any(p.rglob("*_desc-lesions_patches.npz"))}
-        record = {"seconds": time.perf_counter() - started, "exit_code": code or 0,
-                  "failed": [s for s in expected if s not in done]}
+        record = {"seconds": clock.wall_s["participant level"], "cpu_seconds": clock.cpu_s["participant level"],
+                  "nprocs": execution.nprocs, "exit_code": code or 0, "failed": [s for s in expected if s not in done]}
         if not done:
             raise RuntimeError(f"{bids_dir}: the participant level produced no patches (exit code {code})")
         record_path.write_text(json.dumps(record))
     record = json.loads(record_path.read_text())
     summary["participant_level_s"] = record["seconds"]
+    summary["participant_level_cpu_s"] = record.get("cpu_seconds", float("nan"))
+    summary["participant_level_nprocs"] = record.get("nprocs", 2)
     summary["participant_level_failed"] = record["failed"]
     return bids_dir, output_dir, summary
 
@@ -205,21 +287,56 @@ def method_config(method: str, settings: BenchmarkSettings):
     return replace(base, **variants[method])
 
 
-def evaluate_learned(config, patches: np.ndarray, meta: pd.DataFrame, folds: list[list[str]],
-                     evaluable: np.ndarray, device) -> pd.DataFrame:
-    """Cross-validate on the rater's labels; predict every evaluable lesion of each test fold."""
-    from bids_rim.training.crossval import cross_validate, member_probabilities
+@dataclass(frozen=True)
+class FoldTask:
+    """One learned method trained on one fold's training patients and scored on its test patients."""
 
-    cv = cross_validate(patches, meta, config, device, progress=False)
-    if [sorted(f) for f in cv.test_participants] != [sorted(f) for f in folds]:
-        raise RuntimeError(f"{config.arch}: cross_validate drew a different split from the benchmark's")
-    parts = []
-    for fold, (member, test_patients) in enumerate(zip(cv.folds, folds), start=1):
-        rows = np.flatnonzero(meta["participant_id"].isin(test_patients).to_numpy() & evaluable)
-        probabilities = member_probabilities(member, config, patches[rows], device)
-        parts.append(pd.DataFrame({"row": rows, "fold": fold, "rim_probability": probabilities,
-                                   "threshold": member.threshold}))
-    return pd.concat(parts, ignore_index=True)
+    method: str
+    fold: int  # 1-based, as in cross_validate
+    test_patients: tuple[str, ...]
+
+
+def save_training_data(patches: np.ndarray, meta: pd.DataFrame, evaluable: np.ndarray, folder: Path) -> Path:
+    """Patches (``.npy``, memory-mapped by the workers) and lesion table, written once for every task."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "patches.npy", patches)
+    meta.assign(evaluable=evaluable).to_pickle(folder / "meta.pkl")
+    return folder
+
+
+def _worker_setup(threads: int) -> None:
+    """Each worker: fixed torch threads, deterministic cuDNN (same numbers whatever the number of jobs)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def run_fold_task(task: FoldTask, config, data_folder: Path, device_name: str, threads: int) -> dict:
+    """Train one (method, fold) with ``train_member`` and predict the fold's evaluable test lesions.
+
+    The seed is the one ``cross_validate`` gives this fold (``config.seed + 100 * fold``), so the
+    member equals the one a sequential ``cross_validate`` would train.
+    """
+    from bids_rim.training.crossval import member_probabilities, train_member
+    from bids_rim.training.inference import resolve_device
+
+    _worker_setup(threads)
+    device = resolve_device(device_name)
+    wall, cpu = time.perf_counter(), time.process_time()
+    patches = np.load(data_folder / "patches.npy", mmap_mode="r")
+    meta = pd.read_pickle(data_folder / "meta.pkl")
+    patients = meta["participant_id"].to_numpy()
+    train_patients = sorted(set(patients) - set(task.test_patients))
+    member = train_member(patches, meta.drop(columns="evaluable"), train_patients, config, device,
+                          seed=config.seed + 100 * task.fold, name=f"{task.method} fold {task.fold}/{config.folds}")
+    rows = np.flatnonzero(np.isin(patients, task.test_patients) & meta["evaluable"].to_numpy())
+    probabilities = member_probabilities(member, config, np.asarray(patches[rows]), device)
+    predictions = pd.DataFrame({"row": rows, "fold": task.fold, "rim_probability": probabilities,
+                                "threshold": member.threshold})
+    return {"task": task, "predictions": predictions, "wall_s": time.perf_counter() - wall,
+            "cpu_s": time.process_time() - cpu, "device": str(device)}
 
 
 def evaluate_observer(scores: np.ndarray, true_labels: np.ndarray, meta: pd.DataFrame, folds: list[list[str]],
@@ -303,8 +420,20 @@ def plot_curves(predictions: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
-def machine_description() -> str:
-    """CPU, cores, OS, Python, torch and git commit of this run."""
+def git_commit() -> str:
+    """The code's commit (``-dirty`` when the tree has changes); ``BIDS_RIM_COMMIT`` names it where there is no git."""
+    if os.environ.get("BIDS_RIM_COMMIT"):
+        return f"{os.environ['BIDS_RIM_COMMIT']} (from BIDS_RIM_COMMIT)"
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
+                                   text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
+    except OSError:
+        described = ""
+    return described or "unknown (no git repository here; set BIDS_RIM_COMMIT)"
+
+
+def machine_description(execution: Execution) -> str:
+    """CPU, cores, load, GPU (when used), OS, Python, torch and git commit of this run."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -313,14 +442,15 @@ def machine_description() -> str:
         cpu = model_lines[0].split(":", 1)[1].strip() if model_lines else cpu
     except OSError:
         pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
-    return (f"{cpu}; {os.cpu_count()} logical CPUs visible (shared with other work); {platform.system()} "
-            f"{platform.release()}; Python {platform.python_version()}; torch {torch.__version__}; "
-            f"bids_rim git {commit}")
+    device = execution.device
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        properties = torch.cuda.get_device_properties(index)
+        device = f"{device} = {properties.name} ({properties.total_memory / 2**30:.0f} GiB)"
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}; {os.cpu_count()} logical CPUs visible (load average {os.getloadavg()[0]:.1f} at the start)"
+            f"; {memory_gib:.0f} GiB RAM; training device {device}; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}; torch {torch.__version__}; bids_rim git {git_commit()}")
 
 
 def _cell(table: pd.DataFrame, method: str, metric: str) -> str:
@@ -376,10 +506,40 @@ def interpretation(table: pd.DataFrame) -> str:
     return " ".join(sentences)
 
 
-def write_markdown(path: Path, table: pd.DataFrame, settings: BenchmarkSettings, summary: dict, command: str,
-                   timings: dict[str, float], label_report: dict, plots: list[Path],
-                   failures: dict[str, str], pending: list[str]) -> None:
+def run_section(run: RunRecord) -> list[str]:
+    """How the run was executed and how long each stage took (wall and CPU seconds)."""
+    execution, summary, clock = run.execution, run.summary, run.clock
+    stages = {"cohort generation": (summary.get("generation_s"), summary.get("generation_cpu_s")),
+              "participant level": (summary.get("participant_level_s"), summary.get("participant_level_cpu_s")),
+              **{stage: (clock.wall_s[stage], clock.cpu_s.get(stage)) for stage in clock.wall_s
+                 if stage not in ("cohort generation", "participant level")}}
+    cached = [stage for stage in ("cohort generation", "participant level") if stage not in clock.wall_s]
+    return [
+        "## Run",
+        "",
+        f"{execution.jobs} worker process(es) (cohort generation: {summary.get('generation_jobs', 1)}; training: one "
+        f"(method, fold) task each, {execution.threads} torch thread(s), seeded per task as `cross_validate` seeds "
+        f"the fold, so the numbers do not depend on the number of jobs); participant level "
+        f"`--nprocs {summary.get('participant_level_nprocs', execution.nprocs)} --omp-nthreads 1`; training device "
+        f"`{execution.device}`"
+        + (f"; time budget {execution.time_budget_s:.0f} s" if execution.time_budget_s is not None else "") + ".",
+        "",
+        "| stage | wall (s) | CPU (s) |",
+        "|---|---|---|",
+        *(f"| {stage} | {_seconds(wall)} | {_seconds(cpu)} |" for stage, (wall, cpu) in stages.items()),
+        "",
+        *([f"({', '.join(cached)} reused from the work folder: times are those of the run that made them.)", ""]
+          if cached else []),
+    ]
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.0f}"
+
+
+def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[Path]) -> None:
     """The results page: setup, labels, cohort, table with CIs, timings and what the numbers say."""
+    settings, summary, command, label_report = run.settings, run.summary, run.command, run.labels
     methods = list(dict.fromkeys(table["method"]))
     header = "| method | " + " | ".join(HEADLINE_METRICS) + " | time (s) |"
     paper_sized = (settings.subjects, settings.sites, settings.size, settings.folds, settings.patch_size,
@@ -388,37 +548,36 @@ def write_markdown(path: Path, table: pd.DataFrame, settings: BenchmarkSettings,
         f"# Classification benchmark{' (QUICK: CI smoke run, numbers meaningless)' if settings.quick else ''}",
         "",
         *([] if paper_sized or settings.quick else
-          ["**This is NOT the paper-sized run** (88 patients, 3 sites, full size, 5 folds, every method): it is a "
-           "smaller configuration that fits the time available; read its intervals accordingly.", ""]),
+          [("**This is NOT the paper-sized run** (88 patients, 3 sites, full size, 5 folds, every method): it is a "
+           "smaller configuration that fits the time available; read its intervals accordingly."), ""]),
         f"- Command: `{command}`",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; seed {settings.seed}",
-        f"- Machine: {machine_description()}",
-        f"- Settings: {settings.subjects} subjects, {settings.sites} sites, size `{settings.size}`, "
+        f"- Machine: {run.machine}",
+        (f"- Settings: {settings.subjects} subjects, {settings.sites} sites, size `{settings.size}`, "
         f"{settings.folds}-fold patient-level cross-validation (one split for every method), patches "
         f"{settings.patch_size}³ at {settings.patch_spacing_mm} mm, {settings.bootstrap_resamples} bootstrap "
-        f"resamples over patients.",
+        f"resamples over patients."),
         "",
         "## Labels",
         "",
-        "Every model is **trained on the rater's annotations** (`derivatives/rim_annotations`, rater errors "
+        ("Every model is **trained on the rater's annotations** (`derivatives/rim_annotations`, rater errors "
         "included), as a user would train on their own annotations. Every method, the oracle included, is "
         "**evaluated against the TRUE class** from the synthetic truth (`sourcedata/synth_truth`), so the "
-        "numbers measure what is real, not agreement with the rater.",
-        f"Evaluated lesions: {label_report['evaluated']} of {label_report['pipeline_lesions']} pipeline lesions "
+        "numbers measure what is real, not agreement with the rater."),
+        (f"Evaluated lesions: {label_report['evaluated']} of {label_report['pipeline_lesions']} pipeline lesions "
         f"({label_report['true_rim_positive']} truly rim+) in {label_report['evaluated_patients']} patients; "
         f"{label_report['no_truth']} pipeline lesions had no true lesion within {MATCH_DISTANCE_MM:g} mm and "
         f"{label_report['outside_folds']} lesions belong to patients without any rater label (never tested). "
         f"{label_report['annotated_matched']} pipeline lesions received a rater label. "
         f"Rater vs truth on the evaluated lesions: {label_report['rater_unlabelled']} not annotated, rater "
-        f"sensitivity {label_report['rater_sensitivity']:.3f}, specificity {label_report['rater_specificity']:.3f}.",
+        f"sensitivity {label_report['rater_sensitivity']:.3f}, specificity {label_report['rater_specificity']:.3f}."),
         "",
         "## Cohort",
         "",
         f"`realistic` difficulty: {summary['n_lesions']} true lesions, {summary['n_rim_positive']} rim+ "
         f"(prevalence {summary['lesion_prevalence']:.3f}); the generator's own **oracle PR AUC over the whole "
         f"cohort is {summary['oracle_pr_auc']:.3f}** (image-contrast observer "
-        f"{summary['image_contrast_pr_auc']:.3f}). Generation took {summary.get('generation_s', float('nan')):.0f} s, "
-        f"the participant level {summary['participant_level_s']:.0f} s. "
+        f"{summary['image_contrast_pr_auc']:.3f}). "
         + (f"**The participant level failed for {len(summary['participant_level_failed'])} subject(s) "
            f"({', '.join(summary['participant_level_failed'])}); they are left out of everything below.**"
            if summary["participant_level_failed"] else "It succeeded for every subject."),
@@ -436,16 +595,18 @@ def write_markdown(path: Path, table: pd.DataFrame, settings: BenchmarkSettings,
         "",
         header,
         "|" + "---|" * (len(HEADLINE_METRICS) + 2),
-        *(f"| {m} | " + " | ".join(_cell(table, m, k) for k in HEADLINE_METRICS) + f" | {timings.get(m, 0):.0f} |"
-          for m in methods),
+        *(f"| {m} | " + " | ".join(_cell(table, m, k) for k in HEADLINE_METRICS)
+          + f" | {run.method_wall_s.get(m, float('nan')):.0f} |" for m in methods),
         "",
-        *([f"- **Not finished (run still going or cut short): {', '.join(pending)}**"] if pending else []),
-        *(f"- **{m} FAILED** and is missing from the table: {reason}" for m, reason in failures.items()),
+        *([f"- **Not finished ({run.unfinished_reason}): {', '.join(run.pending)}**"] if run.pending else []),
+        *(f"- **{m} FAILED** and is missing from the table: {reason}" for m, reason in run.failures.items()),
         "",
         "Methods: " + "; ".join(f"**{m}** {METHOD_DESCRIPTIONS[m]}" for m in methods) + ".",
+        ("Time is the training and prediction of the method, summed over its folds (they run in parallel). "
         "Threshold-based metrics use each fold's own threshold (validation patients for models, training "
-        "patients for the observers). count_icc and prl4_kappa compare per-patient rim+ counts with the truth.",
+        "patients for the observers). count_icc and prl4_kappa compare per-patient rim+ counts with the truth."),
         "",
+        *run_section(run),
         "## What the numbers say",
         "",
         interpretation(table),
@@ -463,7 +624,7 @@ def label_report(meta: pd.DataFrame, truth: pd.DataFrame, evaluable: np.ndarray,
     annotated = ~np.isnan(rater)
     positives, negatives = annotated & (true == 1), annotated & (true == 0)
     return {
-        "pipeline_lesions": int(len(meta)), "evaluated": int(evaluated.sum()),
+        "pipeline_lesions": len(meta), "evaluated": int(evaluated.sum()),
         "annotated_matched": int(meta["label"].notna().sum()),
         "evaluated_patients": int(meta.loc[evaluated, "participant_id"].nunique()),
         "true_rim_positive": int((true == 1).sum()), "no_truth": int((~evaluable).sum()),
@@ -476,29 +637,104 @@ def label_report(meta: pd.DataFrame, truth: pd.DataFrame, evaluable: np.ndarray,
 # ----------------------------------------------------------------------------- driver
 
 
-def write_outputs(out_dir: Path, predictions: pd.DataFrame, table: pd.DataFrame, settings: BenchmarkSettings,
-                  summary: dict, command: str, timings: dict[str, float], labels: dict,
-                  failures: dict[str, str]) -> None:
+def write_outputs(out_dir: Path, predictions: pd.DataFrame, table: pd.DataFrame, run: RunRecord) -> None:
     """Metrics TSV, per-lesion predictions, ROC/PR plots and the results page."""
     table.to_csv(out_dir / f"{STEM}.tsv", sep="\t", index=False, float_format="%.4f")
     predictions.drop(columns="row").to_csv(out_dir / f"{STEM}_predictions.tsv", sep="\t", index=False,
                                            float_format="%.5f")
     plots = plot_curves(predictions, out_dir)
-    pending = [m for m in settings.methods if m not in timings and m not in failures]
-    write_markdown(out_dir / f"{STEM}.md", table, settings, summary, command, timings, labels, plots, failures,
-                   pending)
+    write_markdown(out_dir / f"{STEM}.md", table, run, plots)
 
 
-def run_benchmark(settings: BenchmarkSettings, out_dir: Path, work: Path, command: str) -> pd.DataFrame:
+def task_order(tasks: list[FoldTask], configs: dict) -> list[FoldTask]:
+    """Longest tasks first (pretrained networks, then other networks, then radiomics), to balance the workers."""
+    def cost_rank(task: FoldTask) -> tuple[int, int, str, int]:
+        config = configs[task.method]
+        return (config.arch == "radiomics", config.pretrain_epochs == 0, task.method, task.fold)
+
+    return sorted(tasks, key=cost_rank)
+
+
+def run_tasks(tasks: list[FoldTask], configs: dict, data_folder: Path, execution: Execution, deadline: float | None,
+              on_result) -> list[FoldTask]:
+    """Run every task (in ``execution.jobs`` spawned workers when above 1) and hand each result to ``on_result``.
+
+    Results are handed over as they finish. At the deadline the workers are terminated and the
+    unfinished tasks are returned (with one job a running task is not interrupted: the deadline
+    is checked between tasks). A task that raises reaches ``on_result`` as ``{"task", "error"}``.
+    """
+    arguments = {task: (task, configs[task.method], data_folder, execution.device, execution.threads)
+                 for task in tasks}
+    if execution.jobs == 1:
+        for index, task in enumerate(tasks):
+            if deadline is not None and time.perf_counter() > deadline:
+                return tasks[index:]
+            try:
+                on_result(run_fold_task(*arguments[task]))
+            except Exception as error:  # noqa: BLE001 -- reported per method, the others go on
+                on_result({"task": task, "error": f"{type(error).__name__}: {error}"})
+        return []
+    context = multiprocessing.get_context("spawn")  # CUDA and torch threads are not fork-safe
+    with context.Pool(execution.jobs) as pool:  # leaving the block terminates the workers
+        pending = {pool.apply_async(run_fold_task, arguments[task]): task for task in tasks}
+        while pending:
+            finished = [handle for handle in pending if handle.ready()]
+            for handle in finished:
+                task = pending.pop(handle)
+                try:
+                    on_result(handle.get())
+                except Exception as error:  # noqa: BLE001 -- reported per method, the others go on
+                    on_result({"task": task, "error": f"{type(error).__name__}: {error}"})
+            if not finished:
+                if deadline is not None and time.perf_counter() > deadline:
+                    LOGGER.warning("time budget reached: stopping %d unfinished task(s)", len(pending))
+                    return list(pending.values())
+                time.sleep(0.5)
+    return []
+
+
+class IncompleteRun(RuntimeError):
+    """Results were written, but without some methods (failed or unfinished); the page names them."""
+
+
+@dataclass
+class RunRecord:
+    """What the results page needs besides the metrics: setup, provenance, timings, what is missing."""
+
+    settings: BenchmarkSettings
+    execution: Execution
+    summary: dict
+    command: str
+    labels: dict
+    machine: str
+    clock: StageClock
+    method_wall_s: dict[str, float] = field(default_factory=dict)
+    method_cpu_s: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    unfinished_reason: str = "run still going or cut short"
+
+    @property
+    def pending(self) -> list[str]:
+        return [m for m in self.settings.methods if m not in self.method_wall_s and m not in self.failures]
+
+
+def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Path, work: Path,
+                  command: str) -> pd.DataFrame:
     """The whole benchmark; returns the long metrics table (also written to ``out_dir``)."""
     import torch
 
     from bids_rim.bidsio.training_data import load_training_set
     from bids_rim.training.crossval import patient_folds
+    from bids_rim.training.inference import resolve_device
 
-    torch.set_num_threads(settings.threads)
-    device = torch.device("cpu")
-    bids_dir, output_dir, summary = prepare_cohort(settings, work)
+    started = time.perf_counter()
+    deadline = None if execution.time_budget_s is None else started + execution.time_budget_s
+    torch.set_num_threads(execution.threads)
+    execution = replace(execution, device=str(resolve_device(execution.device)))  # fail early, record what ran
+    machine = machine_description(execution)
+    clock = StageClock()
+    bids_dir, output_dir, summary = prepare_cohort(settings, execution, work, clock)
+    wall, cpu = time.perf_counter(), clock.cpu_now()
     participants = pd.read_csv(bids_dir / "participants.tsv", sep="\t", dtype=str)
     data = load_training_set(output_dir, participants, bids_dir / "derivatives" / "rim_annotations")
     meta = data.meta.reset_index(drop=True)
@@ -510,24 +746,15 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: Path, work: Path, comman
     folds = patient_folds(meta, settings.folds, settings.seed)
     in_folds = meta["participant_id"].isin([p for fold in folds for p in fold]).to_numpy()
     LOGGER.info("%d lesions, %d evaluable; folds %s", len(meta), int((evaluable & in_folds).sum()), folds)
+    data_folder = save_training_data(data.patches, meta, evaluable, work / "training_data")
+    clock.record("patches and truth", wall, cpu)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    labels = label_report(meta, truth, evaluable, in_folds)
-    predictions, tables, timings, failures = [], [], {}, {}
-    for method in settings.methods:
-        started = time.perf_counter()
-        LOGGER.info("method %s", method)
-        try:
-            if method in OBSERVERS:
-                scores = truth[OBSERVERS[method][0]].to_numpy()
-                part = evaluate_observer(scores, truth["true_label"].to_numpy(), meta, folds, evaluable)
-            else:
-                part = evaluate_learned(method_config(method, settings), data.patches, meta, folds, evaluable, device)
-        except Exception as error:  # noqa: BLE001 -- one method crashing must not lose the others' hours
-            LOGGER.error("method %s failed: %s", method, error)
-            failures[method] = f"{type(error).__name__}: {error}"
-            continue
-        timings[method] = time.perf_counter() - started
+    run = RunRecord(settings, execution, summary, command, label_report(meta, truth, evaluable, in_folds),
+                    machine, clock)
+    predictions, tables = [], []
+
+    def finish_method(method: str, part: pd.DataFrame) -> None:
         part.insert(0, "method", method)
         rows = part["row"].to_numpy()
         part["participant_id"] = meta["participant_id"].to_numpy()[rows]
@@ -537,15 +764,51 @@ def run_benchmark(settings: BenchmarkSettings, out_dir: Path, work: Path, comman
         predictions.append(part)
         tables.append(summarise(part, settings))
         # Written after every method, so that a long run cut short still leaves what it finished.
-        write_outputs(out_dir, pd.concat(predictions, ignore_index=True), pd.concat(tables, ignore_index=True),
-                      settings, summary, command, timings, labels, failures)
+        write_outputs(out_dir, pd.concat(predictions, ignore_index=True), pd.concat(tables, ignore_index=True), run)
+        LOGGER.info("method %s done (%.0f s of training, summed over folds)", method, run.method_wall_s[method])
+
+    for method in (m for m in settings.methods if m in OBSERVERS):
+        wall, cpu = time.perf_counter(), time.process_time()
+        scores = truth[OBSERVERS[method][0]].to_numpy()
+        part = evaluate_observer(scores, truth["true_label"].to_numpy(), meta, folds, evaluable)
+        run.method_wall_s[method], run.method_cpu_s[method] = time.perf_counter() - wall, time.process_time() - cpu
+        finish_method(method, part)
+
+    configs = {m: method_config(m, settings) for m in settings.methods if m not in OBSERVERS}
+    tasks = task_order([FoldTask(m, fold, tuple(patients)) for m in configs
+                        for fold, patients in enumerate(folds, start=1)], configs)
+    finished: dict[str, list[dict]] = {m: [] for m in configs}
+
+    def on_result(result: dict) -> None:
+        method = result["task"].method
+        if method in run.failures:
+            return
+        if "error" in result:
+            LOGGER.error("method %s fold %d failed: %s", method, result["task"].fold, result["error"])
+            run.failures[method] = f"fold {result['task'].fold}: {result['error']}"
+            return
+        LOGGER.info("%s fold %d: %.0f s on %s", method, result["task"].fold, result["wall_s"], result["device"])
+        finished[method].append(result)
+        if len(finished[method]) == len(folds):
+            run.method_wall_s[method] = sum(r["wall_s"] for r in finished[method])
+            run.method_cpu_s[method] = sum(r["cpu_s"] for r in finished[method])
+            part = pd.concat([r["predictions"] for r in finished[method]]).sort_values(["fold", "row"])
+            finish_method(method, part.reset_index(drop=True))
+
+    LOGGER.info("training %d (method, fold) tasks in %d job(s) on %s", len(tasks), execution.jobs, execution.device)
+    wall, cpu = time.perf_counter(), clock.cpu_now()
+    unfinished = run_tasks(tasks, configs, data_folder, execution, deadline, on_result)
+    clock.record("training", wall, cpu)
+    if unfinished:
+        run.unfinished_reason = (f"stopped at the time budget of {execution.time_budget_s:.0f} s with "
+                                 f"{len(unfinished)} of {len(tasks)} (method, fold) tasks unfinished")
     if not predictions:
-        raise RuntimeError(f"every method failed: {failures}")
+        raise RuntimeError(f"no method finished: failures {run.failures}; {run.unfinished_reason}")
     table = pd.concat(tables, ignore_index=True)
-    write_outputs(out_dir, pd.concat(predictions, ignore_index=True), table, settings, summary, command, timings,
-                  labels, failures)
-    if failures:
-        raise RuntimeError(f"method(s) failed (results written without them): {failures}")
+    write_outputs(out_dir, pd.concat(predictions, ignore_index=True), table, run)
+    if run.failures or run.pending:
+        raise IncompleteRun(f"results written without method(s) {[*run.failures, *run.pending]}: "
+                           f"failures {run.failures}; unfinished: {run.unfinished_reason if run.pending else 'none'}")
     return table
 
 
@@ -561,7 +824,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(ALL_METHODS),
                         help=f"comma-separated subset of: {', '.join(ALL_METHODS)}")
     parser.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples over patients")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes for the cohort and for the (method, fold) training tasks")
+    parser.add_argument("--nprocs", type=int, help="subjects the participant level runs at once (default max(2, --jobs))")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
+                        help="torch threads per training process")
+    parser.add_argument("--device", default="auto", help="training device: auto (CUDA when present), cpu, cuda[:N]")
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS",
+                        help="stop training this many seconds after the start; unfinished methods are named in the "
+                             "results and the exit code is 3")
     parser.add_argument("--quick", action="store_true",
                         help="tiny cohort and models for CI (8 small subjects, 2 folds, 16³ patches at 2 mm); "
                              "requires --out")
@@ -578,7 +849,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.subjects, args.sites, args.size, args.folds = 8, 2, "small", 2
         args.patch_size, args.patch_spacing, args.bootstrap = 16, 2.0, min(args.bootstrap, 100)
+    if min(args.jobs, args.threads, args.nprocs or 1) < 1:
+        parser.error("--jobs, --threads and --nprocs must be at least 1")
     args.methods = methods
+    args.nprocs = args.nprocs or max(2, args.jobs)
     return args
 
 
@@ -586,15 +860,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(name)s | %(message)s", datefmt="%H:%M:%S")
     settings = BenchmarkSettings(args.subjects, args.sites, args.size, args.seed, args.folds, args.patch_size,
-                                 args.patch_spacing, args.methods, args.quick, args.bootstrap, args.threads)
+                                 args.patch_spacing, args.methods, args.quick, args.bootstrap)
+    execution = Execution(args.jobs, args.nprocs, args.threads, args.device, args.time_budget)
     command = "python benchmarks/classification.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out_dir = args.out or RESULTS_DIR
-    if args.work is not None:
-        args.work.mkdir(parents=True, exist_ok=True)
-        run_benchmark(settings, out_dir, args.work, command)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bids_rim_bench_") as work:
-            run_benchmark(settings, out_dir, Path(work), command)
+    try:
+        if args.work is not None:
+            args.work.mkdir(parents=True, exist_ok=True)
+            run_benchmark(settings, execution, out_dir, args.work, command)
+        else:
+            with tempfile.TemporaryDirectory(prefix="bids_rim_bench_") as work:
+                run_benchmark(settings, execution, out_dir, Path(work), command)
+    except IncompleteRun as error:
+        LOGGER.error("%s", error)
+        print(out_dir / f"{STEM}.md")
+        return 3
     print(out_dir / f"{STEM}.md")
     return 0
 

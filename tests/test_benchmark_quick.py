@@ -1,8 +1,9 @@
 """The classification benchmark's --quick mode runs end to end, so that the benchmark code never rots.
 
-It runs in a subprocess (as a user would) on the tiny cohort, into a temporary folder, and checks
-the written table: every requested method is there with a finite PR AUC in [0, 1] inside its
-own bootstrap interval. The numbers themselves are meaningless at this size and are not judged.
+It runs in a subprocess (as a user would) on the tiny cohort, into a temporary folder, with two
+worker processes (the path the paper-sized run takes on many cores), and checks the written
+table: every requested method is there with a finite PR AUC in [0, 1] inside its own bootstrap
+interval. The numbers themselves are meaningless at this size and are not judged.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_METHODS = ("asym", "radiomics", "oracle")  # the slow ablations are left to the real run
@@ -27,7 +28,7 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     out = tmp_path / "results"
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     completed = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "classification.py"), "--quick", "--threads", "1",
+        [sys.executable, str(REPO / "benchmarks" / "classification.py"), "--quick", "--threads", "1", "--jobs", "2",
          "--methods", ",".join(QUICK_METHODS), "--out", str(out), "--work", str(tmp_path / "work")],
         capture_output=True, text=True, env=environment, cwd=REPO, timeout=600, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -44,6 +45,7 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
 
     page = (out / "classification.md").read_text()
     assert "QUICK" in page and "TRUE class" in page and "rater's annotations" in page
+    assert "| participant level |" in page and "| training |" in page and "Not finished" not in page
     for method in QUICK_METHODS:
         assert f"| {method} |" in page
     assert (out / "classification_pr.png").stat().st_size > 0 and (out / "classification_roc.png").stat().st_size > 0
@@ -80,6 +82,37 @@ def test_observer_is_scored_out_of_fold_once_per_lesion() -> None:
     for _, part in scored.groupby("fold"):  # a monotone calibration keeps the observer's ranking
         order = np.argsort(scores[part["row"]])
         assert np.all(np.diff(part["rim_probability"].to_numpy()[order]) >= 0)
+
+
+@pytest.mark.parametrize("arch", ["radiomics", "asym"])
+def test_fold_tasks_reproduce_cross_validate(tmp_path: Path, arch: str) -> None:
+    """A (method, fold) task trained alone gives the numbers sequential cross_validate gives that fold.
+
+    This is what makes the benchmark's numbers independent of how many jobs run the tasks.
+    """
+    import torch
+
+    from bids_rim.training.config import TrainConfig
+    from bids_rim.training.crossval import cross_validate
+    from bids_rim.training.toy import make_toy_patches
+
+    benchmark = _load_benchmark()
+    patches, meta = make_toy_patches(9, 6, patch_size=16, seed=3)
+    config = TrainConfig(arch=arch, width=4, batch_size=16, pretrain_epochs=1, finetune_epochs=2, patience=2, folds=3,
+                         patch_size=16, bootstrap_resamples=20, train_final_model=False)
+    torch.set_num_threads(1)
+    sequential = cross_validate(patches, meta, config, torch.device("cpu"))
+    evaluable = np.ones(len(meta), bool)
+    folder = benchmark.save_training_data(patches, meta, evaluable, tmp_path)
+    for fold, test_patients in enumerate(sequential.test_participants, start=1):
+        task = benchmark.FoldTask(arch, fold, tuple(test_patients))
+        alone = benchmark.run_fold_task(task, config, folder, "cpu", 1)["predictions"]
+        expected = sequential.predictions[sequential.predictions["fold"] == fold]
+        chosen = meta.iloc[alone["row"]]
+        assert list(zip(chosen["participant_id"], chosen["lesion_id"])) == list(
+            zip(expected["participant_id"], expected["lesion_id"]))
+        np.testing.assert_allclose(alone["rim_probability"], expected["rim_probability"], rtol=0, atol=1e-6)
+        assert alone["threshold"].iloc[0] == expected["threshold"].iloc[0]
 
 
 def test_interpretation_says_when_the_goal_is_missed() -> None:
