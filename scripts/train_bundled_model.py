@@ -1,6 +1,7 @@
 """Train the model bundled with bids_rim, reproducibly, on a synthetic cohort.
 
     python scripts/train_bundled_model.py [--subjects 40] [--size small] [--seed 2026] [--workdir DIR]
+        [--participant-label sub-001 ...] [--folds 5] [--pretrain-epochs 15] [--finetune-epochs 30]
 
 Steps (each is the product's own command, as a user would run it):
 1. ``bids_rim-synth`` writes a multi-site cohort at ``realistic`` difficulty;
@@ -37,6 +38,8 @@ def main() -> int:
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--patch-spacing", type=float, default=1.0)
     parser.add_argument("--workdir", type=Path, default=Path("bundled_model_work"))
+    parser.add_argument("--participant-label", nargs="+", default=[],
+                        help="process and train on these subjects of the cohort only (time-boxed runs)")
     args = parser.parse_args()
 
     root = args.workdir.absolute()
@@ -48,7 +51,8 @@ def main() -> int:
     code = bids_rim_main(common + ["participant", "-d", str(bids_dir / "derivatives" / "lesion_masks"),
                                    "--work-dir", str(root / "work"), "--no-inference", "--nprocs", "2",
                                    "--omp-nthreads", "1", "--patch-size", str(args.patch_size),
-                                   "--patch-spacing", str(args.patch_spacing), "--seed", str(args.seed)])
+                                   "--patch-spacing", str(args.patch_spacing), "--seed", str(args.seed)]
+                       + (["--participant-label", *args.participant_label] if args.participant_label else []))
     if code:
         return code
     code = bids_rim_main(common + ["group", "--train", "--rim-annotations",

@@ -72,22 +72,26 @@ class AsymQsmFlairNet(nn.Module):
         # Projects the pooled FLAIR stem features to the embedding size, for cross-modal pretraining.
         self.flair_projection = nn.Linear(2 * width if self.flair_block1 is not None else width, self.embedding_dim)
 
-    def _qsm_input(self, x: torch.Tensor) -> torch.Tensor:
-        return scale_inputs(x)[:, [QSM, MASK]]
+    @staticmethod
+    def _qsm_input(scaled: torch.Tensor) -> torch.Tensor:
+        return torch.cat([scaled[:, QSM : QSM + 1], scaled[:, MASK : MASK + 1]], dim=1)
 
-    def _flair_input(self, x: torch.Tensor) -> torch.Tensor:
-        return scale_inputs(x)[:, [FLAIR, MASK]]
+    @staticmethod
+    def _flair_input(scaled: torch.Tensor) -> torch.Tensor:
+        return scaled[:, FLAIR : MASK + 1]
 
-    def _flair_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = [self.flair_stem(self._flair_input(x))]
+    def _flair_features(self, scaled: torch.Tensor) -> list[torch.Tensor]:
+        """FLAIR features at each conditioned stage, from inputs already in network units."""
+        features = [self.flair_stem(self._flair_input(scaled))]
         if self.flair_block1 is not None:
             features.append(self.flair_block1(features[0]))
         return features
 
     def features(self, x: torch.Tensor, condition: bool = True) -> dict[str, torch.Tensor]:
         """Intermediate features: ``mid`` (conditioned QSM at P/2) and ``embedding`` (pooled)."""
-        z = self.qsm_stem(self._qsm_input(x))
-        flair = self._flair_features(x) if condition and self.film_stages else []
+        scaled = scale_inputs(x)
+        z = self.qsm_stem(self._qsm_input(scaled))
+        flair = self._flair_features(scaled) if condition and self.film_stages else []
         if "0" in self.conditioners and flair:
             z = self.conditioners["0"](z, flair[0])
         mid = z
@@ -107,5 +111,5 @@ class AsymQsmFlairNet(nn.Module):
 
     def encode_flair(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled FLAIR embedding projected to the QSM embedding size (B, embedding_dim)."""
-        last = self._flair_features(x)[-1]
+        last = self._flair_features(scale_inputs(x))[-1]
         return self.flair_projection(self.pool(last).flatten(1))
