@@ -132,8 +132,9 @@ def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[s
               f"Probabilities are Platt-scaled per ensemble member (a temperature and a bias that undoes the "
               f"balanced training prior, fitted on inner-validation patients); the expected calibration error of the "
               f"pooled out-of-fold predictions is {_fmt(pooled.get('ece'))}. The model file's decision threshold "
-              f"({threshold:.3f}) maximises F1 on the out-of-fold predictions; `rim_uncertainty` is the spread "
-              "over ensemble members and flip views.", ""]
+              f"({threshold:.3f}) maximises F1 on the out-of-fold predictions. At inference the final model scores "
+              "each lesion and its flip; `rim_uncertainty` is the spread over those views and Monte Carlo dropout "
+              "samples of the head (every fold model joins with `ensemble=True`).", ""]
     if plots:
         lines += ["## Plots", ""] + [f"- {kind}: `{p.name}`" for kind, p in plots.items()] + [""]
     lines += ["## Intended use and limits", "",
