@@ -72,6 +72,7 @@ METHOD_DESCRIPTIONS = {
     **{name: description for name, (_, description) in OBSERVERS.items()},
 }
 ALL_METHODS = tuple(METHOD_DESCRIPTIONS)
+LOG_FORMAT = "%(asctime)s | %(name)s | %(message)s"
 LOGGER = logging.getLogger("benchmarks.classification")  # outside bids_rim: its CLI adds a handler there
 
 
@@ -313,6 +314,11 @@ def _worker_setup(threads: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def _worker_logging() -> None:
+    """Workers log warnings only, in the main format: 40 tasks' epoch lines would bury the progress log."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, datefmt="%H:%M:%S")
+
+
 def run_fold_task(task: FoldTask, config, data_folder: Path, device_name: str, threads: int) -> dict:
     """Train one (method, fold) with ``train_member`` and predict the fold's evaluable test lesions.
 
@@ -530,6 +536,13 @@ def run_section(run: RunRecord) -> list[str]:
         "",
         *([f"({', '.join(cached)} reused from the work folder: times are those of the run that made them.)", ""]
           if cached else []),
+        "Training and prediction per method, summed over its folds (the folds of all methods share the workers):",
+        "",
+        "| method | wall (s) | CPU (s) |",
+        "|---|---|---|",
+        *(f"| {method} | {_seconds(run.method_wall_s[method])} | {_seconds(run.method_cpu_s.get(method))} |"
+          for method in run.method_wall_s),
+        "",
     ]
 
 
@@ -675,7 +688,8 @@ def run_tasks(tasks: list[FoldTask], configs: dict, data_folder: Path, execution
                 on_result({"task": task, "error": f"{type(error).__name__}: {error}"})
         return []
     context = multiprocessing.get_context("spawn")  # CUDA and torch threads are not fork-safe
-    with context.Pool(execution.jobs) as pool:  # leaving the block terminates the workers
+    # leaving the block terminates the workers; they log warnings only (the main process logs each finished task)
+    with context.Pool(execution.jobs, initializer=_worker_logging) as pool:
         pending = {pool.apply_async(run_fold_task, arguments[task]): task for task in tasks}
         while pending:
             finished = [handle for handle in pending if handle.ready()]
@@ -690,6 +704,8 @@ def run_tasks(tasks: list[FoldTask], configs: dict, data_folder: Path, execution
                     LOGGER.warning("time budget reached: stopping %d unfinished task(s)", len(pending))
                     return list(pending.values())
                 time.sleep(0.5)
+        pool.close()
+        pool.join()
     return []
 
 
@@ -787,7 +803,8 @@ def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Pa
             LOGGER.error("method %s fold %d failed: %s", method, result["task"].fold, result["error"])
             run.failures[method] = f"fold {result['task'].fold}: {result['error']}"
             return
-        LOGGER.info("%s fold %d: %.0f s on %s", method, result["task"].fold, result["wall_s"], result["device"])
+        LOGGER.info("%s fold %d: %.0f s wall, %.0f CPU s on %s", method, result["task"].fold, result["wall_s"],
+                    result["cpu_s"], result["device"])
         finished[method].append(result)
         if len(finished[method]) == len(folds):
             run.method_wall_s[method] = sum(r["wall_s"] for r in finished[method])
@@ -858,7 +875,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(name)s | %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    # Own handler, no propagation: the participant CLI adds a root handler that would print warnings twice.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
+    LOGGER.addHandler(handler)
+    LOGGER.propagate = False
     settings = BenchmarkSettings(args.subjects, args.sites, args.size, args.seed, args.folds, args.patch_size,
                                  args.patch_spacing, args.methods, args.quick, args.bootstrap)
     execution = Execution(args.jobs, args.nprocs, args.threads, args.device, args.time_budget)

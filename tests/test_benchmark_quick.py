@@ -84,11 +84,11 @@ def test_observer_is_scored_out_of_fold_once_per_lesion() -> None:
         assert np.all(np.diff(part["rim_probability"].to_numpy()[order]) >= 0)
 
 
-@pytest.mark.parametrize("arch", ["radiomics", "asym"])
-def test_fold_tasks_reproduce_cross_validate(tmp_path: Path, arch: str) -> None:
+def test_fold_tasks_reproduce_cross_validate(tmp_path: Path) -> None:
     """A (method, fold) task trained alone gives the numbers sequential cross_validate gives that fold.
 
-    This is what makes the benchmark's numbers independent of how many jobs run the tasks.
+    This is what makes the benchmark's numbers independent of how many jobs run the tasks (asym:
+    its torch seed, pretraining, inner split and fine-tuning seeds all follow the fold's seed).
     """
     import torch
 
@@ -97,15 +97,15 @@ def test_fold_tasks_reproduce_cross_validate(tmp_path: Path, arch: str) -> None:
     from bids_rim.training.toy import make_toy_patches
 
     benchmark = _load_benchmark()
-    patches, meta = make_toy_patches(9, 6, patch_size=16, seed=3)
-    config = TrainConfig(arch=arch, width=4, batch_size=16, pretrain_epochs=1, finetune_epochs=2, patience=2, folds=3,
+    patches, meta = make_toy_patches(8, 6, patch_size=16, seed=3)
+    config = TrainConfig(arch="asym", width=4, batch_size=16, pretrain_epochs=1, finetune_epochs=2, patience=2, folds=2,
                          patch_size=16, bootstrap_resamples=20, train_final_model=False)
     torch.set_num_threads(1)
     sequential = cross_validate(patches, meta, config, torch.device("cpu"))
     evaluable = np.ones(len(meta), bool)
     folder = benchmark.save_training_data(patches, meta, evaluable, tmp_path)
     for fold, test_patients in enumerate(sequential.test_participants, start=1):
-        task = benchmark.FoldTask(arch, fold, tuple(test_patients))
+        task = benchmark.FoldTask("asym", fold, tuple(test_patients))
         alone = benchmark.run_fold_task(task, config, folder, "cpu", 1)["predictions"]
         expected = sequential.predictions[sequential.predictions["fold"] == fold]
         chosen = meta.iloc[alone["row"]]
