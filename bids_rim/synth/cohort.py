@@ -69,7 +69,7 @@ class CohortSummary:
                 f"  patients with >=1 rim+ {100 * self.patients_with_rim_positive:.0f} %,"
                 f" with >=4 rim+ {100 * self.patients_with_4plus_rim_positive:.0f} %\n"
                 f"  confounders: {mimics}\n"
-                f"  oracle PR AUC (ideal observer ceiling) {self.oracle_pr_auc:.3f};"
+                f"  oracle PR AUC (reader-like ceiling) {self.oracle_pr_auc:.3f};"
                 f" plain image shell-minus-core PR AUC {self.image_contrast_pr_auc:.3f}\n"
                 f"  {self.seconds_per_session:.1f} s per session")
 
