@@ -121,9 +121,9 @@ def _digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_gives_same_bytes(tmp_path):
-    for name in ("a", "b"):
-        generate_cohort(tmp_path / name, n_subjects=1, size="small", seed=3, progress=False)
+def test_same_seed_gives_same_bytes_serial_or_parallel(tmp_path):
+    for name, jobs in (("a", 1), ("b", 2)):
+        generate_cohort(tmp_path / name, n_subjects=2, size="small", seed=3, progress=False, jobs=jobs)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
 
 

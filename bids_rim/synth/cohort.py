@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,8 +77,12 @@ class CohortSummary:
 
 def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_sessions: int = 1,
                     difficulty: str = "realistic", size: str = "full", seed: int = 0,
-                    progress: bool = True) -> CohortSummary:
-    """Write a synthetic MS cohort (raw BIDS + derivatives + truth) to ``out_dir``."""
+                    progress: bool = True, jobs: int = 1) -> CohortSummary:
+    """Write a synthetic MS cohort (raw BIDS + derivatives + truth) to ``out_dir``.
+
+    ``jobs`` > 1 simulates subjects in that many worker processes. Every subject draws from its
+    own seed stream, so the files are the same bytes whatever ``jobs`` is.
+    """
     if n_subjects < 1 or n_sites < 1 or n_sessions < 1:
         raise ValueError(f"{out_dir}: subjects, sites and sessions must be >= 1")
     if size not in ("full", "small"):
@@ -92,23 +97,20 @@ def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_session
 
     participants, truth_rows = [], []
     started = time.perf_counter()
-    bar = tqdm(total=n_subjects * n_sessions, desc="bids_rim-synth", unit="session",
-               disable=not progress)
-    for number, subject_seq in enumerate(subject_seqs, start=1):
-        draw_seq, *session_seqs = subject_seq.spawn(n_sessions + 1)
-        rng = np.random.default_rng(draw_seq)
-        person = draw_participant(rng, number, sites[(number - 1) % n_sites], params.prl_counts,
-                                  params.lesions)
-        subject = draw_subject_anatomy(rng, params.anatomy, params.tissue)
-        veins = draw_vein_tree(rng, subject, params.anatomy, box)
-        lesions = draw_lesions(rng, subject, person.n_rim_positive, person.n_rim_negative,
-                               params.lesions, params.tissue.chi_vein_ppm,
-                               params.tissue.chi_calcification_ppm, box)
-        participants.append(person)
-        for session_number, session_seq in enumerate(session_seqs, start=1):
-            session_rng = np.random.default_rng(session_seq)
-            rows = _write_session(out, person, subject, lesions, veins, params, size,
-                                  session_number, session_rng)
+    bar = tqdm(total=n_subjects, desc="bids_rim-synth", unit="subject", disable=not progress)
+    tasks = [(out, number, subject_seq, sites[(number - 1) % n_sites], params, size, n_sessions, box)
+             for number, subject_seq in enumerate(subject_seqs, start=1)]
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            results = pool.map(_simulate_subject, *zip(*tasks))
+            for person, rows in results:  # in subject order, whatever finishes first
+                participants.append(person)
+                truth_rows.extend(rows)
+                bar.update(1)
+    else:
+        for task in tasks:
+            person, rows = _simulate_subject(*task)
+            participants.append(person)
             truth_rows.extend(rows)
             bar.update(1)
     bar.close()
@@ -119,6 +121,24 @@ def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_session
     write_json(out / "sourcedata" / "synth_truth" / "cohort_summary.json",
                {k: v for k, v in asdict(summary).items() if k not in ("out_dir", "seconds_per_session")})
     return summary
+
+
+def _simulate_subject(out: Path, number: int, subject_seq: np.random.SeedSequence, site, params, size: str,
+                      n_sessions: int, box) -> tuple:
+    """Draw one participant and write all their sessions; returns (participant, truth rows)."""
+    draw_seq, *session_seqs = subject_seq.spawn(n_sessions + 1)
+    rng = np.random.default_rng(draw_seq)
+    person = draw_participant(rng, number, site, params.prl_counts, params.lesions)
+    subject = draw_subject_anatomy(rng, params.anatomy, params.tissue)
+    veins = draw_vein_tree(rng, subject, params.anatomy, box)
+    lesions = draw_lesions(rng, subject, person.n_rim_positive, person.n_rim_negative,
+                           params.lesions, params.tissue.chi_vein_ppm,
+                           params.tissue.chi_calcification_ppm, box)
+    rows = []
+    for session_number, session_seq in enumerate(session_seqs, start=1):
+        rows.extend(_write_session(out, person, subject, lesions, veins, params, size, session_number,
+                                   np.random.default_rng(session_seq)))
+    return person, rows
 
 
 def _write_session(out: Path, person, subject, lesions, veins, params, size, session_number,
