@@ -1,6 +1,7 @@
 """generate_cohort: the whole synthetic cohort written as raw BIDS, derivatives and truth."""
 from __future__ import annotations
 
+import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -101,7 +102,8 @@ def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_session
     tasks = [(out, number, subject_seq, sites[(number - 1) % n_sites], params, size, n_sessions, box)
              for number, subject_seq in enumerate(subject_seqs, start=1)]
     if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # spawn, not fork: callers (the benchmark) may already hold torch/CUDA threads
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = pool.map(_simulate_subject, *zip(*tasks))
             for person, rows in results:  # in subject order, whatever finishes first
                 participants.append(person)
