@@ -25,11 +25,13 @@ start converged 14° off on one synthetic subject:
 
 Cost: antsRegistration's time grows with the number of sampled voxels, about 3 µs per sample
 and iteration here. A search that also ran a 4 mm level, and 30 iterations at 2 mm, cost 42 s
-of CPU per full-size subject; searching at 8 mm only and 15 iterations at 2 mm costs 15 s
-(2 s on the small size) with the same accuracy. Measured by hand in November 2026 on 23
-synthetic subjects (cohort seeds 11–15 small and 21 full, 11 of them 2D FLAIR), seeds 0 and 1,
-each run in its own process: every run within 0.22° and 0.44 mm of the truth, and repeated runs
-with the same seed bit-identical.
+of CPU per full-size subject; searching at 8 mm only cuts that by about half. Measured by hand
+in November 2026 on 23 synthetic subjects (cohort seeds 11–15 small and 21 full, 11 of them 2D
+FLAIR), seeds 0 and 1, each run in its own process, with the 8 mm search and 15 iterations at
+2 mm (15 s CPU full size, 2 s small): every run within 0.22° and 0.44 mm of the truth, and
+repeated runs with the same seed bit-identical. The 2 mm level keeps 30 iterations because with
+15 an unmasked, noisy QSM map as the fixed image (no magnitude) ended 2° off on one subject
+(0.57° with 30).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class Schedule:
 #: Short coarse runs of the multi-start search (8 mm voxels).
 SEARCH = Schedule(shrink=(4,), smoothing_vox=(2,), iterations=(100,))
 #: Refinement of the best candidate (4 and 2 mm voxels).
-REFINE = Schedule(shrink=(2, 1), smoothing_vox=(1, 0), iterations=(50, 15))
+REFINE = Schedule(shrink=(2, 1), smoothing_vox=(1, 0), iterations=(50, 30))
 #: The single-start schedule used for the affine template-to-subject registration.
 AFFINE = Schedule(shrink=(6, 4, 2, 1), smoothing_vox=(3, 2, 1, 0), iterations=(200, 100, 50, 25))
 
