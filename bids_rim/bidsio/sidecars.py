@@ -36,10 +36,13 @@ LESION_TABLE_COLUMNS: dict[str, dict[str, str]] = {
     "patch_spacing_mm": {"Description": "Isotropic voxel size of this lesion's patch", "Units": "mm"},
     "flag_patch_rescaled": {"Description": "1 when the lesion did not fit the patch at the requested "
                                            "spacing and was sampled coarser so that it fits whole, else 0"},
-    "rim_probability": {"Description": "Calibrated probability that the lesion is a paramagnetic rim "
-                                       "lesion (mean over test-time augmentations and ensemble members)"},
-    "rim_uncertainty": {"Description": "Standard deviation of the rim probability across test-time "
-                                       "augmentations and ensemble members"},
+    "rim_probability": {"Description": "Calibrated (Platt-scaled) probability that the lesion is a "
+                                       "paramagnetic rim lesion: the mean over the model's deterministic "
+                                       "views (by default the final model on the patch and on its "
+                                       "left-right flip)"},
+    "rim_uncertainty": {"Description": "Standard deviation of the rim probability across those views "
+                                       "and Monte Carlo dropout samples of the classifier head (and the "
+                                       "fold models, when the ensemble is used)"},
     "rim_label": {"Description": "1 (rim+) when rim_probability reaches the model's decision threshold, "
                                  "chosen on validation data, else 0"},
 }
