@@ -58,8 +58,11 @@ def test_rim_lesions_have_a_bright_shell_and_others_do_not(phantom_session):
             assert row["qsm_shell_minus_core_ppb"] < 0.0
         # Core is 0 ppm, NAWM −0.02 ppm: +20 ppb.
         assert row["qsm_core_ppb"] == pytest.approx((QSM_LEVELS["lesion_core"] - QSM_LEVELS["wm"]) * 1000, abs=6.0)
-        # Partial volume at the border of 2 mm voxels pulls the lesion mean below its 1.9 interior.
-        assert 1.5 < row["flair_contrast"] < FLAIR_LEVELS["lesion"] / FLAIR_LEVELS["wm"] + 0.02
+        # FLAIR contrast = lesion mean / NAWM median. The interior is 1.9 × WM; partial volume at the
+        # border of 2 mm voxels pulls the mean below it (measured 1.56-1.85 on this phantom), never
+        # down to the 1.0 of normal white matter and never above the interior plus noise.
+        interior_ratio = FLAIR_LEVELS["lesion"] / FLAIR_LEVELS["wm"]
+        assert 1.5 < row["flair_contrast"] < interior_ratio + 0.02
         assert not row["flag_touches_brain_edge"]
         assert not row["flag_confluent"]
 
