@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 
 from bids_rim.training.calibration import (
     calibrated,
     choose_threshold,
     fit_platt,
-    fit_temperature,
     prior_shift_bias,
     sigmoid,
 )
@@ -58,18 +58,26 @@ def test_bootstrap_interval_brackets_the_estimate():
     assert again == (low, high)
 
 
+def _temperature_only(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature of σ(z / T) with the least validation log-loss: what calibration was before Platt."""
+    def nll(log_t: float) -> float:
+        z = logits * np.exp(-log_t)
+        return float(np.sum(np.logaddexp(0.0, z) - labels * z))
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.25), np.log(20.0)), method="bounded").x))
+
+
 def test_temperature_and_threshold_from_validation():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(-1.0, 2.0, 2000)  # calibrated log-odds
     labels = (rng.random(2000) < sigmoid(true_logits)).astype(int)
     overconfident = 4 * true_logits
-    temperature = fit_temperature(overconfident, labels)
-    assert 3.0 < temperature < 5.5
-    calibrated = sigmoid(overconfident / temperature)
-    assert expected_calibration_error(labels, calibrated) < expected_calibration_error(labels, sigmoid(overconfident))
-    threshold = choose_threshold(calibrated, labels)
-    assert lesion_metrics(labels, calibrated, threshold)["f1"] >= lesion_metrics(labels, calibrated, 0.9)["f1"]
-    assert fit_temperature(overconfident, np.zeros(2000)) == 1.0 and choose_threshold(calibrated, np.zeros(2000)) == 0.5
+    temperature, bias = fit_platt(overconfident, labels)
+    assert 3.0 < temperature < 5.5 and abs(bias) < 0.3
+    probabilities = calibrated(overconfident, temperature, bias)
+    assert expected_calibration_error(labels, probabilities) < expected_calibration_error(labels, sigmoid(overconfident))
+    threshold = choose_threshold(probabilities, labels)
+    assert lesion_metrics(labels, probabilities, threshold)["f1"] >= lesion_metrics(labels, probabilities, 0.9)["f1"]
+    assert fit_platt(overconfident, np.zeros(2000)) == (1.0, 0.0) and choose_threshold(probabilities, np.zeros(2000)) == 0.5
 
 
 def test_platt_bias_undoes_a_balanced_training_prior_that_temperature_cannot():
@@ -78,7 +86,7 @@ def test_platt_bias_undoes_a_balanced_training_prior_that_temperature_cannot():
     labels = (rng.random(3000) < sigmoid(true_logits)).astype(int)
     shift = prior_shift_bias(labels.mean())  # what a class-balanced sampler adds: logit(0.5) - logit(pi)
     balanced = true_logits - shift  # the same ranking, centred as if rim+ were half of the lesions
-    temperature_only = sigmoid(balanced / fit_temperature(balanced, labels))
+    temperature_only = sigmoid(balanced / _temperature_only(balanced, labels))
     temperature, bias = fit_platt(balanced, labels, shift)
     platt = calibrated(balanced, temperature, bias)
     assert 0.8 < temperature < 1.25 and abs(bias - shift) < 0.3

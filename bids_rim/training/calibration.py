@@ -12,7 +12,6 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.metrics import precision_recall_curve
 
-_TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(20.0), 400))
 # Prior on the Platt parameters (Gaussian, in units of log T and of the bias): with a handful of
 # validation rim+ lesions the fit stays near the analytic prior correction instead of chasing noise.
 _PRIOR_SD = 1.0
@@ -36,21 +35,6 @@ def prior_shift_bias(train_prevalence: float, sampled_prevalence: float = 0.5) -
     """
     prevalence = float(np.clip(train_prevalence, 1e-4, 1 - 1e-4))
     return logit(prevalence) - logit(sampled_prevalence)
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature ``T`` minimising the validation negative log-likelihood of ``σ(z / T)`` (no bias).
-
-    A deterministic search over 400 log-spaced values in [0.25, 20]; 1.0 when the labels hold
-    only one class. Kept for models whose training prior already matches the data.
-    """
-    logits, labels = np.asarray(logits, float), np.asarray(labels, float)
-    if len(np.unique(labels)) < 2:
-        return 1.0
-    eps = 1e-7
-    probabilities = sigmoid(logits[None, :] / _TEMPERATURES[:, None]).clip(eps, 1 - eps)
-    nll = -(labels * np.log(probabilities) + (1 - labels) * np.log(1 - probabilities)).mean(1)
-    return float(_TEMPERATURES[int(np.argmin(nll))])
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, prior_bias: float = 0.0) -> tuple[float, float]:
