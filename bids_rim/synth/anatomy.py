@@ -235,6 +235,10 @@ def _ventricle_box_vox(template: MniTemplate) -> np.ndarray:
     return np.array([[b.start - 1, b.stop] for b in found], dtype=np.float32)
 
 
+#: Voxel stride of the coarse search for each nucleus' bounding box (see :func:`_voxel_box_of`).
+NUCLEUS_SEARCH_STRIDE = 4
+
+
 def deep_nuclei_fractions(mni_mm: np.ndarray, voxel_mm: float) -> dict[str, np.ndarray]:
     """Soft (partial-volume) membership of each deep grey nucleus, both hemispheres merged."""
     out: dict[str, np.ndarray] = {}
@@ -253,9 +257,6 @@ def deep_nuclei_fractions(mni_mm: np.ndarray, voxel_mm: float) -> dict[str, np.n
                                    np.clip((1 - radius) * min(axes) / voxel_mm + 0.5, 0, 1))
         out[name] = frac
     return out
-
-
-NUCLEUS_SEARCH_STRIDE = 4
 
 
 def _voxel_box_of(mni_mm: np.ndarray, lo: np.ndarray, hi: np.ndarray, coarse: np.ndarray
