@@ -253,8 +253,8 @@ class LesionTableAndPatches(SimpleInterface):
     def _run_interface(self, runtime):
         import pandas as pd
 
-        from bids_rim.preproc.features import lesion_table
-        from bids_rim.preproc.normalise import nawm_mask, nawm_median
+        from bids_rim.preproc.features import lesion_table, ventricle_mask
+        from bids_rim.preproc.normalise import brain_depth_mm, flair_tissue_classes, nawm_mask, nawm_median
         from bids_rim.preproc.patches import extract_patches, save_patches
 
         qsm = _load(self.inputs.qsm)
@@ -262,9 +262,13 @@ class LesionTableAndPatches(SimpleInterface):
         labels = _load(self.inputs.labels)
         brain = _load(self.inputs.brain_mask)
         lesion_mask = nib.Nifti1Image((np.asarray(labels.dataobj) > 0).astype(np.uint8), labels.affine)
-        nawm = nawm_mask(flair, brain, lesion_mask, seed=self.inputs.seed)
+        # The FLAIR tissue classes and the brain depth serve both NAWM and the ventricles.
+        classes = flair_tissue_classes(flair, brain, seed=self.inputs.seed)
+        depth_mm = brain_depth_mm(brain)
+        nawm = nawm_mask(flair, brain, lesion_mask, classes=classes, depth_mm=depth_mm)
+        ventricles = ventricle_mask(flair, brain, classes=classes, depth_mm=depth_mm)
         label_table = pd.read_csv(self.inputs.label_table, sep="\t")
-        table = lesion_table(qsm, flair, labels, brain, nawm=nawm, label_table=label_table)
+        table = lesion_table(qsm, flair, labels, brain, nawm=nawm, ventricles=ventricles, label_table=label_table)
         patches, patch_info = extract_patches(
             qsm, flair, labels, qsm_reference_ppm=nawm_median(qsm, nawm), flair_reference=nawm_median(flair, nawm),
             patch_size=self.inputs.patch_size, spacing_mm=self.inputs.patch_spacing_mm,

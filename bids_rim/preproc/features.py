@@ -23,9 +23,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from .lesions import voxel_sizes_mm
-from .normalise import EDGE_MARGIN_MM, flair_tissue_classes, nawm_mask, nawm_median
+from .normalise import EDGE_MARGIN_MM, TissueClasses, brain_depth_mm, flair_tissue_classes, nawm_mask, nawm_median
 
 MIN_VENTRICLE_VOLUME_MM3 = 500.0
 PPM_TO_PPB = 1000.0
@@ -42,13 +43,26 @@ LESION_TABLE_COLUMNS = [
 ]
 
 
-def ventricle_mask(flair: nib.Nifti1Image, brain_mask: nib.Nifti1Image, *, seed: int = 0) -> nib.Nifti1Image:
-    """Estimate the lateral ventricles from FLAIR (see the module docstring for the rule)."""
+def ventricle_mask(
+    flair: nib.Nifti1Image,
+    brain_mask: nib.Nifti1Image,
+    *,
+    seed: int = 0,
+    classes: TissueClasses | None = None,
+    depth_mm: np.ndarray | None = None,
+) -> nib.Nifti1Image:
+    """Estimate the lateral ventricles from FLAIR (see the module docstring for the rule).
+
+    ``classes`` and ``depth_mm`` (:func:`~bids_rim.preproc.normalise.brain_depth_mm`) may be
+    passed when the caller has them already.
+    """
     zooms = voxel_sizes_mm(flair)
     brain = np.asarray(brain_mask.dataobj) > 0
     data = np.asarray(flair.dataobj, dtype=np.float32)
-    classes = flair_tissue_classes(flair, brain_mask, seed=seed)
-    depth_mm = ndimage.distance_transform_edt(np.pad(brain, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
+    if classes is None:
+        classes = flair_tissue_classes(flair, brain_mask, seed=seed)
+    if depth_mm is None:
+        depth_mm = brain_depth_mm(brain_mask)
     csf = brain & (data < classes.csf_wm_boundary) & (depth_mm >= EDGE_MARGIN_MM)
     labels, count = ndimage.label(csf, structure=np.ones((3, 3, 3)))
     ventricles = np.zeros_like(brain)
@@ -93,16 +107,19 @@ def lesion_table(
     flair = np.asarray(flair_on_qsm.dataobj, dtype=np.float64)
     label_data = np.asarray(labels.dataobj).astype(np.int64)
     brain = np.asarray(brain_mask.dataobj) > 0
-    if nawm is None:
-        nawm = nawm_mask(flair_on_qsm, brain_mask, labels)
+    if nawm is None or ventricles is None:
+        classes = flair_tissue_classes(flair_on_qsm, brain_mask)
+        depth_mm = brain_depth_mm(brain_mask)
+        if nawm is None:
+            nawm = nawm_mask(flair_on_qsm, brain_mask, labels, classes=classes, depth_mm=depth_mm)
+        if ventricles is None:
+            ventricles = ventricle_mask(flair_on_qsm, brain_mask, classes=classes, depth_mm=depth_mm)
     qsm_reference = nawm_median(qsm, nawm)
     flair_reference = nawm_median(flair_on_qsm, nawm)
-    if ventricles is None:
-        ventricles = ventricle_mask(flair_on_qsm, brain_mask)
     ventricle_data = np.asarray(ventricles.dataobj) > 0
-    distance_to_ventricles = (
-        ndimage.distance_transform_edt(~ventricle_data, sampling=zooms) if ventricle_data.any() else None
-    )
+    # Nearest ventricle voxel of each lesion voxel, in the same voxel-index × voxel-size
+    # millimetres as the distance transforms (a k-d tree: only lesion voxels are queried).
+    ventricle_tree = cKDTree(np.argwhere(ventricle_data) * zooms) if ventricle_data.any() else None
     confluent = {} if label_table is None else dict(zip(label_table["lesion_id"], label_table["flag_confluent"]))
 
     band_mm = max(shell_mm, float(zooms.max()))
@@ -131,10 +148,11 @@ def lesion_table(
         touches_edge = bool(np.any(grown & ~brain[box])) or any(
             s.start == 0 or s.stop == n for s, n in zip(bbox, label_data.shape)
         )
-        if distance_to_ventricles is None:
+        if ventricle_tree is None:
             ventricle_mm = np.nan
         else:
-            ventricle_mm = float(distance_to_ventricles[box][lesion].min())
+            lesion_mm = (np.argwhere(lesion) + np.array([s.start for s in box])) * zooms
+            ventricle_mm = float(ventricle_tree.query(lesion_mm, k=1)[0].min())
         records.append({
             "lesion_id": lesion_id,
             "centroid_i": centroid_ijk[0], "centroid_j": centroid_ijk[1], "centroid_k": centroid_ijk[2],

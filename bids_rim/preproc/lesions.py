@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .normalise import flair_tissue_classes, nawm_mask
+from .normalise import brain_depth_mm, flair_tissue_classes, nawm_mask
 
 #: Volume of a sphere 3 mm in diameter (NAIMS consensus minimum lesion size), mm³.
 NAIMS_MIN_VOLUME_MM3 = 14.1
@@ -82,19 +82,18 @@ def segment_lesions_flair(
     not a trained segmenter: it misses faint lesions and lesions in the cortical ribbon and can
     catch bright grey matter. Use a rater's mask whenever one exists.
     """
-    zooms = voxel_sizes_mm(flair_on_qsm)
-    brain = np.asarray(brain_mask.dataobj) > 0
     data = np.asarray(flair_on_qsm.dataobj, dtype=np.float32)
-    nawm = np.asarray(nawm_mask(flair_on_qsm, brain_mask, seed=seed).dataobj) > 0
+    classes = flair_tissue_classes(flair_on_qsm, brain_mask, seed=seed)
+    depth_mm = brain_depth_mm(brain_mask)
+    nawm = np.asarray(nawm_mask(flair_on_qsm, brain_mask, classes=classes, depth_mm=depth_mm).dataobj) > 0
     if not nawm.any():
         raise ValueError("no normal-appearing white matter found; cannot segment lesions")
     wm_values = data[nawm]
     median = float(np.median(wm_values))
     robust_sd = 1.4826 * float(np.median(np.abs(wm_values - median)))
-    gm_level = flair_tissue_classes(flair_on_qsm, brain_mask, seed=seed).gm_level
+    gm_level = classes.gm_level
     threshold = max(min_ratio_to_nawm * median, gm_level + z_threshold * robust_sd)
     smoothed = ndimage.gaussian_filter(data, sigma=0.5)
-    depth_mm = ndimage.distance_transform_edt(np.pad(brain, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
     lesion = (smoothed > threshold) & (depth_mm >= edge_margin_mm)
     lesion = remove_small_components(lesion, min_volume_mm3 / voxel_volume_mm3(flair_on_qsm), _structure(26))
     return nib.Nifti1Image(lesion.astype(np.uint8), flair_on_qsm.affine)

@@ -51,28 +51,57 @@ def flair_tissue_classes(flair: nib.Nifti1Image, brain_mask: nib.Nifti1Image, *,
     return TissueClasses(float(centres[:2].mean()), float(centres[1:].mean()), float(centres[2]))
 
 
+def brain_depth_mm(brain_mask: nib.Nifti1Image) -> np.ndarray:
+    """Distance (mm) of every voxel from the nearest voxel outside the brain mask (0 outside).
+
+    The array is padded by one voxel so that a brain touching the field of view still has an
+    outside. Computed once per session and shared (:func:`nawm_mask`, the ventricle estimate):
+    a Euclidean distance transform of a whole 0.7 mm brain costs about a second.
+    """
+    brain = np.asarray(brain_mask.dataobj) > 0
+    return ndimage.distance_transform_edt(np.pad(brain, 1), sampling=_zooms(brain_mask))[1:-1, 1:-1, 1:-1]
+
+
+def within_distance(mask: np.ndarray, zooms: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Voxels whose centre lies at most ``radius_mm`` from the centre of a ``mask`` voxel.
+
+    A binary dilation by the ellipsoid of voxel offsets within ``radius_mm`` (anisotropic voxels
+    allowed): the same set as thresholding a distance transform, at a fraction of its cost.
+    """
+    half = np.floor(radius_mm / np.asarray(zooms)).astype(int)
+    offsets = np.indices(2 * half + 1).reshape(3, -1).T - half
+    inside = np.linalg.norm(offsets * np.asarray(zooms), axis=1) <= radius_mm
+    structure = np.zeros(2 * half + 1, dtype=bool)
+    structure[tuple((offsets[inside] + half).T)] = True
+    return ndimage.binary_dilation(mask, structure)
+
+
 def nawm_mask(
     flair: nib.Nifti1Image,
     brain_mask: nib.Nifti1Image,
     lesion_mask: nib.Nifti1Image | None = None,
     *,
     seed: int = 0,
+    classes: TissueClasses | None = None,
+    depth_mm: np.ndarray | None = None,
 ) -> nib.Nifti1Image:
     """Normal-appearing white matter on the FLAIR/QSM grid (uint8 0/1).
 
     WM-class FLAIR voxels (between the CSF/WM and WM/GM boundaries of
-    :func:`flair_tissue_classes`) that are at least ``EDGE_MARGIN_MM`` inside the brain and at
-    least ``LESION_MARGIN_MM`` away from any lesion.
+    :func:`flair_tissue_classes`) that are at least ``EDGE_MARGIN_MM`` inside the brain and
+    more than ``LESION_MARGIN_MM`` away from any lesion. ``classes`` and ``depth_mm``
+    (:func:`brain_depth_mm`) may be passed when the caller has them already.
     """
     zooms = _zooms(flair)
-    brain = np.asarray(brain_mask.dataobj) > 0
-    depth_mm = ndimage.distance_transform_edt(np.pad(brain, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
+    if depth_mm is None:
+        depth_mm = brain_depth_mm(brain_mask)
     candidate = depth_mm >= EDGE_MARGIN_MM
     if lesion_mask is not None:
         lesions = np.asarray(lesion_mask.dataobj) > 0
         if lesions.any():
-            candidate &= ndimage.distance_transform_edt(~lesions, sampling=zooms) > LESION_MARGIN_MM
-    classes = flair_tissue_classes(flair, brain_mask, seed=seed)
+            candidate &= ~within_distance(lesions, zooms, LESION_MARGIN_MM)
+    if classes is None:
+        classes = flair_tissue_classes(flair, brain_mask, seed=seed)
     data = np.asarray(flair.dataobj, dtype=np.float32)
     nawm = candidate & (data > classes.csf_wm_boundary) & (data < classes.wm_gm_boundary)
     return nib.Nifti1Image(nawm.astype(np.uint8), flair.affine)
