@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
                     args.subjects, args.sites, bids_dir)
         summary = generate_cohort(bids_dir, n_subjects=args.subjects, n_sites=args.sites, n_sessions=1,
                                   difficulty="realistic", size=args.size, seed=args.seed, progress=True)
-        LOGGER.info("Cohort: %s", summary)
+        LOGGER.info("Cohort: %d lesions, %d truly rim+ (prevalence %.2f); the oracle's PR AUC (the "
+                    "ceiling any method can reach) is %.2f; the truth is in %s",
+                    summary.n_lesions, summary.n_rim_positive, summary.lesion_prevalence,
+                    summary.oracle_pr_auc, bids_dir / "sourcedata")
     common = [str(bids_dir), str(output_dir)]
     execution = ["--work-dir", str(work_dir), "--nprocs", str(args.nprocs), "--omp-nthreads", "1",
                  "--seed", str(args.seed)]
