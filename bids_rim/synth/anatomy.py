@@ -177,56 +177,76 @@ def draw_head_pose(rng: np.random.Generator, anatomy: AnatomyParams) -> np.ndarr
     return pose
 
 
+@dataclass(frozen=True)
+class NucleusFraction:
+    """Partial volume of one deep grey nucleus (both hemispheres) inside its grid box."""
+
+    box: tuple[slice, slice, slice]
+    fraction: np.ndarray        # float 0..1, shape of the box
+
+
 @dataclass
 class AnatomyMaps:
     """Tissue maps of one session on the QSM grid (scanner world)."""
 
-    mni_mm: np.ndarray          # (3, *shape) MNI coordinates of every voxel
     brain: np.ndarray           # float 0..1
     wm: np.ndarray
     gm: np.ndarray
     csf: np.ndarray
     ventricles: np.ndarray
-    deep_gm: np.ndarray         # float 0..1, union of the nuclei
-    deep_nuclei: dict[str, np.ndarray]  # per nucleus (order of DEEP_NUCLEI), float 0..1
-    t1_head: np.ndarray         # template T1 (WM = 1) for tissue outside the brain
+    deep_nuclei: dict[str, NucleusFraction | None]  # order of DEEP_NUCLEI; None: off the grid
+    t1_head: np.ndarray         # template T1 (WM = 1), used for tissue outside the brain
 
 
 def render_anatomy(subject: SubjectAnatomy, pose: np.ndarray, affine: np.ndarray,
                    shape: tuple[int, int, int]) -> AnatomyMaps:
-    """Sample the warped template on a grid (affine: voxel -> scanner mm)."""
+    """Sample the warped template on a grid (affine: voxel -> scanner mm).
+
+    The warp is evaluated on every 4th voxel and interpolated linearly; the template-voxel
+    coordinates are interpolated directly (the MNI-to-template-voxel map is affine, so this is
+    the same as interpolating MNI mm and converting, without three more full-size arrays).
+    Grey and white matter are sampled only inside the brain, the ventricles only inside the
+    grid box that holds the template's ventricle box.
+    """
     template = load_mni_template()
     coarse_idx = [np.linspace(0, n - 1, max(2, int(np.ceil(n / 4)) + 1)) for n in shape]
     ijk = np.stack(np.meshgrid(*coarse_idx, indexing="ij")).reshape(3, -1)
     x = affine[:3, :3] @ ijk + affine[:3, 3:4]
     inv_pose = np.linalg.inv(pose)
     y = inv_pose[:3, :3] @ x + inv_pose[:3, 3:4]
-    m_coarse = subject.y_to_mni(y).reshape((3, *[len(c) for c in coarse_idx])).astype(np.float32)
-    mni_mm = np.stack([upsample_to(c, shape) for c in m_coarse])
-    inv_t = np.linalg.inv(template.affine).astype(np.float32)
-    vox = np.einsum("ij,j...->i...", inv_t[:3, :3], mni_mm) + inv_t[:3, 3].reshape(3, 1, 1, 1)
+    inv_t = np.linalg.inv(template.affine)
+    vox_coarse = (inv_t[:3, :3] @ subject.y_to_mni(y) + inv_t[:3, 3:4]).reshape(
+        (3, *[len(c) for c in coarse_idx])).astype(np.float32)
+    vox = np.empty((3, *shape), dtype=np.float32)
+    for axis in range(3):
+        upsample_to(vox_coarse[axis], shape, out=vox[axis])
 
-    def sample(volume: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
-        """Linear sampling; only at ``where`` (the rest is 0) when given, which saves time."""
-        if where is None:
-            return ndimage.map_coordinates(volume, vox, order=1, mode="constant", cval=0.0,
-                                           prefilter=False).astype(np.float32)
-        out = np.zeros(shape, dtype=np.float32)
-        out[where] = ndimage.map_coordinates(volume, vox[:, where], order=1, mode="constant",
-                                             cval=0.0, prefilter=False)
-        return out
+    def sample(volume: np.ndarray, points: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(volume, points, order=1, mode="constant", cval=0.0,
+                                       prefilter=False, output=np.float32)
 
-    brain = sample(template.brain)
+    brain = sample(template.brain, vox)
     in_brain = brain > 0
-    gm, wm = sample(template.gm, in_brain), sample(template.wm, in_brain)
-    csf = np.clip(brain - gm - wm, 0.0, 1.0)
-    ventricle_box = _ventricle_box_vox(template)
-    near_ventricles = in_brain & np.all((vox >= ventricle_box[:, :1, None, None])
-                                        & (vox <= ventricle_box[:, 1:, None, None]), axis=0)
-    deep_gm = deep_nuclei_fractions(mni_mm, float(np.abs(affine[:3, :3]).max()))
-    return AnatomyMaps(mni_mm, brain, wm, gm, csf, sample(template.ventricles, near_ventricles),
-                       np.clip(sum(deep_gm.values()), 0, 1) * brain, deep_gm,
-                       sample(template.t1, brain < 1))  # t1 serves only outside the brain
+    points = vox[:, in_brain]
+    gm, wm = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
+    gm[in_brain], wm[in_brain] = sample(template.gm, points), sample(template.wm, points)
+    del points
+    csf = brain - gm
+    csf -= wm
+    np.clip(csf, 0.0, 1.0, out=csf)
+    ventricles = np.zeros(shape, dtype=np.float32)
+    # the template's ventricles are 0 outside this box (one voxel of margin each side)
+    bounds = _ventricle_box_vox(template)
+    found = _grid_box_inside(vox, _strided(vox), lambda v: v, bounds[:, 0] - 1, bounds[:, 1] + 1)
+    if found is not None:
+        box, box_vox = found
+        near = in_brain[box]
+        ventricles[box][near] = sample(template.ventricles, box_vox[:, near])
+    # t1 serves only outside the brain, but three quarters of a full-size grid lie there:
+    # sampling every voxel is cheaper than gathering the points outside
+    t1_head = sample(template.t1, vox)
+    nuclei = deep_nuclei_fractions(vox, template.affine, float(np.abs(affine[:3, :3]).max()))
+    return AnatomyMaps(brain, wm, gm, csf, ventricles, nuclei, t1_head)
 
 
 def _ventricle_box_vox(template: MniTemplate) -> np.ndarray:
@@ -239,33 +259,59 @@ def _ventricle_box_vox(template: MniTemplate) -> np.ndarray:
 NUCLEUS_SEARCH_STRIDE = 4
 
 
-def deep_nuclei_fractions(mni_mm: np.ndarray, voxel_mm: float) -> dict[str, np.ndarray]:
-    """Soft (partial-volume) membership of each deep grey nucleus, both hemispheres merged."""
-    out: dict[str, np.ndarray] = {}
-    coarse = mni_mm[:, ::NUCLEUS_SEARCH_STRIDE, ::NUCLEUS_SEARCH_STRIDE, ::NUCLEUS_SEARCH_STRIDE]
+def deep_nuclei_fractions(vox: np.ndarray, template_affine: np.ndarray, voxel_mm: float
+                          ) -> dict[str, NucleusFraction | None]:
+    """Soft (partial-volume) membership of each deep grey nucleus, both hemispheres merged.
+
+    ``vox`` (3, *shape) holds the template-voxel coordinates of every grid voxel; MNI mm are
+    derived from them (``template_affine``) only where a nucleus is searched or painted. Each
+    hemisphere is painted inside the box of voxels within 2 mm of its ellipsoid's bounding box.
+    """
+    def to_mni(points: np.ndarray) -> np.ndarray:
+        return (np.tensordot(template_affine[:3, :3], points, axes=1)
+                + template_affine[:3, 3].reshape(3, 1, 1, 1))
+
+    coarse = to_mni(_strided(vox))
+    out: dict[str, NucleusFraction | None] = {}
     for name, centre, axes, _ in DEEP_NUCLEI:
-        frac = np.zeros(mni_mm.shape[1:], dtype=np.float32)
+        sides = []
         for side in (1.0, -1.0):
             c = np.array([side * centre[0], centre[1], centre[2]])
-            lo, hi = c - np.array(axes) - 2, c + np.array(axes) + 2
-            box = _voxel_box_of(mni_mm, lo, hi, coarse)
-            if box is None:
-                continue
-            rel = [(mni_mm[a][box] - c[a]) / axes[a] for a in range(3)]
+            found = _grid_box_inside(vox, coarse, to_mni, c - np.array(axes) - 2,
+                                     c + np.array(axes) + 2)
+            if found is not None:
+                sides.append((c, *found))
+        if not sides:
+            out[name] = None
+            continue
+        union = tuple(slice(min(b[a].start for _, b, _ in sides), max(b[a].stop for _, b, _ in sides))
+                      for a in range(3))
+        frac = np.zeros(tuple(u.stop - u.start for u in union), dtype=np.float32)
+        for c, box, mni in sides:
+            local = tuple(slice(b.start - u.start, b.stop - u.start) for b, u in zip(box, union))
+            rel = [(mni[a] - c[a]) / axes[a] for a in range(3)]
             radius = np.sqrt(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2)
-            frac[box] = np.maximum(frac[box],
-                                   np.clip((1 - radius) * min(axes) / voxel_mm + 0.5, 0, 1))
-        out[name] = frac
+            frac[local] = np.maximum(frac[local],
+                                     np.clip((1 - radius) * min(axes) / voxel_mm + 0.5, 0, 1))
+        out[name] = NucleusFraction(union, frac)
     return out
 
 
-def _voxel_box_of(mni_mm: np.ndarray, lo: np.ndarray, hi: np.ndarray, coarse: np.ndarray
-                  ) -> tuple[slice, ...] | None:
-    """Smallest voxel box holding every voxel whose MNI point lies strictly inside (lo, hi).
+def _strided(vox: np.ndarray) -> np.ndarray:
+    """Every ``NUCLEUS_SEARCH_STRIDE``-th voxel of a (3, *shape) coordinate array."""
+    return vox[(slice(None), *(slice(None, None, NUCLEUS_SEARCH_STRIDE),) * 3)]
 
-    Searched first on every ``NUCLEUS_SEARCH_STRIDE``-th voxel (``coarse``) with the MNI box
-    grown by the largest MNI step between strided neighbours, then exactly inside the found
-    region: the same box as a search of the whole grid, at a fraction of its cost.
+
+def _grid_box_inside(vox: np.ndarray, coarse: np.ndarray, convert, lo: np.ndarray,
+                     hi: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """Smallest grid box holding every voxel whose point ``convert(vox)`` lies strictly inside
+    (lo, hi), with the converted points of the voxels in that box.
+
+    Searched first on every ``NUCLEUS_SEARCH_STRIDE``-th voxel (``coarse`` =
+    ``convert(_strided(vox))``) with the box grown by the largest step between strided
+    neighbours, then exactly inside the found region: the same box as a search of the whole
+    grid, at a fraction of its cost. ``convert`` maps template-voxel coordinates (3, ...) to
+    the space of ``lo`` and ``hi`` (an affine map).
     """
     s = NUCLEUS_SEARCH_STRIDE
     steps = [np.abs(np.diff(coarse, axis=a)).max(initial=0.0) for a in (1, 2, 3)]
@@ -276,10 +322,12 @@ def _voxel_box_of(mni_mm: np.ndarray, lo: np.ndarray, hi: np.ndarray, coarse: np
         return None
     idx = np.nonzero(near)
     region = tuple(slice(max(0, i.min() * s - s), min(n, i.max() * s + s + 1))
-                   for i, n in zip(idx, mni_mm.shape[1:]))
-    sub = mni_mm[(slice(None), *region)]
+                   for i, n in zip(idx, vox.shape[1:]))
+    sub = convert(vox[(slice(None), *region)])
     inside = np.all((sub > lo[:, None, None, None]) & (sub < hi[:, None, None, None]), axis=0)
     if not inside.any():
         return None
     found = np.nonzero(inside)
-    return tuple(slice(r.start + i.min(), r.start + i.max() + 1) for i, r in zip(found, region))
+    local = tuple(slice(i.min(), i.max() + 1) for i in found)
+    box = tuple(slice(r.start + k.start, r.start + k.stop) for k, r in zip(local, region))
+    return box, sub[(slice(None), *local)]

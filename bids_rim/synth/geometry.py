@@ -82,25 +82,34 @@ def resample(volume: np.ndarray, source_affine: np.ndarray, target_affine: np.nd
                                     order=order, mode="constant", cval=cval, prefilter=False)
 
 
-def upsample_to(coarse: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Linear interpolation of a coarse array onto ``shape`` (corners aligned).
+def upsample_to(coarse: np.ndarray, shape: tuple[int, ...], out: np.ndarray | None = None
+                ) -> np.ndarray:
+    """Linear interpolation of a coarse array onto ``shape`` (corners aligned), float32.
 
     Separable: one two-tap interpolation per axis, which gives what ``ndimage.zoom(order=1,
-    grid_mode=False)`` gives (up to float32 rounding) at a fraction of its cost.
+    grid_mode=False)`` gives (up to float32 rounding) at a fraction of its cost. Each output
+    plane along an axis is ``low + (high - low) * weight`` of two input planes, written in
+    place; the last axis is expanded first and the first axis last, so the full-size pass
+    writes whole contiguous planes (into ``out`` when given).
     """
-    out = np.asarray(coarse, dtype=np.float32)
-    for axis, n in enumerate(shape):
-        n_in = out.shape[axis]
+    result = np.asarray(coarse, dtype=np.float32)
+    for axis in reversed(range(len(shape))):
+        n, n_in = shape[axis], result.shape[axis]
         position = np.linspace(0.0, n_in - 1.0, n) if n_in > 1 else np.zeros(n)
         below = np.clip(np.floor(position).astype(int), 0, max(n_in - 2, 0))
         weight = (position - below).astype(np.float32)
-        above = np.minimum(below + 1, n_in - 1)
-        expand = [None] * out.ndim
-        expand[axis] = slice(None)
-        weight = weight[tuple(expand)]
-        out = (np.take(out, below, axis=axis) * (1 - weight)
-               + np.take(out, above, axis=axis) * weight)
-    return out
+        target_shape = (*result.shape[:axis], n, *result.shape[axis + 1:])
+        target = out if axis == 0 and out is not None else np.empty(target_shape, np.float32)
+        source, dest = np.moveaxis(result, axis, 0), np.moveaxis(target, axis, 0)
+        if n_in == 1:
+            dest[...] = source[0]
+        else:
+            step = np.moveaxis(np.diff(result, axis=axis), axis, 0)
+            for i, (low, w) in enumerate(zip(below, weight)):
+                np.multiply(step[low], w, out=dest[i])
+                dest[i] += source[low]
+        result = target
+    return result
 
 
 def smooth_random_field(rng: np.random.Generator, shape: tuple[int, int, int],
@@ -113,4 +122,6 @@ def smooth_random_field(rng: np.random.Generator, shape: tuple[int, int, int],
     coarse_shape = tuple(int(np.ceil(n / step)) + 1 for n in shape)
     coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape), 1.0, mode="wrap")
     coarse = (coarse / (coarse.std() + 1e-12)).astype(np.float32)
-    return (sd * upsample_to(coarse, shape)).astype(np.float32)
+    field = upsample_to(coarse, shape)
+    field *= np.float32(sd)
+    return field

@@ -57,16 +57,23 @@ class DipoleModel:
         self.padded = _padded_shape(shape, pad)
         self.kernel = dipole_kernel(self.padded, spacing_mm)
         power = self.kernel ** 2
-        self.contrast_kept = float(np.mean((power / (power + tikhonov_lambda))[power > 0]))
-        self.inverse = (self.kernel / (power + tikhonov_lambda) / self.contrast_kept
-                        ).astype(np.float32)
+        power += np.float32(tikhonov_lambda)
+        kept = self.kernel ** 2
+        kept /= power  # 0 where the kernel is 0, so the sum runs over the rest
+        self.contrast_kept = float(kept.sum(dtype=np.float64) / np.count_nonzero(self.kernel))
+        del kept
+        self.inverse = self.kernel / power
+        self.inverse /= np.float32(self.contrast_kept)
         self.workers = fft_workers() if workers is None else workers
 
     def _apply(self, volume: np.ndarray, operator: np.ndarray) -> np.ndarray:
-        spectrum = fft.rfftn(volume.astype(np.float32), s=self.padded, workers=self.workers)
+        spectrum = fft.rfftn(np.asarray(volume, dtype=np.float32), s=self.padded,
+                             workers=self.workers)
         spectrum *= operator
-        out = fft.irfftn(spectrum, s=self.padded, workers=self.workers)
-        return out[tuple(slice(0, n) for n in self.shape)].astype(np.float32)
+        out = fft.irfftn(spectrum, s=self.padded, workers=self.workers, overwrite_x=True)
+        # a view of the grid's corner, not a copy: a fresh full-size array costs more than the
+        # padding it keeps alive
+        return out[tuple(slice(0, n) for n in self.shape)]
 
     def field_ppm(self, chi_ppm: np.ndarray) -> np.ndarray:
         """Local field shift (ppm of B0) created by a susceptibility map."""
@@ -74,7 +81,9 @@ class DipoleModel:
 
     def invert(self, field_ppm: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Tikhonov-regularised, underestimation-corrected inversion of the masked field."""
-        return self._apply(field_ppm * mask, self.inverse) * mask
+        out = self._apply(field_ppm * mask, self.inverse)
+        out *= mask
+        return out
 
     def noise_gain(self) -> float:
         """RMS gain of the inversion for white field noise (noise_chi = gain * noise_field)."""

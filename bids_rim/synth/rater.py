@@ -15,20 +15,59 @@ def missed_lesions(rng: np.random.Generator, lesions: list[Lesion], params: Rate
             and rng.uniform() < params.missed_small_lesion_prob}
 
 
+#: The rater's threshold wobbles smoothly: white noise filtered by a Gaussian of this SD
+#: (FLAIR voxels), scaled to an SD of ``WOBBLE_SD``.
+WOBBLE_SIGMA_VOX = 2.0
+WOBBLE_SD = 0.1
+#: Below this partial volume no threshold (clipped to 0.1-0.9) can mark a voxel.
+LOWEST_THRESHOLD = 0.1
+
+
 def rater_mask(rng: np.random.Generator, lesion_fraction: np.ndarray, lesion_labels: np.ndarray,
                missed: set[int], params: RaterParams) -> np.ndarray:
     """Binary mask: the partial-volume map thresholded at a rater-specific, slightly varying level.
 
     A threshold below 0.5 dilates the edges, above 0.5 erodes them; missed lesions are removed.
+    Only the box around the lesions can be marked, so the wobble is drawn there alone (on the
+    box grown by the filter's reach, so that inside the box it is the same Gaussian field as
+    one drawn on the whole grid) and scaled by the filter's exact interior gain.
     """
     threshold = rng.uniform(*params.mask_threshold)
-    wobble = ndimage.gaussian_filter(rng.standard_normal(lesion_fraction.shape).astype(np.float32), 2.0)
-    wobble *= 0.1 / (wobble.std() + 1e-9)
-    mask = lesion_fraction > np.clip(threshold + wobble, 0.1, 0.9)
+    mask = np.zeros(lesion_fraction.shape, dtype=np.uint8)
+    box = _bounding_box((lesion_fraction > LOWEST_THRESHOLD) | (lesion_labels > 0), margin=1)
+    if box is None:
+        return mask
+    reach = int(4.0 * WOBBLE_SIGMA_VOX + 0.5)  # gaussian_filter's default truncation
+    outer = tuple(slice(max(0, b.start - reach), min(n, b.stop + reach))
+                  for b, n in zip(box, lesion_fraction.shape))
+    noise = rng.standard_normal(tuple(o.stop - o.start for o in outer), dtype=np.float32)
+    inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer))
+    wobble = ndimage.gaussian_filter(noise, WOBBLE_SIGMA_VOX)[inner]
+    wobble *= np.float32(WOBBLE_SD / _filtered_noise_sd(WOBBLE_SIGMA_VOX, reach))
+    marked = lesion_fraction[box] > np.clip(threshold + wobble, LOWEST_THRESHOLD, 0.9)
     if missed:
-        near_missed = ndimage.grey_dilation(np.isin(lesion_labels, list(missed)), size=3)
-        mask &= ~near_missed
-    return mask.astype(np.uint8)
+        marked &= ~ndimage.grey_dilation(np.isin(lesion_labels[box], list(missed)), size=3)
+    mask[box] = marked
+    return mask
+
+
+def _filtered_noise_sd(sigma: float, reach: int) -> float:
+    """SD of unit white noise after a separable 3-D Gaussian filter (truncated at ``reach``)."""
+    x = np.arange(-reach, reach + 1)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    return float(np.sum(kernel ** 2) ** 1.5)
+
+
+def _bounding_box(selected: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """Box around the True voxels, grown by ``margin`` voxels (within the grid); None if none."""
+    bounds = []
+    for axis, n in enumerate(selected.shape):
+        hits = np.flatnonzero(selected.any(axis=tuple(a for a in range(selected.ndim) if a != axis)))
+        if not len(hits):
+            return None
+        bounds.append(slice(max(0, hits[0] - margin), min(n, hits[-1] + 1 + margin)))
+    return tuple(bounds)
 
 
 def rater_rim_label(rng: np.random.Generator, lesion: Lesion, expected_cnr: float,

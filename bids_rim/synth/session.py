@@ -93,11 +93,13 @@ def simulate_session(subject: SubjectAnatomy, lesions: list[Lesion], veins: list
     best = np.zeros(shape, dtype=np.float32)
     rim_total = np.zeros(shape, dtype=np.float32)
     rim_chi_ppm = np.zeros(shape, dtype=np.float32)
+    lesion_boxes = []  # where the lesions' partial volume may be > 0
     for lesion in lesions:
         fr = lesion_fractions(lesion, pose, affine, shape)
         if fr is None:
             continue
         b = fr.box
+        lesion_boxes.append(b)
         tissue_here = (1 - anat.ventricles[b]) * (anat.brain[b] > 0.5)
         f = fr.lesion * tissue_here
         rim = fr.rim * tissue_here  # fr.rim already holds its own partial volume
@@ -140,56 +142,72 @@ def simulate_session(subject: SubjectAnatomy, lesions: list[Lesion], veins: list
         np.maximum(vessel_fraction, calc, out=vessel_fraction)
 
     brain_mask = (anat.brain > 0.5).astype(np.float32)
-    magnitude_clean = props.proton_density * np.exp(
-        -params.sites.gre_echo_time_s * props.r2star_hz)
+    magnitude_clean = props.r2star_hz * np.float32(-params.sites.gre_echo_time_s)
+    np.exp(magnitude_clean, out=magnitude_clean)
+    magnitude_clean *= props.proton_density
+    wm_magnitude = float(np.median(magnitude_clean[anat.wm > 0.9]))
     in_head = anat.brain > 0.05
-    qsm, qsm_clean, rims_only, noise_model = _acquire_qsm(props.chi_ppm * in_head, rim_chi_ppm * in_head,
-                                             brain_mask, magnitude_clean, anat, site, spacing,
-                                             rng)
-    sigma_gre = float(np.median(magnitude_clean[anat.wm > 0.9])) / site.gre_snr
-    magnitude = _rician(magnitude_clean, sigma_gre, rng) * site.flair_intensity_scale * 2
+    props.chi_ppm *= in_head
+    rim_chi_ppm *= in_head
+    qsm, qsm_clean, rims_only, noise_model = _acquire_qsm(props.chi_ppm, rim_chi_ppm, brain_mask,
+                                                          magnitude_clean, wm_magnitude, anat,
+                                                          site, spacing, rng)
+    magnitude = _rician(magnitude_clean, wm_magnitude / site.gre_snr, rng)
+    magnitude *= np.float32(site.flair_intensity_scale * 2)
 
-    flair_parts = _acquire_flair(props.flair, best, labels, affine, shape, subject, pose, site,
-                                 params, size, rng)
-    return SessionImages(affine, qsm, qsm_clean, qsm_clean - rims_only, magnitude, labels, rim_total,
+    flair_parts = _acquire_flair(props.flair, best, labels, lesion_boxes, affine, shape, subject,
+                                 pose, site, params, size, rng)
+    background = np.subtract(qsm_clean, rims_only, out=rims_only)  # the image without rims
+    return SessionImages(affine, qsm, qsm_clean, background, magnitude, labels, rim_total,
                          brain_mask.astype(bool), vessel_fraction, noise_model, *flair_parts)
 
 
-def _acquire_qsm(chi_ppm, rim_chi_ppm, mask, magnitude, anat, site: Site, spacing, rng):
+def _acquire_qsm(chi_ppm, rim_chi_ppm, mask, magnitude, wm_magnitude: float, anat, site: Site,
+                 spacing, rng):
     """Field from the dipole kernel, field noise scaled by 1/magnitude, Tikhonov inversion.
 
-    Returns the noisy and noise-free reconstructions, the reconstruction of the rims alone
-    (the inversion is linear, so noise-free minus rims-only is the image without rims) and
-    the noise model.
+    ``wm_magnitude`` is the median GRE magnitude of white matter (where the field noise is the
+    site's). Returns the noisy and noise-free reconstructions, the reconstruction of the rims
+    alone (the inversion is linear, so noise-free minus rims-only is the image without rims)
+    and the noise model.
     """
     model = DipoleModel(chi_ppm.shape, spacing, site.tikhonov_lambda)
     field = model.field_ppm(chi_ppm)
     field += smooth_random_field(rng, chi_ppm.shape, 40.0 / spacing,
                                  site.residual_background_ppb / 1000.0)
-    reference = float(np.median(magnitude[anat.wm > 0.9]))
-    noise_scale = np.clip(reference / np.maximum(magnitude, 1e-6), 1.0, 5.0)
-    sigma_field = site.qsm_noise_ppb / 1000.0 / model.noise_gain()
-    field_sigma = (sigma_field * noise_scale).astype(np.float32)
-    noise = rng.standard_normal(chi_ppm.shape, dtype=np.float32) * field_sigma
+    field_sigma = np.maximum(magnitude, np.float32(1e-6))
+    np.divide(np.float32(wm_magnitude), field_sigma, out=field_sigma)
+    np.clip(field_sigma, 1.0, 5.0, out=field_sigma)
+    field_sigma *= np.float32(site.qsm_noise_ppb / 1000.0 / model.noise_gain())
     clean = model.invert(field, mask)
-    noisy = clean + model.invert(noise, mask)
+    del field
+    noise = rng.standard_normal(chi_ppm.shape, dtype=np.float32)
+    noise *= field_sigma
+    noisy = model.invert(noise, mask)
+    del noise
+    noisy += clean
     csf = (anat.ventricles > 0.8) & (mask > 0)
-    offset = float(np.median(noisy[csf])) if csf.sum() > 20 else 0.0
+    offset = np.float32(np.median(noisy[csf]) if csf.sum() > 20 else 0.0)
     rims_only = model.invert(model.field_ppm(rim_chi_ppm), mask)
-    return (((noisy - offset) * mask).astype(np.float32),
-            ((clean - offset) * mask).astype(np.float32), rims_only.astype(np.float32),
-            NoiseModel(field_sigma, mask.astype(np.float32), spacing, site.tikhonov_lambda,
-                       model.contrast_kept))
+    for image in (noisy, clean):
+        image -= offset
+        image *= mask
+    return noisy, clean, rims_only, NoiseModel(field_sigma, mask, spacing, site.tikhonov_lambda,
+                                               model.contrast_kept)
 
 
 def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    real = signal + rng.standard_normal(signal.shape, dtype=np.float32) * sigma
-    imag = rng.standard_normal(signal.shape, dtype=np.float32) * sigma
-    return np.sqrt(real ** 2 + imag ** 2).astype(np.float32)
+    """Magnitude of the signal plus complex Gaussian noise of SD ``sigma`` (float32)."""
+    real = rng.standard_normal(signal.shape, dtype=np.float32)
+    real *= np.float32(sigma)
+    real += signal
+    imag = rng.standard_normal(signal.shape, dtype=np.float32)
+    imag *= np.float32(sigma)
+    return np.hypot(real, imag, out=real)
 
 
-def _acquire_flair(flair_truth, lesion_frac, labels, qsm_affine, qsm_shape, subject, pose, site,
-                   params: SynthParams, size, rng):
+def _acquire_flair(flair_truth, lesion_frac, labels, lesion_boxes, qsm_affine, qsm_shape,
+                   subject, pose, site, params: SynthParams, size, rng):
     """Resample the FLAIR signal through the head motion onto the FLAIR grid; bias and noise."""
     sp = params.sites
     qsm_centre = qsm_affine[:3, :3] @ ((np.array(qsm_shape) - 1) / 2) + qsm_affine[:3, 3]
@@ -210,75 +228,104 @@ def _acquire_flair(flair_truth, lesion_frac, labels, qsm_affine, qsm_shape, subj
     to_qsm_world = np.linalg.inv(motion)
     normal = flair_affine[:3, 2] / np.linalg.norm(flair_affine[:3, 2])
     offsets = [-1.0, 0.0, 1.0] if site.flair_protocol == "2D" else [0.0]
-    signal = np.zeros(shape, dtype=np.float32)
+    signal = None
     for off in offsets:  # thick 2D slices average the signal across the slice profile
         shifted = flair_affine.copy()
         shifted[:3, 3] += normal * off
         # NaN marks FLAIR voxels that reach outside the QSM field of view
-        signal += resample(flair_truth, qsm_affine, shifted, shape, to_qsm_world,
-                           cval=np.nan) / len(offsets)
+        part = resample(flair_truth, qsm_affine, shifted, shape, to_qsm_world, cval=np.nan)
+        if len(offsets) > 1:
+            part /= np.float32(len(offsets))
+        if signal is None:
+            signal = part
+        else:
+            signal += part
     outside = np.isnan(signal)
     signal[outside] = _template_head(flair_affine, outside, subject, pose, to_qsm_world)
-    bias = np.exp(smooth_random_field(rng, shape, 120.0 / spacing.min(), 1.0))
-    bias = 1 + sp.flair_bias_amplitude * np.tanh(np.log(bias))
-    sigma = 1.0 / site.flair_snr
-    flair = _rician(signal * bias, sigma, rng) * site.flair_intensity_scale
-    frac, flair_labels = _resample_lesions(lesion_frac, labels, qsm_affine, flair_affine, shape,
-                                           to_qsm_world)
-    return (flair_affine, np.round(flair).astype(np.int16), frac, flair_labels.astype(np.int16),
+    del outside
+    bias = smooth_random_field(rng, shape, 120.0 / spacing.min(), 1.0)
+    np.tanh(bias, out=bias)  # a smooth gain of 1 +- the site's amplitude
+    bias *= np.float32(sp.flair_bias_amplitude)
+    bias += np.float32(1.0)
+    signal *= bias
+    del bias
+    flair = _rician(signal, 1.0 / site.flair_snr, rng)
+    flair *= np.float32(site.flair_intensity_scale)
+    np.rint(flair, out=flair)
+    frac, flair_labels = _resample_lesions(lesion_frac, labels, lesion_boxes, qsm_affine,
+                                           flair_affine, shape, to_qsm_world)
+    return (flair_affine, flair.astype(np.int16), frac, flair_labels.astype(np.int16),
             motion, angle, shift)
 
 
-def _resample_lesions(lesion_frac, labels, qsm_affine, flair_affine, shape, to_qsm_world
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _resample_lesions(lesion_frac, labels, lesion_boxes, qsm_affine, flair_affine, shape,
+                      to_qsm_world) -> tuple[np.ndarray, np.ndarray]:
     """Lesion fraction (linear) and labels (nearest) on the FLAIR grid.
 
     Both are zero away from the lesions, so they are resampled only inside the FLAIR-grid box
-    that holds the lesions' QSM box (two voxels of margin): the same values as resampling the
-    whole grid, at a fraction of the cost.
+    of each lesion's QSM box (``lesion_boxes``, where its partial volume was painted; two
+    voxels of margin on each grid). Boxes that overlap get the same values twice, as every box
+    samples the whole map: the same values as resampling the whole grid, at a fraction of the
+    cost.
     """
     frac = np.zeros(shape, dtype=np.float32)
     flair_labels = np.zeros(shape, dtype=np.float32)
-    found = np.nonzero(lesion_frac > 0)
-    if not len(found[0]):
-        return frac, flair_labels
-    corners_ijk = np.array(np.meshgrid(*[(i.min() - 2, i.max() + 2) for i in found],
-                                       indexing="ij")).reshape(3, -1)
+    labels_float = labels.astype(np.float32)
     to_flair_vox = np.linalg.inv(flair_affine) @ np.linalg.inv(to_qsm_world) @ qsm_affine
-    corners = to_flair_vox[:3, :3] @ corners_ijk + to_flair_vox[:3, 3:4]
-    lo = np.maximum(np.floor(corners.min(axis=1)).astype(int) - 2, 0)
-    hi = np.minimum(np.ceil(corners.max(axis=1)).astype(int) + 3, np.array(shape))
-    if np.any(hi <= lo):
-        return frac, flair_labels
-    sub_affine = flair_affine.copy()
-    sub_affine[:3, 3] = flair_affine[:3, :3] @ lo + flair_affine[:3, 3]
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    sub_shape = tuple(int(n) for n in hi - lo)
-    frac[box] = resample(lesion_frac, qsm_affine, sub_affine, sub_shape, to_qsm_world)
-    flair_labels[box] = resample(labels.astype(np.float32), qsm_affine, sub_affine, sub_shape,
-                                 to_qsm_world, order=0)
+    for qsm_box in lesion_boxes:
+        corners_ijk = np.array(np.meshgrid(*[(b.start - 2, b.stop + 1) for b in qsm_box],
+                                           indexing="ij")).reshape(3, -1)
+        corners = to_flair_vox[:3, :3] @ corners_ijk + to_flair_vox[:3, 3:4]
+        lo = np.maximum(np.floor(corners.min(axis=1)).astype(int) - 2, 0)
+        hi = np.minimum(np.ceil(corners.max(axis=1)).astype(int) + 3, np.array(shape))
+        if np.any(hi <= lo):
+            continue
+        sub_affine = flair_affine.copy()
+        sub_affine[:3, 3] = flair_affine[:3, :3] @ lo + flair_affine[:3, 3]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        sub_shape = tuple(int(n) for n in hi - lo)
+        frac[box] = resample(lesion_frac, qsm_affine, sub_affine, sub_shape, to_qsm_world)
+        flair_labels[box] = resample(labels_float, qsm_affine, sub_affine, sub_shape,
+                                     to_qsm_world, order=0)
     return frac, flair_labels
+
+
+#: FLAIR planes handled at once when sampling the template head (bounds the coordinate arrays).
+PLANES_PER_CHUNK = 16
 
 
 def _template_head(flair_affine, where: np.ndarray, subject: SubjectAnatomy, pose, to_qsm_world
                    ) -> np.ndarray:
     """FLAIR-like signal of the head from the template (affine part only) at the FLAIR voxels
-    ``where`` (those outside the QSM FOV); sampled there only, which saves most of the cost."""
+    ``where`` (those outside the QSM FOV), in the order of ``signal[where]``; sampled there
+    only, a few planes at a time, with float32 template coordinates."""
     y_to_mni = np.eye(4)
     y_to_mni[:3, :3] = np.diag(1 / subject.scale)
     y_to_mni[:3, 3] = BRAIN_CENTRE_MNI
     template = load_mni_template()
     vox = np.linalg.inv(template.affine) @ y_to_mni @ np.linalg.inv(pose) @ to_qsm_world @ flair_affine
-    ijk = np.nonzero(where)
-    points = vox[:3, :3] @ np.stack(ijk).astype(np.float64) + vox[:3, 3:4]
-    return ndimage.map_coordinates(_template_flair(), points, order=1, mode="constant", cval=0.0,
-                                   prefilter=False)
+    matrix, offset = vox[:3, :3].astype(np.float32), vox[:3, 3:4].astype(np.float32)
+    flair = _template_flair()
+    parts = [np.zeros(0, dtype=np.float32)]
+    for start in range(0, where.shape[0], PLANES_PER_CHUNK):
+        ijk = np.stack(np.nonzero(where[start:start + PLANES_PER_CHUNK])).astype(np.float32)
+        ijk[0] += start
+        parts.append(ndimage.map_coordinates(flair, matrix @ ijk + offset, order=1,
+                                             mode="constant", cval=0.0, prefilter=False,
+                                             output=np.float32))
+    return np.concatenate(parts)
 
 
 @lru_cache(maxsize=1)
 def _template_flair() -> np.ndarray:
     """FLAIR-like contrast of the whole template (WM 1, GM 1.3, CSF 0.2, head from T1)."""
     t = load_mni_template()
-    csf = np.clip(t.brain - t.gm - t.wm, 0, 1)
-    flair = t.wm + 1.3 * t.gm + 0.2 * csf + (1 - t.brain) * 0.8 * np.clip(t.t1, 0, 2)
-    return flair.astype(np.float32)
+    csf = t.brain - t.gm
+    csf -= t.wm
+    np.clip(csf, 0, 1, out=csf)
+    head = np.clip(t.t1, 0, 2)
+    head *= 1 - t.brain
+    flair = t.wm + np.float32(1.3) * t.gm
+    flair += np.float32(0.2) * csf
+    flair += np.float32(0.8) * head
+    return flair
