@@ -127,6 +127,17 @@ def test_same_seed_gives_same_bytes_serial_or_parallel(tmp_path):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
 
 
+def test_jobs_zero_means_one_worker_per_usable_cpu_and_never_more_than_subjects():
+    from bids_rim.synth.cohort import usable_cpus, worker_count
+
+    assert worker_count(0, 1000) == usable_cpus()
+    assert worker_count(0, 1) == 1
+    assert worker_count(3, 2) == 2
+    assert worker_count(1, 5) == 1
+    with pytest.raises(ValueError, match="jobs"):
+        generate_cohort(Path("unused"), n_subjects=1, jobs=-1, progress=False)
+
+
 @pytest.mark.parametrize("sub", ["", "derivatives/lesion_masks", "derivatives/rim_annotations"])
 def test_bids_validator_finds_no_error(cohort, sub):
     result = subprocess.run([str(VALIDATOR), str(cohort / sub)], capture_output=True, text=True, check=False,
@@ -150,6 +161,9 @@ def test_cli_as_a_user_types_it(tmp_path):
     bad = subprocess.run([str(exe), str(tmp_path / "d"), "--subjects", "0"],
                          capture_output=True, text=True, check=False)
     assert bad.returncode != 0 and "--subjects" in bad.stderr
+    bad = subprocess.run([str(exe), str(tmp_path / "d"), "--jobs", "-1"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode != 0 and "--jobs" in bad.stderr
 
 
 @pytest.mark.parametrize("difficulty", ["easy", "hard"])

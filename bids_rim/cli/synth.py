@@ -27,9 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="full: whole brain at the site's QSM resolution; small: a cropped "
                              "1.0-1.4 mm version for tests (default full)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
-    parser.add_argument("--jobs", type=int, default=1, metavar="J",
-                        help="worker processes that simulate subjects in parallel; the files are "
-                             "the same bytes for any J (default 1)")
+    parser.add_argument("--jobs", type=int, default=0, metavar="J",
+                        help="worker processes that simulate subjects in parallel, at most one "
+                             "per subject; 0 = one per usable CPU (default 0). The files are the "
+                             "same bytes for any J. A full-size worker needs about 2 GB of memory")
     parser.add_argument("--montage", type=Path, metavar="PNG",
                         help="also write a PNG montage of sample rim+ lesions and mimics")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -41,10 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     from bids_rim.synth import generate_cohort
     from bids_rim.synth.montage import write_montage
 
-    for name in ("subjects", "sites", "sessions", "jobs"):
+    for name in ("subjects", "sites", "sessions"):
         if getattr(args, name) < 1:
             print(f"bids_rim-synth: error: --{name} must be at least 1", file=sys.stderr)
             return 2
+    if args.jobs < 0:
+        print("bids_rim-synth: error: --jobs must be at least 0 (0: one per usable CPU)",
+              file=sys.stderr)
+        return 2
     try:
         summary = generate_cohort(args.out_dir, n_subjects=args.subjects, n_sites=args.sites,
                                   n_sessions=args.sessions, difficulty=args.difficulty,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -81,11 +82,15 @@ def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_session
                     progress: bool = True, jobs: int = 1) -> CohortSummary:
     """Write a synthetic MS cohort (raw BIDS + derivatives + truth) to ``out_dir``.
 
-    ``jobs`` > 1 simulates subjects in that many worker processes. Every subject draws from its
-    own seed stream, so the files are the same bytes whatever ``jobs`` is.
+    ``jobs`` > 1 simulates subjects in that many worker processes, 0 in one per usable CPU (at
+    most one per subject; see :func:`worker_count`). Every subject draws from its own seed
+    stream, so the files are the same bytes whatever ``jobs`` is.
     """
     if n_subjects < 1 or n_sites < 1 or n_sessions < 1:
         raise ValueError(f"{out_dir}: subjects, sites and sessions must be >= 1")
+    if jobs < 0:
+        raise ValueError(f"{out_dir}: jobs must be >= 0 (0: one per usable CPU), not {jobs}")
+    jobs = worker_count(jobs, n_subjects)
     if size not in ("full", "small"):
         raise ValueError(f"{out_dir}: size must be 'full' or 'small', not {size!r}")
     params = get_params(difficulty)
@@ -103,7 +108,9 @@ def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_session
              for number, subject_seq in enumerate(subject_seqs, start=1)]
     if jobs > 1:
         # spawn, not fork: callers (the benchmark) may already hold torch/CUDA threads
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        threads = max(1, usable_cpus() // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_limit_threads, initargs=(threads,)) as pool:
             results = pool.map(_simulate_subject, *zip(*tasks))
             for person, rows in results:  # in subject order, whatever finishes first
                 participants.append(person)
@@ -123,6 +130,22 @@ def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_session
     write_json(out / "sourcedata" / "synth_truth" / "cohort_summary.json",
                {k: v for k, v in asdict(summary).items() if k not in ("out_dir", "seconds_per_session")})
     return summary
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def worker_count(jobs: int, n_subjects: int) -> int:
+    """Worker processes for ``jobs`` (0: one per usable CPU), never more than the subjects."""
+    return max(1, min(jobs or usable_cpus(), n_subjects))
+
+
+def _limit_threads(threads: int) -> None:
+    """Worker initialiser: the workers share the CPUs, so each FFT gets its share of threads
+    (``qsm.fft_workers`` reads ``OMP_NUM_THREADS``; thread counts do not change the bytes)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def _simulate_subject(out: Path, number: int, subject_seq: np.random.SeedSequence, site, params, size: str,
