@@ -236,7 +236,7 @@ def render_anatomy(subject: SubjectAnatomy, pose: np.ndarray, affine: np.ndarray
     np.clip(csf, 0.0, 1.0, out=csf)
     ventricles = np.zeros(shape, dtype=np.float32)
     # the template's ventricles are 0 outside this box (one voxel of margin each side)
-    bounds = _ventricle_box_vox(template)
+    bounds = _ventricle_box_vox()
     found = _grid_box_inside(vox, _strided(vox), lambda v: v, bounds[:, 0] - 1, bounds[:, 1] + 1)
     if found is not None:
         box, box_vox = found
@@ -249,9 +249,10 @@ def render_anatomy(subject: SubjectAnatomy, pose: np.ndarray, affine: np.ndarray
     return AnatomyMaps(brain, wm, gm, csf, ventricles, nuclei, t1_head)
 
 
-def _ventricle_box_vox(template: MniTemplate) -> np.ndarray:
+@lru_cache(maxsize=1)
+def _ventricle_box_vox() -> np.ndarray:
     """(3, 2) template-voxel bounds (min, max) of the ventricle map, one voxel of margin."""
-    found = ndimage.find_objects((template.ventricles > 0).astype(np.int8))[0]
+    found = ndimage.find_objects((load_mni_template().ventricles > 0).astype(np.int8))[0]
     return np.array([[b.start - 1, b.stop] for b in found], dtype=np.float32)
 
 

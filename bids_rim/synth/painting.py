@@ -1,6 +1,8 @@
 """Rasterising tubes (veins) with partial volume into a voxel grid."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MAX_CHUNK_WORK = 24_000   # voxels x segments painted in one vectorised step
@@ -20,25 +22,32 @@ def tube_fraction(shape: tuple[int, int, int], points_vox: np.ndarray, radius_vo
     peak = min(1.0, radius_vox ** 2 / (2.0 * sigma2))
     reach = float(np.ceil(np.sqrt(sigma2) * 3.0))
     points = np.asarray(points_vox, dtype=np.float64)
+    rows = points.tolist()  # the run-growing below works on 3 numbers at a time: plain floats
     start = 0
-    while start < len(points) - 1:
+    while start < len(rows) - 1:
         stop = start + 1  # the run paints segments start .. stop-1 (points start .. stop)
-        lo, hi = _box(points[start:stop + 1], reach, shape)
-        while stop + 1 < len(points):
-            lo2, hi2 = _box(points[start:stop + 2], reach, shape)
-            if np.prod(np.maximum(hi2 - lo2, 0)) * (stop + 1 - start) > MAX_CHUNK_WORK:
+        low = [min(a, b) for a, b in zip(rows[start], rows[stop])]
+        high = [max(a, b) for a, b in zip(rows[start], rows[stop])]
+        lo, hi = _box(low, high, reach, shape)
+        while stop + 1 < len(rows):
+            low2 = [min(a, b) for a, b in zip(low, rows[stop + 1])]
+            high2 = [max(a, b) for a, b in zip(high, rows[stop + 1])]
+            lo2, hi2 = _box(low2, high2, reach, shape)
+            if math.prod(max(h - k, 0) for h, k in zip(hi2, lo2)) * (stop + 1 - start) > MAX_CHUNK_WORK:
                 break
-            stop, lo, hi = stop + 1, lo2, hi2
-        if np.all(hi > lo):
-            _paint_run(frac, points[start:stop + 1], lo, hi, sigma2, peak, reach)
+            stop, lo, hi, low, high = stop + 1, lo2, hi2, low2, high2
+        if all(h > k for h, k in zip(hi, lo)):
+            _paint_run(frac, points[start:stop + 1], np.array(lo), np.array(hi), sigma2, peak,
+                       reach)
         start = stop
     return frac
 
 
-def _box(points: np.ndarray, reach: float, shape: tuple[int, int, int]
-         ) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.maximum(np.floor(points.min(axis=0) - reach).astype(int), 0)
-    hi = np.minimum(np.ceil(points.max(axis=0) + reach).astype(int) + 1, np.array(shape))
+def _box(low: list[float], high: list[float], reach: float, shape: tuple[int, int, int]
+         ) -> tuple[list[int], list[int]]:
+    """Voxel box (lo, hi) of the points' bounding box (low, high) grown by ``reach``."""
+    lo = [max(math.floor(v - reach), 0) for v in low]
+    hi = [min(math.ceil(v + reach) + 1, n) for v, n in zip(high, shape)]
     return lo, hi
 
 

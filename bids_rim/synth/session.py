@@ -318,14 +318,16 @@ def _template_head(flair_affine, where: np.ndarray, subject: SubjectAnatomy, pos
 
 @lru_cache(maxsize=1)
 def _template_flair() -> np.ndarray:
-    """FLAIR-like contrast of the whole template (WM 1, GM 1.3, CSF 0.2, head from T1)."""
+    """FLAIR-like contrast of the whole template (WM 1, GM 1.3, CSF 0.2, head from T1).
+
+    Computed a slab of planes at a time, so that no full-size temporary is made (each costs
+    more to map into memory than to fill).
+    """
     t = load_mni_template()
-    csf = t.brain - t.gm
-    csf -= t.wm
-    np.clip(csf, 0, 1, out=csf)
-    head = np.clip(t.t1, 0, 2)
-    head *= 1 - t.brain
-    flair = t.wm + np.float32(1.3) * t.gm
-    flair += np.float32(0.2) * csf
-    flair += np.float32(0.8) * head
+    flair = np.empty_like(t.wm)
+    for start in range(0, flair.shape[0], PLANES_PER_CHUNK):
+        s = slice(start, start + PLANES_PER_CHUNK)
+        brain, gm, wm = t.brain[s], t.gm[s], t.wm[s]
+        csf = np.clip(brain - gm - wm, 0, 1)
+        flair[s] = wm + 1.3 * gm + 0.2 * csf + (1 - brain) * 0.8 * np.clip(t.t1[s], 0, 2)
     return flair

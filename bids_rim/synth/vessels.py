@@ -36,7 +36,8 @@ def draw_vein_tree(rng: np.random.Generator, subject: SubjectAnatomy, anatomy: A
                    box_mni: np.ndarray | None) -> list[Tube]:
     """Draw the subject's veins (only those starting inside ``box_mni`` when given)."""
     maps = placement_maps()
-    tubes: list[Tube] = []
+    lines_mni: list[np.ndarray] = []   # (N, 3) centre lines in MNI mm, moved to y at the end
+    radii: list[float] = []
     kinds = (("medullary_vein", anatomy.n_medullary_veins, anatomy.medullary_length_mm,
               anatomy.vein_radius_mm, False),
              ("cortical_vein", anatomy.n_cortical_veins, anatomy.cortical_length_mm,
@@ -52,14 +53,17 @@ def draw_vein_tree(rng: np.random.Generator, subject: SubjectAnatomy, anatomy: A
                              rng.uniform(-4, 4), rng)
             radius = rng.uniform(*radius_range)
             if inside_box(pool[i][None], box_mni)[0]:
-                tubes.append(Tube(subject.mni_to_y(line.T).T, radius))
+                lines_mni.append(line)
+                radii.append(radius)
     for side in (1.0, -1.0):  # internal cerebral and thalamostriate veins
         icv = np.array([[side * 2.5, 2.0, 14.0], [side * 2.5, -15.0, 13.0],
                         [side * 2.0, -32.0, 8.0], [side * 0.5, -42.0, 4.0]])
         thalamostriate = np.array([[side * 17.0, -12.0, 20.0], [side * 11.0, -4.0, 17.0],
                                    [side * 3.0, 2.0, 14.0]])
         for line in (icv, thalamostriate):
-            jitter = line + rng.normal(scale=1.0, size=line.shape)
-            tubes.append(Tube(subject.mni_to_y(jitter.T).T,
-                              rng.uniform(*anatomy.deep_vein_radius_mm)))
-    return tubes
+            lines_mni.append(line + rng.normal(scale=1.0, size=line.shape))
+            radii.append(rng.uniform(*anatomy.deep_vein_radius_mm))
+    # one call for all points (the map is pointwise, and each call has a fixed cost)
+    lines_y = np.split(subject.mni_to_y(np.concatenate(lines_mni).T).T,
+                       np.cumsum([len(line) for line in lines_mni])[:-1])
+    return [Tube(line, radius) for line, radius in zip(lines_y, radii)]
