@@ -200,6 +200,22 @@ def test_local_noise_redraws_match_the_full_image_noise():
     assert abs(np.std(local) / full_sd - 1) < 0.15
 
 
+def test_threaded_sampling_gives_the_same_values_as_one_thread():
+    """Template sampling is split between threads outside tests; the split must not change a bit."""
+    from scipy import ndimage
+
+    from bids_rim.synth.threads import sample_linear
+
+    rng = np.random.default_rng(0)
+    volume = rng.random((20, 24, 18)).astype(np.float32)
+    points = rng.uniform(-2, 25, size=(3, 37, 5, 3)).astype(np.float32)
+    one = sample_linear(volume, points, threads=1)
+    assert one.shape == (37, 5, 3) and one.dtype == np.float32
+    np.testing.assert_array_equal(one, sample_linear(volume, points, threads=3))
+    np.testing.assert_array_equal(one, ndimage.map_coordinates(volume, points, order=1, cval=0.0,
+                                                               prefilter=False, output=np.float32))
+
+
 def test_drawn_rim_counts_follow_the_issue_prevalence():
     """Over many drawn patients (two sites, no images): ~10 % of lesions rim+, ~50 % of
     patients with >= 1 and ~20 % with >= 4 (issue 2)."""

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from .geometry import random_rigid, upsample_to
 from .params import AnatomyParams, TissueParams
+from .threads import sample_linear
 
 BRAIN_CENTRE_MNI = np.array([0.0, -18.0, 8.0])
 # Crop of the small (test) size, MNI mm (min, max) per axis: lateral ventricles, deep grey
@@ -221,15 +222,12 @@ def render_anatomy(subject: SubjectAnatomy, pose: np.ndarray, affine: np.ndarray
     for axis in range(3):
         upsample_to(vox_coarse[axis], shape, out=vox[axis])
 
-    def sample(volume: np.ndarray, points: np.ndarray) -> np.ndarray:
-        return ndimage.map_coordinates(volume, points, order=1, mode="constant", cval=0.0,
-                                       prefilter=False, output=np.float32)
-
-    brain = sample(template.brain, vox)
+    brain = sample_linear(template.brain, vox)
     in_brain = brain > 0
     points = vox[:, in_brain]
     gm, wm = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
-    gm[in_brain], wm[in_brain] = sample(template.gm, points), sample(template.wm, points)
+    gm[in_brain] = sample_linear(template.gm, points)
+    wm[in_brain] = sample_linear(template.wm, points)
     del points
     csf = brain - gm
     csf -= wm
@@ -241,10 +239,10 @@ def render_anatomy(subject: SubjectAnatomy, pose: np.ndarray, affine: np.ndarray
     if found is not None:
         box, box_vox = found
         near = in_brain[box]
-        ventricles[box][near] = sample(template.ventricles, box_vox[:, near])
+        ventricles[box][near] = sample_linear(template.ventricles, box_vox[:, near])
     # t1 serves only outside the brain, but three quarters of a full-size grid lie there:
     # sampling every voxel is cheaper than gathering the points outside
-    t1_head = sample(template.t1, vox)
+    t1_head = sample_linear(template.t1, vox)
     nuclei = deep_nuclei_fractions(vox, template.affine, float(np.abs(affine[:3, :3]).max()))
     return AnatomyMaps(brain, wm, gm, csf, ventricles, nuclei, t1_head)
 

@@ -143,8 +143,9 @@ def worker_count(jobs: int, n_subjects: int) -> int:
 
 
 def _limit_threads(threads: int) -> None:
-    """Worker initialiser: the workers share the CPUs, so each FFT gets its share of threads
-    (``qsm.fft_workers`` reads ``OMP_NUM_THREADS``; thread counts do not change the bytes)."""
+    """Worker initialiser: the workers share the CPUs, so each FFT and template sampling gets its share of threads
+    (``threads.worker_threads`` reads ``OMP_NUM_THREADS``; thread counts do not change the
+    bytes)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 

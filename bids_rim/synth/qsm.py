@@ -11,25 +11,13 @@ keeps its mean contrast while structures near the magic cone are still lost.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from scipy import fft
 
-
-def fft_workers() -> int:
-    """Threads for the FFTs: ``OMP_NUM_THREADS`` when set (tests set 1), else the usable CPUs.
-
-    pocketfft splits whole 1-D transforms between threads, so the result does not depend on
-    their number (same seed, same bytes).
-    """
-    try:
-        requested = int(os.environ.get("OMP_NUM_THREADS", "0"))
-    except ValueError:
-        requested = 0
-    return max(1, requested or len(os.sched_getaffinity(0)))
+from .threads import worker_threads
 
 
 def _padded_shape(shape: tuple[int, ...], pad: int) -> tuple[int, ...]:
@@ -64,7 +52,7 @@ class DipoleModel:
         del kept
         self.inverse = self.kernel / power
         self.inverse /= np.float32(self.contrast_kept)
-        self.workers = fft_workers() if workers is None else workers
+        self.workers = worker_threads() if workers is None else workers
 
     def _apply(self, volume: np.ndarray, operator: np.ndarray) -> np.ndarray:
         spectrum = fft.rfftn(np.asarray(volume, dtype=np.float32), s=self.padded,
@@ -136,9 +124,9 @@ def local_noise_realisations(model: NoiseModel, box: tuple[slice, ...], n: int,
     inverse = _box_inverse(fft_shape, model.spacing_mm, model.tikhonov_lambda,
                            model.contrast_kept)
     field = rng.standard_normal((n, *sigma.shape), dtype=np.float32) * (sigma * mask)
-    spectrum = fft.rfftn(field, s=fft_shape, axes=(1, 2, 3), workers=fft_workers())
+    spectrum = fft.rfftn(field, s=fft_shape, axes=(1, 2, 3), workers=worker_threads())
     spectrum *= inverse
-    chi = fft.irfftn(spectrum, s=fft_shape, axes=(1, 2, 3), workers=fft_workers())
+    chi = fft.irfftn(spectrum, s=fft_shape, axes=(1, 2, 3), workers=worker_threads())
     inner = tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown))
     return (chi[(slice(None), *(slice(0, k) for k in sigma.shape))] * mask)[
         (slice(None), *inner)].astype(np.float32)

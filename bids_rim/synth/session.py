@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import ndimage
 
 from .anatomy import (
     BRAIN_CENTRE_MNI,
@@ -27,6 +26,7 @@ from .painting import tube_fraction
 from .params import SynthParams
 from .population import Site
 from .qsm import DipoleModel, NoiseModel
+from .threads import sample_linear
 from .tissue import build_property_maps
 from .vessels import Tube
 
@@ -310,9 +310,7 @@ def _template_head(flair_affine, where: np.ndarray, subject: SubjectAnatomy, pos
     for start in range(0, where.shape[0], PLANES_PER_CHUNK):
         ijk = np.stack(np.nonzero(where[start:start + PLANES_PER_CHUNK])).astype(np.float32)
         ijk[0] += start
-        parts.append(ndimage.map_coordinates(flair, matrix @ ijk + offset, order=1,
-                                             mode="constant", cval=0.0, prefilter=False,
-                                             output=np.float32))
+        parts.append(sample_linear(flair, matrix @ ijk + offset))
     return np.concatenate(parts)
 
 
