@@ -127,13 +127,21 @@ def test_same_seed_gives_same_bytes_serial_or_parallel(tmp_path):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
 
 
-def test_jobs_zero_means_one_worker_per_usable_cpu_and_never_more_than_subjects():
+def test_jobs_zero_means_one_worker_per_usable_cpu_and_never_more_than_subjects(monkeypatch):
+    from bids_rim.synth import cohort
     from bids_rim.synth.cohort import usable_cpus, worker_count
 
+    monkeypatch.setattr(cohort, "available_memory_bytes", lambda: 1e15)
     assert worker_count(0, 1000) == usable_cpus()
     assert worker_count(0, 1) == 1
     assert worker_count(3, 2) == 2
     assert worker_count(1, 5) == 1
+    # the automatic count also leaves each full-size worker its memory; an explicit one is kept
+    monkeypatch.setattr(cohort, "available_memory_bytes",
+                        lambda: 1.5 * cohort.WORKER_MEMORY_BYTES["full"])
+    assert worker_count(0, 1000, "full") == 1
+    assert worker_count(4, 1000, "full") == 4
+    assert 0 < cohort.WORKER_MEMORY_BYTES["small"] < cohort.WORKER_MEMORY_BYTES["full"]
     with pytest.raises(ValueError, match="jobs"):
         generate_cohort(Path("unused"), n_subjects=1, jobs=-1, progress=False)
 

@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     parser.add_argument("--jobs", type=int, default=0, metavar="J",
                         help="worker processes that simulate subjects in parallel, at most one "
-                             "per subject; 0 = one per usable CPU (default 0). The files are the "
-                             "same bytes for any J. A full-size worker needs about 2 GB of memory")
+                             "per subject; 0 = one per usable CPU, as many as the free memory "
+                             "holds (3.5 GB per full-size worker, 0.5 GB small) (default 0). The "
+                             "files are the same bytes for any J")
     parser.add_argument("--montage", type=Path, metavar="PNG",
                         help="also write a PNG montage of sample rim+ lesions and mimics")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
