@@ -101,3 +101,24 @@ def test_radiomics_classifier_fits_and_ranks(toy):
     assert probabilities[rim].mean() > probabilities[~rim].mean()
     with pytest.raises(ValueError, match="both rim"):
         get_model("radiomics").fit(patches, np.zeros(len(patches)))
+
+
+def test_edge_band_and_core_are_distinct_only_where_asym_region_pools():
+    # A lesion of 4 mm radius in a 32³ patch at 1 mm. On the P/8 grid (8 mm cells) the edge band
+    # and the core fall into the same central cells, so pooling them there compares nearly the
+    # same average (the former layout, which did not learn the rim): cosine 1.00. The default
+    # layout pools at P/2, where they are disjoint (0.00), and at P/4 (0.67).
+    from bids_rim.models.blocks import LesionRegionPool
+
+    axis = torch.arange(32) - 15.5
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"))
+    mask = ((grid**2).sum(0) <= 16).float()[None, None]
+    regions = LesionRegionPool().regions(mask)
+
+    def overlap(size: int) -> float:
+        edge, core = torch.nn.functional.adaptive_avg_pool3d(regions, size)[0].flatten(1)
+        return float(torch.nn.functional.cosine_similarity(edge, core, dim=0))
+
+    assert overlap(4) > 0.99
+    assert overlap(16) < 0.01 and overlap(8) < 0.8
+    assert get_model("asym").region_pool_stages == (0, 1)

@@ -2,15 +2,24 @@
 
 Layout for a patch of P³ voxels (channels ``qsm_ppm, flair_nawm, lesion_mask``)::
 
-    [qsm, mask] ─ QSM stem (P/2, w) ──▶ cond₀ ─ res+SE (P/4, 2w) ─▶ cond₁ ─ res+SE (P/8, 4w) ─ region pool ─ MLP ─ logit
-    [flair, mask] ─ FLAIR stem (P/2, w) ──┘ ─ res (P/4, 2w) ───────────┘ (only when stage 1 is conditioned)
+    [qsm, mask] ─ QSM stem (P/2, w) ─▶ cond₀ ─ res+SE (P/4, 2w) ─▶ cond₁ ─ res+SE (P/8, 4w)
+    [flair, mask] ─ FLAIR stem (P/2, w) ─┘ ─ res (P/4, 2w) ─────────┘  (only when stage 1 is conditioned)
+    embedding = [region pool (P/2, 3w), region pool (P/4, 6w), patch mean (P/8, 4w)] ─ MLP ─ logit
+    (the default ``region_pool_stages=(0, 1)``; stage 0 = P/2, 1 = P/4, 2 = P/8)
 
 ``cond`` is the conditioning chosen by ``conditioning`` (spatial FiLM by default) at the stages in
 ``film_stages`` (0 = mid resolution P/2, 1 = P/4). With ``conditioning="none"`` FLAIR is ignored.
 The lesion mask goes to both stems: it tells each branch where the lesion edge is. The FLAIR
-stem is a light one (patchify + depthwise conv): FLAIR only conditions. The region pool averages
-the last QSM features over the whole patch, the lesion's edge band and its core (from the mask
-channel), so the head compares shell and core as a reader does instead of seeing one global mean.
+stem is a light one (patchify + depthwise conv): FLAIR only conditions.
+
+The embedding reads the QSM features where a rim can still be seen. A rim is 0.7–2 mm thick; at
+P/8 (8 mm per feature voxel for a 32³ patch at 1 mm) a lesion's edge band and core fall into the
+same few feature voxels, so pooling them there compares nearly identical averages. The region
+pool (whole patch, edge band, core; from the mask channel) is therefore applied to the
+conditioned P/2 features (2 mm) and the P/4 features (4 mm), and only the deepest features are
+averaged over the whole patch. Pooling at P/8 alone (``region_pool_stages=(2,)``, the layout of
+model files written before this option existed) left the network unable to fit even its own
+training lesions on the synthetic benchmark (measurements in docs/training.md).
 """
 
 from __future__ import annotations
@@ -39,6 +48,9 @@ class AsymQsmFlairNet(nn.Module):
         conditioning: one of ``film_spatial``, ``film_channel``, ``gated_xattn``, ``none``.
         film_stages: stages where FLAIR conditions QSM (subset of ``(0, 1)``).
         dropout: dropout before the last layer of the head (also used for MC dropout).
+        region_pool_stages: stages whose features are region-pooled (whole patch, edge band, core):
+            0 = P/2, 1 = P/4, 2 = P/8. The P/8 features are always in the embedding, as a patch
+            mean when stage 2 is not region-pooled.
     """
 
     def __init__(
@@ -47,17 +59,24 @@ class AsymQsmFlairNet(nn.Module):
         conditioning: str = "film_spatial",
         film_stages: tuple[int, ...] = (0,),
         dropout: float = 0.2,
+        region_pool_stages: tuple[int, ...] = (0, 1),
     ) -> None:
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}; choose one of {CONDITIONINGS}")
-        stages = tuple(sorted(set(int(s) for s in film_stages))) if conditioning != "none" else ()
+        stages = tuple(sorted({int(s) for s in film_stages})) if conditioning != "none" else ()
         if any(s not in (0, 1) for s in stages):
             raise ValueError(f"film_stages must be a subset of (0, 1), got {film_stages}")
+        pooled = tuple(sorted({int(s) for s in region_pool_stages}))
+        if not pooled or any(s not in (0, 1, 2) for s in pooled):
+            raise ValueError(f"region_pool_stages must be a non-empty subset of (0, 1, 2), got {region_pool_stages}")
+        self.region_pool_stages = pooled
         self.conditioning_kind = conditioning
         self.film_stages = stages
         self.mid_channels = width
-        self.embedding_dim = 3 * 4 * width  # whole patch, edge band, core
+        # Three averages (whole patch, edge band, core) per region-pooled stage of 2^s · w channels,
+        # plus the P/8 patch mean when stage 2 is not region-pooled.
+        self.embedding_dim = sum(3 * width * 2**s for s in pooled) + (0 if 2 in pooled else 4 * width)
         self.qsm_stem = stem(2, width)
         self.qsm_block1 = PreActResBlock(width, 2 * width, stride=2, squeeze_excite=True)
         self.qsm_block2 = PreActResBlock(2 * width, 4 * width, stride=2, squeeze_excite=True)
@@ -90,16 +109,20 @@ class AsymQsmFlairNet(nn.Module):
     def features(self, x: torch.Tensor, condition: bool = True) -> dict[str, torch.Tensor]:
         """Intermediate features: ``mid`` (conditioned QSM at P/2) and ``embedding`` (pooled)."""
         scaled = scale_inputs(x)
-        z = self.qsm_stem(self._qsm_input(scaled))
+        mid = self.qsm_stem(self._qsm_input(scaled))
         flair = self._flair_features(scaled) if condition and self.film_stages else []
         if "0" in self.conditioners and flair:
-            z = self.conditioners["0"](z, flair[0])
-        mid = z
-        z = self.qsm_block1(z)
+            mid = self.conditioners["0"](mid, flair[0])
+        quarter = self.qsm_block1(mid)
         if "1" in self.conditioners and flair:
-            z = self.conditioners["1"](z, flair[1])
-        z = self.qsm_block2(z)
-        return {"mid": mid, "embedding": self.region_pool(z, x[:, MASK:MASK + 1])}
+            quarter = self.conditioners["1"](quarter, flair[1])
+        deep = self.qsm_block2(quarter)
+        mask = x[:, MASK : MASK + 1]
+        stages = (mid, quarter, deep)
+        parts = [self.region_pool(stages[s], mask) for s in self.region_pool_stages]
+        if 2 not in self.region_pool_stages:
+            parts.append(deep.mean((2, 3, 4)))
+        return {"mid": mid, "embedding": torch.cat(parts, dim=1)}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         embedding = self.features(x)["embedding"]

@@ -18,7 +18,7 @@ from bids_rim.models.rim_features import rim_features
 class RimClassifier(Protocol):
     """What the harness needs from a non-neural classifier."""
 
-    def fit(self, patches: np.ndarray, labels: np.ndarray) -> "RimClassifier": ...
+    def fit(self, patches: np.ndarray, labels: np.ndarray) -> RimClassifier: ...
 
     def predict_proba(self, patches: np.ndarray) -> np.ndarray:
         """Rim+ probability (N,) per patch."""
@@ -51,7 +51,7 @@ class RadiomicsClassifier:
             raise ValueError(f"unknown estimator {estimator!r}; choose random_forest or gradient_boosting")
         self.estimator = estimator
 
-    def fit(self, patches: np.ndarray, labels: np.ndarray) -> "RadiomicsClassifier":
+    def fit(self, patches: np.ndarray, labels: np.ndarray) -> RadiomicsClassifier:
         labels = np.asarray(labels).astype(int)
         if len(np.unique(labels)) < 2:
             raise ValueError("the radiomics classifier needs both rim+ and rim- lesions to fit")

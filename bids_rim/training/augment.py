@@ -1,4 +1,7 @@
-"""Patch augmentations (MONAI): flips, 90° rotations, QSM noise, and a simulated FLAIR mis-registration.
+"""Patch augmentations (MONAI): flips, 90° rotations in all three planes, QSM noise, and a simulated FLAIR mis-registration.
+
+A rim has no preferred orientation, so rotations by 90° about every axis are label-preserving
+(the former in-plane rotations alone left a third of the orientations unseen).
 
 One :class:`PatchAugmenter` holds seeded MONAI transforms so that a run is reproducible.
 """
@@ -23,7 +26,8 @@ class PatchAugmenter:
     """
 
     def __init__(self, seed: int, flair_shift_voxels: int = 0, qsm_noise_std_ppm: float = QSM_NOISE_STD_PPM) -> None:
-        self.spatial = Compose([RandAxisFlip(prob=0.5), RandRotate90(prob=0.5, spatial_axes=(0, 1))])
+        self.spatial = Compose([RandAxisFlip(prob=0.5)] + [RandRotate90(prob=0.5, spatial_axes=axes)
+                                                          for axes in ((0, 1), (0, 2), (1, 2))])
         self.spatial.set_random_state(seed)
         self.noise = RandGaussianNoise(prob=0.5, std=qsm_noise_std_ppm) if qsm_noise_std_ppm > 0 else None
         if self.noise is not None:

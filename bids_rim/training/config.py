@@ -23,6 +23,9 @@ class TrainConfig:
     film_stages: tuple[int, ...] = (0,)
     width: int = 12
     dropout: float = 0.2
+    # Stages of the asym QSM path whose features are pooled over the lesion's edge band and core
+    # (0 = P/2, 1 = P/4, 2 = P/8); see bids_rim.models.asym for why not only the deepest one.
+    region_pool_stages: tuple[int, ...] = (0, 1)
     early_fusion_widen_factor: float = 0.25
     radiomics_estimator: str = "random_forest"
     # self-supervised pretraining
@@ -71,8 +74,11 @@ class TrainConfig:
         """The architecture configuration passed to ``get_model(self.arch, **kwargs)``."""
         if self.arch == "asym":
             return {"width": self.width, "conditioning": self.conditioning,
-                    "film_stages": list(self.film_stages), "dropout": self.dropout}
-        if self.arch in ("rimnet", "qsmrimnet", "qsm_only"):
+                    "film_stages": list(self.film_stages), "dropout": self.dropout,
+                    "region_pool_stages": list(self.region_pool_stages)}
+        if self.arch == "qsm_only":
+            return {"width": self.width, "dropout": self.dropout, "region_pool_stages": list(self.region_pool_stages)}
+        if self.arch in ("rimnet", "qsmrimnet"):
             return {"width": self.width, "dropout": self.dropout}
         if self.arch == "early_fusion":
             return {"widen_factor": self.early_fusion_widen_factor, "dropout": self.dropout}
