@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         LOGGER.info("Generating a synthetic cohort of %d participants at %d sites in %s",
                     args.subjects, args.sites, bids_dir)
         summary = generate_cohort(bids_dir, n_subjects=args.subjects, n_sites=args.sites, n_sessions=1,
-                                  difficulty="realistic", size=args.size, seed=args.seed, progress=True)
+                                  difficulty="realistic", size=args.size, seed=args.seed, progress=True,
+                                  jobs=0)
         LOGGER.info("Cohort: %d lesions, %d truly rim+ (prevalence %.2f); the oracle's PR AUC (the "
                     "ceiling any method can reach) is %.2f; the truth is in %s",
                     summary.n_lesions, summary.n_rim_positive, summary.lesion_prevalence,
