@@ -18,7 +18,7 @@ same few feature voxels, so pooling them there compares nearly identical average
 pool (whole patch, edge band, core; from the mask channel) is therefore applied to the
 conditioned P/2 features (2 mm) and the P/4 features (4 mm), and only the deepest features are
 averaged over the whole patch. Pooling at P/8 alone (``region_pool_stages=(2,)``, the layout of
-model files written before this option existed) left the network unable to fit even its own
+model files written before this option existed) left the network barely able to fit its own
 training lesions on the synthetic benchmark (measurements in docs/training.md).
 """
 

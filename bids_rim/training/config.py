@@ -48,6 +48,9 @@ class TrainConfig:
     flair_shift_voxels: int = 1
     qsm_noise_std_ppm: float = 0.003
     patience: int = 8
+    # Epochs always trained before early stopping may keep or stop at an epoch (capped at
+    # finetune_epochs): without it a noisy validation peak kept epoch 1 or 2 (docs/training.md).
+    min_finetune_epochs: int = 10
     inner_val_fraction: float = 0.2
     # evaluation and output
     folds: int = 5

@@ -4,7 +4,9 @@ Loss per batch: ``L = L_cls + softplus(w) · SupCon(embedding, labels; τ)`` whe
 focal loss or the class-weighted BCE, and ``w`` is either learned (starting at
 ``softplus(w) = supcon_weight``, as the paper) or fixed. Batches are class-balanced draws; the
 augmentations include a shift of FLAIR by up to ``flair_shift_voxels`` relative to QSM.
-Early stopping keeps the epoch with the best inner-validation PR AUC; Platt scaling (a temperature
+Early stopping keeps the epoch with the best inner-validation PR AUC, among the epochs from
+``min_finetune_epochs`` on (with 20–30 validation rim+ the PR AUC of one epoch is noisy, and a
+peak in the first epochs ended training before the head had learned anything); Platt scaling (a temperature
 and a bias, centred on the analytic correction from the training batches' class prior to the real
 one) and the max-F1 threshold are then fitted on that same validation set (never on test data).
 With ``loss="weighted_bce"`` the class weight replaces oversampling: batches are plain shuffles.
@@ -136,6 +138,7 @@ def finetune(
     val_has_both = len(np.unique(val_labels)) == 2
 
     best_score, best_epoch, best_state, stale = -np.inf, 0, copy.deepcopy(model.state_dict()), 0
+    first_eligible = min(config.min_finetune_epochs, config.finetune_epochs)
     history: list[dict[str, float]] = []
     epochs = tqdm(range(config.finetune_epochs), desc=description, disable=not (progress and context.is_main), leave=False)
     for epoch in epochs:
@@ -166,9 +169,10 @@ def finetune(
         # Without both classes in validation, early stopping falls back on the validation loss.
         score = all_ranks_agree(row["val_pr_auc"] if val_has_both else -val_loss, context)
         history.append(row)
-        if score > best_score:
+        # Warm-up epochs are neither kept nor counted towards the patience.
+        if epoch + 1 >= first_eligible and score > best_score:
             best_score, best_epoch, best_state, stale = score, epoch + 1, copy.deepcopy(model.state_dict()), 0
-        else:
+        elif epoch + 1 >= first_eligible:
             stale += 1
         epochs.set_postfix(loss=f"{row['loss']:.3f}", val_pr_auc=f"{row['val_pr_auc']:.3f}")
         LOGGER.info("%s epoch %d: %s", description, epoch + 1,
