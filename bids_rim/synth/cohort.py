@@ -35,6 +35,7 @@ from .sidecars import (
     t2starw_sidecar,
     truth_columns,
 )
+from .threads import usable_cpus
 from .vessels import draw_vein_tree
 
 
@@ -90,9 +91,9 @@ def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_session
         raise ValueError(f"{out_dir}: subjects, sites and sessions must be >= 1")
     if jobs < 0:
         raise ValueError(f"{out_dir}: jobs must be >= 0 (0: one per usable CPU), not {jobs}")
-    jobs = worker_count(jobs, n_subjects, size)
     if size not in ("full", "small"):
         raise ValueError(f"{out_dir}: size must be 'full' or 'small', not {size!r}")
+    jobs = worker_count(jobs, n_subjects, size)
     params = get_params(difficulty)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,11 +131,6 @@ def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_session
     write_json(out / "sourcedata" / "synth_truth" / "cohort_summary.json",
                {k: v for k, v in asdict(summary).items() if k not in ("out_dir", "seconds_per_session")})
     return summary
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
-    return len(os.sched_getaffinity(0))
 
 
 #: Memory set aside per worker when ``jobs`` is 0 (peak RSS measured on 2026-12-01: 3.2 GB for a

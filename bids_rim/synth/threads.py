@@ -12,6 +12,11 @@ import numpy as np
 from scipy import ndimage
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
 def worker_threads() -> int:
     """``OMP_NUM_THREADS`` when set (tests set 1; cohort workers get their share of the CPUs),
     else the usable CPUs."""
@@ -19,7 +24,7 @@ def worker_threads() -> int:
         requested = int(os.environ.get("OMP_NUM_THREADS", "0"))
     except ValueError:
         requested = 0
-    return max(1, requested or len(os.sched_getaffinity(0)))
+    return max(1, requested or usable_cpus())
 
 
 def sample_linear(volume: np.ndarray, points: np.ndarray, threads: int | None = None
