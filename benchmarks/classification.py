@@ -877,7 +877,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    # The root handler is named as the bids_rim CLI names its own, so that the participant level
+    # replaces it instead of adding a second one (every bids_rim line was printed twice).
+    root_handler = logging.StreamHandler()
+    root_handler.set_name("bids_rim")
+    root_handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
+    logging.getLogger().addHandler(root_handler)
+    logging.getLogger().setLevel(logging.INFO)
     # Own handler, no propagation: the participant CLI adds a root handler that would print warnings twice.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
