@@ -166,3 +166,29 @@ def test_patch_file_round_trip_without_pickles(tmp_path, phantom_session):
     loaded, ids = load_patches(path)
     assert np.array_equal(loaded, patches) and list(ids) == list(meta["lesion_id"])
     assert np.allclose(load_patch_spacing_mm(path), meta["patch_spacing_mm"])
+
+
+def test_patches_of_a_coarser_qsm_read_its_voxels_instead_of_upsampling_them():
+    # A 1.25 mm QSM with the default 1 mm spacing: the patches are cut at 1.25 mm on the voxel
+    # grid, so every QSM sample is a voxel value minus the NAWM reference, not an interpolation.
+    phantom = Phantom(noise_sd=0.02, seed=5)
+    shape = (72, 72, 72)
+    affine = grid_affine(shape, 1.25)
+    qsm, flair, brain = phantom.qsm(affine, shape), phantom.flair(affine, shape), phantom.brain_mask(affine, shape)
+    labels, _ = label_lesions(phantom.lesion_mask(affine, shape))
+    nawm = nawm_mask(flair, brain, labels)
+    reference = nawm_median(qsm, nawm)
+    patches, meta = extract_patches(qsm, flair, labels, qsm_reference_ppm=reference,
+                                    flair_reference=nawm_median(flair, nawm), patch_size=16, spacing_mm=1.0)
+    small = ~meta["flag_patch_rescaled"].to_numpy()
+    assert small.any() and np.allclose(meta["patch_spacing_mm"][small], 1.25)
+    voxel_values = np.unique(np.round(np.asarray(qsm.dataobj, dtype=np.float32) - np.float32(reference), 5))
+    samples = np.unique(np.round(patches[small, 0], 5))
+    assert np.isin(samples, voxel_values).all()
+    # A finer QSM keeps the requested spacing.
+    fine = grid_affine((90, 90, 90), 1.0)
+    fine_qsm, fine_flair = phantom.qsm(fine, (90, 90, 90)), phantom.flair(fine, (90, 90, 90))
+    fine_labels, _ = label_lesions(phantom.lesion_mask(fine, (90, 90, 90)))
+    _, fine_meta = extract_patches(fine_qsm, fine_flair, fine_labels, qsm_reference_ppm=0.0, flair_reference=1.0,
+                                   patch_size=16, spacing_mm=2.0)
+    assert (fine_meta["patch_spacing_mm"] >= 2.0).all() and (fine_meta["patch_spacing_mm"] == 2.0).any()

@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=1.0,
         metavar="MM",
-        help="isotropic voxel size of the patches in mm; lesions too large to fit are sampled coarser and flagged",
+        help="finest isotropic voxel size of the patches in mm; a QSM with coarser voxels is sampled at its "
+        "own voxel size (read, not interpolated), and lesions too large to fit are sampled coarser and flagged",
     )
     lesions.add_argument(
         "--output-spaces",
