@@ -22,7 +22,8 @@ from bids_rim.training.inference import (
 from bids_rim.training.prediction import predict_logits
 from bids_rim.training.toy import make_toy_patches
 
-ARCH_CONFIG = {"width": 4, "conditioning": "film_spatial", "film_stages": [0], "dropout": 0.1, "region_pool_stages": [0, 1]}
+ARCH_CONFIG = {"width": 4, "conditioning": "film_spatial", "film_stages": [0], "dropout": 0.1, "region_pool_stages": [0, 1],
+               "rim_readout": True}
 
 
 def _save(path, seeds=(0, 1), arch="asym", arch_config=ARCH_CONFIG, threshold=0.4):
@@ -96,15 +97,15 @@ def test_head_only_mc_dropout_matches_whole_network_dropout():
 
 
 def test_asym_file_without_region_pool_stages_loads_with_the_former_layout(tmp_path):
-    # Files written before the option existed (the bundled model among them) pooled at P/8 only.
-    former = {key: value for key, value in ARCH_CONFIG.items() if key != "region_pool_stages"}
+    # Files written before the options existed pooled at P/8 only and had no rim read-out.
+    former = {key: value for key, value in ARCH_CONFIG.items() if key not in ("region_pool_stages", "rim_readout")}
     torch.manual_seed(0)
-    weights = get_model("asym", **former, region_pool_stages=(2,)).state_dict()
+    weights = get_model("asym", **former, region_pool_stages=(2,), rim_readout=False).state_dict()
     path = save_checkpoint(tmp_path / "former.pt", arch="asym", arch_config=former, state_dicts=[weights],
                            temperatures=[1.0], biases=[0.0], threshold=0.5, patch_size=16, patch_spacing_mm=1.0,
                            training={})
     member = load_rim_model(path, "cpu").members[0]
-    assert member.region_pool_stages == (2,)
+    assert member.region_pool_stages == (2,) and member.rim_readout is None
     for key, value in member.state_dict().items():
         torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
 

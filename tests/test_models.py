@@ -122,3 +122,56 @@ def test_edge_band_and_core_are_distinct_only_where_asym_region_pools():
     assert overlap(4) > 0.99
     assert overlap(16) < 0.01 and overlap(8) < 0.8
     assert get_model("asym").region_pool_stages == (0, 1)
+
+
+def test_rim_readout_reads_a_one_voxel_rim_and_ignores_a_crossing_vein():
+    # A lesion of 4 mm radius whose one-voxel edge layer is +30 ppb, core +5 ppb, NAWM around 0,
+    # and a vein (+300 ppb) crossing the lesion: the read-out's medians see the rim, not the vein.
+    from bids_rim.models.blocks import RimReadout, scale_inputs
+
+    axis = torch.arange(32) - 15.5
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"))
+    mask = ((grid**2).sum(0) <= 16).float()
+    edge = (mask - _cross_core(mask)).clamp(0, 1)
+    vein = ((grid[0].abs() < 1) & (grid[1].abs() < 1)).float()
+
+    def readout(rim_ppm: float, with_vein: bool = True) -> list[float]:
+        qsm = 0.005 * mask + (rim_ppm - 0.005) * edge + (0.3 * vein if with_vein else 0)
+        patch = torch.stack([qsm, torch.ones_like(qsm), mask])[None]
+        return RimReadout()(scale_inputs(patch)[:, :1], mask[None, None])[0].tolist()
+
+    difference, edge_median, core_median, ring_difference, fraction = readout(0.03)
+    assert readout(0.03) == pytest.approx(readout(0.03, with_vein=False), abs=1e-6)
+    def units(ppb: float) -> float:  # network units: 20 ppb, softly limited at ±100 ppb
+        return 5.0 * np.tanh(ppb / 20.0 / 5.0)
+
+    assert edge_median == pytest.approx(units(30), abs=1e-4) and core_median == pytest.approx(units(5), abs=1e-4)
+    assert difference == pytest.approx(units(30) - units(5), abs=1e-4)
+    assert ring_difference == pytest.approx(-units(5), abs=1e-4)
+    # A 10 ppb rim is 5 ppb above the core: only the vein's few edge voxels count as above.
+    assert fraction > 0.95 and 0 < readout(0.01)[4] < 0.1 and readout(0.01, with_vein=False)[4] == 0
+    assert readout(0.02)[0] < difference < readout(0.04)[0]
+
+
+def _cross_core(mask: torch.Tensor) -> torch.Tensor:
+    from scipy import ndimage
+
+    return torch.from_numpy(ndimage.binary_erosion(mask.numpy().astype(bool)).astype(np.float32))
+
+
+def test_rim_readout_of_a_lesion_does_not_depend_on_its_batch():
+    # The read-out crops to the batch's lesions: a small lesion must read the same next to one
+    # that touches the patch border as alone.
+    from bids_rim.models.blocks import RimReadout
+
+    generator = torch.Generator().manual_seed(0)
+    qsm = torch.randn(2, 1, 24, 24, 24, generator=generator)
+    axis = torch.arange(24) - 11.5
+    radius = (torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij")) ** 2).sum(0).sqrt()
+    masks = torch.stack([(radius <= 3).float(), (radius <= 14).float()])[:, None]
+    together = RimReadout()(qsm, masks)
+    alone = torch.cat([RimReadout()(qsm[i : i + 1], masks[i : i + 1]) for i in range(2)])
+    assert torch.allclose(together, alone)
+    model = get_model("asym", width=4, rim_readout=True)
+    assert model(torch.cat([qsm, torch.ones_like(qsm), masks], 1)[:, :, :16, :16, :16])["embedding"].shape[1] == \
+        model.embedding_dim == get_model("asym", width=4, rim_readout=False).embedding_dim + 5

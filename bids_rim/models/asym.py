@@ -30,6 +30,7 @@ from torch import nn
 from bids_rim.models.blocks import (
     LesionRegionPool,
     PreActResBlock,
+    RimReadout,
     light_stem,
     mlp_head,
     scale_inputs,
@@ -51,6 +52,9 @@ class AsymQsmFlairNet(nn.Module):
         region_pool_stages: stages whose features are region-pooled (whole patch, edge band, core):
             0 = P/2, 1 = P/4, 2 = P/8. The P/8 features are always in the embedding, as a patch
             mean when stage 2 is not region-pooled.
+        rim_readout: append the parameter-free :class:`RimReadout` of the QSM input (five numbers at
+            patch resolution: edge and core medians, their difference, the outer ring's difference
+            and the fraction of the edge above the core) to the embedding.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class AsymQsmFlairNet(nn.Module):
         film_stages: tuple[int, ...] = (0,),
         dropout: float = 0.2,
         region_pool_stages: tuple[int, ...] = (0, 1),
+        rim_readout: bool = True,
     ) -> None:
         super().__init__()
         if conditioning not in CONDITIONINGS:
@@ -76,7 +81,9 @@ class AsymQsmFlairNet(nn.Module):
         self.mid_channels = width
         # Three averages (whole patch, edge band, core) per region-pooled stage of 2^s · w channels,
         # plus the P/8 patch mean when stage 2 is not region-pooled.
-        self.embedding_dim = sum(3 * width * 2**s for s in pooled) + (0 if 2 in pooled else 4 * width)
+        self.rim_readout = RimReadout() if rim_readout else None
+        self.embedding_dim = (sum(3 * width * 2**s for s in pooled) + (0 if 2 in pooled else 4 * width)
+                              + (5 if rim_readout else 0))
         self.qsm_stem = stem(2, width)
         self.qsm_block1 = PreActResBlock(width, 2 * width, stride=2, squeeze_excite=True)
         self.qsm_block2 = PreActResBlock(2 * width, 4 * width, stride=2, squeeze_excite=True)
@@ -122,6 +129,8 @@ class AsymQsmFlairNet(nn.Module):
         parts = [self.region_pool(stages[s], mask) for s in self.region_pool_stages]
         if 2 not in self.region_pool_stages:
             parts.append(deep.mean((2, 3, 4)))
+        if self.rim_readout is not None:
+            parts.append(self.rim_readout(scaled[:, QSM : QSM + 1], mask))
         return {"mid": mid, "embedding": torch.cat(parts, dim=1)}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -134,6 +134,62 @@ class LesionRegionPool(nn.Module):
         return torch.cat([features.mean((2, 3, 4)), pooled.flatten(1)], dim=1)
 
 
+def _cross_erode(mask: torch.Tensor) -> torch.Tensor:
+    """Binary erosion of (B, 1, D, H, W) by the 6-neighbourhood cross (outside the patch counts as inside)."""
+    padded = F.pad(mask, (1, 1, 1, 1, 1, 1), value=1.0)
+    out = mask
+    for axis in (2, 3, 4):
+        for shift in (0, 2):
+            view = padded
+            for other in (2, 3, 4):
+                view = view.narrow(other, shift if other == axis else 1, mask.shape[other])
+            out = torch.minimum(out, view)
+    return out
+
+
+class RimReadout(nn.Module):
+    """Parameter-free read-out of the QSM input at patch resolution: the comparison a reader makes (B, 5).
+
+    A rim is 0.7–2 mm thick: after the stem's 2×2×2 patchify it shares its feature voxels with
+    the lesion core and the white matter around it. This read-out takes the network's QSM input
+    (20 ppb units) before any downsampling. Edge = the one-voxel layer inside the lesion border
+    (6-neighbourhood), core = the rest of the lesion, ring = the one-voxel layer outside.
+    Medians, not means: one vein crossing a thin layer moves its mean but not its median (the
+    soft limit is monotone, so the medians are those of the ppm values, limited). Returns
+    median(edge) − median(core), median(edge), median(core), median(ring) − median(core) and the
+    fraction of edge voxels more than 10 ppb (0.5 units) above the core median; an empty region
+    counts as 0 (the NAWM level).
+    """
+
+    RIM_LEVEL = 0.5  # 10 ppb in network units
+
+    def forward(self, qsm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lesion = (mask > 0.5).to(qsm.dtype)
+        # Every region lies within one voxel of a lesion voxel: the medians need only the batch's
+        # lesion bounding box plus one voxel (about a twentieth of a 32³ patch for a typical lesion).
+        crop = [slice(None), slice(None)]
+        for axis in (2, 3, 4):
+            present = torch.nonzero(lesion.amax(dim=[d for d in range(5) if d != axis])).flatten()
+            if len(present):
+                crop.append(slice(max(int(present[0]) - 1, 0), int(present[-1]) + 2))
+            else:
+                crop.append(slice(None))
+        qsm, lesion = qsm[tuple(crop)], lesion[tuple(crop)]
+        core = _cross_erode(lesion)
+        edge = lesion - core
+        ring = 1 - _cross_erode(1 - lesion) - lesion
+
+        def median_over(region: torch.Tensor) -> torch.Tensor:
+            values = torch.where(region > 0.5, qsm, torch.full_like(qsm, float("nan"))).flatten(1)
+            return torch.nan_to_num(values.nanmedian(dim=1).values, nan=0.0)
+
+        edge_median, core_median, ring_median = median_over(edge), median_over(core), median_over(ring)
+        above = ((qsm > core_median.view(-1, 1, 1, 1, 1) + self.RIM_LEVEL).to(qsm.dtype) * edge).sum((1, 2, 3, 4))
+        fraction = above / edge.sum((1, 2, 3, 4)).clamp_min(1.0)
+        return torch.stack([edge_median - core_median, edge_median, core_median, ring_median - core_median,
+                            fraction], dim=1)
+
+
 def mlp_head(in_features: int, hidden: int, dropout: float) -> nn.Sequential:
     """Small classifier head: Linear → GELU → Dropout → Linear to one logit."""
     return nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))

@@ -25,8 +25,9 @@ from bids_rim.errors import InputError
 from bids_rim.models import available_models, is_neural
 
 FORMAT_VERSION = 2
-# Version-2 files written before ``region_pool_stages`` existed pooled the asym features at P/8 only.
-LEGACY_REGION_POOL_STAGES = [2]
+# Version-2 files written before ``region_pool_stages`` existed pooled the asym features at P/8 only;
+# files written before ``rim_readout`` existed have no read-out.
+LEGACY_ASYM_CONFIG = {"region_pool_stages": [2], "rim_readout": False}
 REQUIRED_KEYS = ("format_version", "arch", "arch_config", "state_dicts", "temperatures", "biases", "threshold",
                  "patch_size", "patch_spacing_mm", "training")
 
@@ -105,5 +106,5 @@ def load_checkpoint(path: Path, expected_arch: str | None = None) -> dict[str, A
     if expected_arch is not None and arch != expected_arch:
         raise InputError(f"{path}: model file holds architecture {arch!r}, expected {expected_arch!r}")
     if arch in ("asym", "qsm_only"):
-        payload["arch_config"] = {"region_pool_stages": LEGACY_REGION_POOL_STAGES, **payload["arch_config"]}
+        payload["arch_config"] = {**LEGACY_ASYM_CONFIG, **payload["arch_config"]}
     return payload

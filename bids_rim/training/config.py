@@ -26,6 +26,8 @@ class TrainConfig:
     # Stages of the asym QSM path whose features are pooled over the lesion's edge band and core
     # (0 = P/2, 1 = P/4, 2 = P/8); see bids_rim.models.asym for why not only the deepest one.
     region_pool_stages: tuple[int, ...] = (0, 1)
+    # A parameter-free median read-out of the QSM edge and core at patch resolution (RimReadout).
+    rim_readout: bool = True
     early_fusion_widen_factor: float = 0.25
     radiomics_estimator: str = "random_forest"
     # self-supervised pretraining
@@ -78,9 +80,10 @@ class TrainConfig:
         if self.arch == "asym":
             return {"width": self.width, "conditioning": self.conditioning,
                     "film_stages": list(self.film_stages), "dropout": self.dropout,
-                    "region_pool_stages": list(self.region_pool_stages)}
+                    "region_pool_stages": list(self.region_pool_stages), "rim_readout": self.rim_readout}
         if self.arch == "qsm_only":
-            return {"width": self.width, "dropout": self.dropout, "region_pool_stages": list(self.region_pool_stages)}
+            return {"width": self.width, "dropout": self.dropout, "region_pool_stages": list(self.region_pool_stages),
+                    "rim_readout": self.rim_readout}
         if self.arch in ("rimnet", "qsmrimnet"):
             return {"width": self.width, "dropout": self.dropout}
         if self.arch == "early_fusion":
