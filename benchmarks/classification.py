@@ -570,8 +570,8 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
         f"- Machine: {run.machine}",
         (f"- Settings: {settings.subjects} subjects, {settings.sites} sites, size `{settings.size}`, "
         f"{settings.folds}-fold patient-level cross-validation (one split for every method), patches "
-        f"{settings.patch_size}³ at {settings.patch_spacing_mm} mm or the QSM's own voxel size where coarser, {settings.bootstrap_resamples} bootstrap "
-        f"resamples over patients."),
+        f"{settings.patch_size}³ at {settings.patch_spacing_mm} mm or the QSM's own voxel size where coarser, "
+        f"{settings.bootstrap_resamples} bootstrap resamples over patients."),
         "",
         "## Labels",
         "",
