@@ -875,19 +875,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _stream_handler(name: str | None = None) -> logging.Handler:
+    """A stderr handler in the benchmark's log format."""
+    handler = logging.StreamHandler()
+    handler.set_name(name)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # The root handler is named as the bids_rim CLI names its own, so that the participant level
     # replaces it instead of adding a second one (every bids_rim line was printed twice).
-    root_handler = logging.StreamHandler()
-    root_handler.set_name("bids_rim")
-    root_handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
-    logging.getLogger().addHandler(root_handler)
+    logging.getLogger().addHandler(_stream_handler("bids_rim"))
     logging.getLogger().setLevel(logging.INFO)
     # Own handler, no propagation: the participant CLI adds a root handler that would print warnings twice.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
-    LOGGER.addHandler(handler)
+    LOGGER.addHandler(_stream_handler())
     LOGGER.propagate = False
     settings = BenchmarkSettings(args.subjects, args.sites, args.size, args.seed, args.folds, args.patch_size,
                                  args.patch_spacing, args.methods, args.quick, args.bootstrap)
