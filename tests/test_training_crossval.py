@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
@@ -33,6 +34,36 @@ def test_no_patient_in_two_folds_and_every_labelled_patient_tested(toy):
     assert set(tested) == set(meta.loc[meta["label"].notna(), "participant_id"])
     assert "sub-011" not in tested
     assert crossval.patient_folds(meta, 3, seed=0) == folds
+
+
+def _skewed_cohort(seed: int) -> pd.DataFrame:
+    """Lesion table of 36 patients at 3 sites whose rim+ counts are skewed as in MS (most 0–2, a few many)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(36):
+        n_rim = int(rng.choice([0, 0, 0, 1, 1, 2, 3, 5, 9]))
+        n_other = int(rng.integers(8, 30))
+        for lesion, label in enumerate([1.0] * n_rim + [0.0] * n_other, start=1):
+            rows.append({"participant_id": f"sub-{index:03d}", "site": f"site{index % 3 + 1}", "lesion_id": lesion,
+                         "label": label})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_folds_share_rim_lesions_and_sites_evenly(seed):
+    """Each fold's test set holds about a third of the rim+ lesions and of each site's patients."""
+    meta = _skewed_cohort(seed)
+    folds = crossval.patient_folds(meta, 3, seed=seed)
+    rim = meta[meta["label"] == 1].groupby("participant_id").size()
+    rim_share = np.array([rim.reindex(fold, fill_value=0).sum() for fold in folds]) / rim.sum()
+    assert np.all(np.abs(rim_share - 1 / 3) < 0.05), rim_share
+    prevalence = [meta.loc[meta["participant_id"].isin(fold), "label"].mean() for fold in folds]
+    assert max(prevalence) - min(prevalence) < 0.03, prevalence
+    site_of = meta.groupby("participant_id")["site"].first()
+    for site in site_of.unique():
+        per_fold = [int((site_of[fold] == site).sum()) for fold in folds]
+        assert max(per_fold) - min(per_fold) <= 1, (site, per_fold)
+    assert crossval.patient_folds(meta, 3, seed=seed + 10) != folds  # the seed decides among equal choices
 
 
 def test_inner_split_is_by_patient(toy):

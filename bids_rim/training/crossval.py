@@ -1,7 +1,7 @@
 """Patient-level K-fold cross-validation, with pretraining inside each fold, then a final model.
 
-Folds are drawn over *patients* (no patient in two folds), stratified by site and by the
-patient's rim+ count (0, 1–3, ≥ 4). In each fold: pretraining sees only the training patients'
+Folds are drawn over *patients* (no patient in two folds), balanced in rim+ lesions, rim−
+lesions and sites. In each fold: pretraining sees only the training patients'
 patches (labelled or not; patients with no labels at all are never tested, so they pretrain
 in every fold); fine-tuning uses the training patients' labelled lesions, with an inner
 validation split also by patient for early stopping, temperature and threshold; the test
@@ -11,14 +11,12 @@ fold is predicted once at the end.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import StratifiedGroupKFold
 
 from bids_rim.errors import InputError
 from bids_rim.models import get_model, is_neural
@@ -63,61 +61,70 @@ class CrossValResult:
     predictions: pd.DataFrame  # participant_id, site, label, fold, rim_probability, threshold
 
 
-def patient_strata(meta: pd.DataFrame) -> pd.Series:
-    """One stratum per patient: site and rim+ count bin (0, 1–3, ≥ 4)."""
-    rim_count = meta.groupby("participant_id")["label"].apply(lambda s: int((s == 1).sum()))
-    bins = pd.cut(rim_count, [-1, 0, 3, np.inf], labels=["0", "1-3", "4+"]).astype(str)
-    site = meta.groupby("participant_id")["site"].first().astype(str)
-    return site + "|" + bins
+def _patient_counts(meta: pd.DataFrame) -> pd.DataFrame:
+    """Per labelled patient: rim+ and rim− lesion counts and site (index: participant_id, sorted)."""
+    labels = meta.groupby("participant_id")["label"]
+    return pd.DataFrame({
+        "rim_pos": labels.apply(lambda s: int((s == 1).sum())),
+        "rim_neg": labels.apply(lambda s: int((s == 0).sum())),
+        "site": meta.groupby("participant_id")["site"].first().astype(str),
+    }).sort_index()
 
 
-def _quiet_splits(splitter: StratifiedGroupKFold, patients: np.ndarray, strata: np.ndarray) -> list:
-    """Splits with one row per patient; small strata only cost balance, so their warning is silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        return list(splitter.split(patients, strata, groups=patients))
+def balanced_patient_groups(meta: pd.DataFrame, n_groups: int, seed: int) -> list[list[str]]:
+    """Split the patients of ``meta`` into ``n_groups`` groups with even rim+ lesions, rim− lesions and sites.
+
+    Greedy, largest first: patients in decreasing order of rim+ count (seeded random order among
+    equal counts) each join the group where the spread over groups of every quantity's share
+    (rim+ lesions, rim− lesions, patients of each site) grows least; ties go to the smaller group.
+    Why not per-patient strata: binning patients by rim+ count (0, 1–3, ≥ 4) left 3-fold test sets
+    with 57/26/22 rim+ lesions on a 40-patient cohort, so each fold's model learned a different
+    prior and the pooled out-of-fold probabilities did not share a scale. Lesion-level balance
+    keeps test-fold prevalences within a few per cent of each other.
+    """
+    counts = _patient_counts(meta)
+    sites = sorted(counts["site"].unique())
+    quantities = np.column_stack([counts["rim_pos"], counts["rim_neg"],
+                                  *[(counts["site"] == site).to_numpy() for site in sites]]).astype(float)
+    totals = np.maximum(quantities.sum(axis=0), 1.0)
+    order = np.random.default_rng(seed).permutation(len(counts))
+    order = order[np.argsort(-counts["rim_pos"].to_numpy()[order], kind="stable")]
+    loads = np.zeros((n_groups, quantities.shape[1]))
+    sizes = np.zeros(n_groups, dtype=int)
+    group_of = np.empty(len(counts), dtype=int)
+    for patient in order:
+        spreads = [float(np.var((loads + np.outer(np.eye(n_groups)[group], quantities[patient])) / totals, axis=0).sum())
+                   for group in range(n_groups)]
+        group = min(range(n_groups), key=lambda g: (spreads[g], sizes[g]))
+        loads[group] += quantities[patient]
+        sizes[group] += 1
+        group_of[patient] = group
+    return [sorted(counts.index[group_of == group].tolist()) for group in range(n_groups)]
 
 
 def patient_folds(meta: pd.DataFrame, n_folds: int, seed: int) -> list[list[str]]:
     """Test patients of each fold, over the patients that have at least one labelled lesion."""
     labelled = meta[meta["label"].notna()]
-    patients = np.array(sorted(labelled["participant_id"].unique()))
-    if len(patients) < n_folds:
-        raise ValueError(f"{n_folds}-fold cross-validation needs at least {n_folds} labelled patients, got {len(patients)}")
-    strata = patient_strata(labelled).reindex(patients)
-    # Strata too small for the fold count are merged by site, then globally, so that every
-    # stratum can be spread over the folds.
-    counts = strata.map(strata.value_counts())
-    strata = strata.where(counts >= n_folds, strata.str.split("|").str[0])
-    counts = strata.map(strata.value_counts())
-    strata = strata.where(counts >= n_folds, "any")
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    folds = [sorted(patients[test].tolist()) for _, test in _quiet_splits(splitter, patients, strata.to_numpy())]
-    return folds
+    n_patients = labelled["participant_id"].nunique()
+    if n_patients < n_folds:
+        raise ValueError(f"{n_folds}-fold cross-validation needs at least {n_folds} labelled patients, got {n_patients}")
+    return balanced_patient_groups(labelled, n_folds, seed)
 
 
 def inner_split(meta: pd.DataFrame, fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Split labelled training patients into fit and validation patients (by patient, stratified).
+    """Split labelled training patients into fit and validation patients (by patient, balanced as the folds).
 
-    Prefers a split where both sides hold a rim+ lesion.
+    The validation patients are one of ``round(1 / fraction)`` balanced groups, the first in
+    which both sides hold a rim+ lesion.
     """
-    patients = np.array(sorted(meta["participant_id"].unique()))
+    patients = sorted(meta["participant_id"].unique())
     if len(patients) < 2:
         raise InputError(f"fine-tuning needs at least 2 labelled training patients (one for validation), got {len(patients)}")
-    n_splits = int(min(max(round(1 / fraction), 2), len(patients)))
-    strata = patient_strata(meta).reindex(patients).str.split("|").str[1]
-    if strata.value_counts().max() < n_splits:  # too few patients to stratify by rim+ count
-        strata[:] = "any"
-    strata = strata.to_numpy()
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    n_groups = int(min(max(round(1 / fraction), 2), len(patients)))
+    groups = balanced_patient_groups(meta, n_groups, seed)
     has_rim = meta.groupby("participant_id")["label"].apply(lambda s: bool((s == 1).any()))
-    first = None
-    for fit, val in _quiet_splits(splitter, patients, strata):
-        split = (sorted(patients[fit].tolist()), sorted(patients[val].tolist()))
-        first = first or split
-        if has_rim[split[0]].any() and has_rim[split[1]].any():
-            return split
-    return first
+    splits = [(sorted(set(patients) - set(val)), val) for val in groups]
+    return next((split for split in splits if has_rim[split[0]].any() and has_rim[split[1]].any()), splits[0])
 
 
 def initialise_from_model_file(model: torch.nn.Module, config: TrainConfig) -> None:
