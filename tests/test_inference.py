@@ -23,14 +23,22 @@ from bids_rim.training.prediction import predict_logits
 from bids_rim.training.toy import make_toy_patches
 
 ARCH_CONFIG = {"width": 4, "conditioning": "film_spatial", "film_stages": [0], "dropout": 0.1, "region_pool_stages": [0, 1],
-               "rim_readout": True}
+               "rim_readout": True, "readout_logit": True}
+
+
+def _as_if_trained(network: torch.nn.Module) -> torch.nn.Module:
+    """Random weights where a fresh asym starts at zero (the head's last layer, the read-out path)."""
+    for layer in (network.head[-1], getattr(network, "readout_logit", None)):
+        if layer is not None:
+            torch.nn.init.normal_(layer.weight, std=0.5)
+    return network
 
 
 def _save(path, seeds=(0, 1), arch="asym", arch_config=ARCH_CONFIG, threshold=0.4):
     state_dicts = []
     for seed in seeds:
         torch.manual_seed(seed)
-        state_dicts.append(get_model(arch, **arch_config).state_dict())
+        state_dicts.append(_as_if_trained(get_model(arch, **arch_config)).state_dict())
     return save_checkpoint(path, arch=arch, arch_config=arch_config, state_dicts=state_dicts,
                            temperatures=[1.5] * len(seeds), biases=[-1.0] * len(seeds), threshold=threshold, patch_size=16, patch_spacing_mm=1.0,
                            training={"synthetic_data": True, "note": "test"})
@@ -43,7 +51,7 @@ def test_round_trip_restores_every_member_exactly(tmp_path):
     model = load_rim_model(path, "cpu")
     assert len(model.members) == 2 and model.threshold == pytest.approx(0.4) and model.patch_size == 16
     torch.manual_seed(1)
-    reference = get_model("asym", **ARCH_CONFIG).state_dict()
+    reference = _as_if_trained(get_model("asym", **ARCH_CONFIG)).state_dict()
     for key, value in model.members[1].state_dict().items():
         torch.testing.assert_close(value, reference[key], rtol=0, atol=0)
     assert model.metadata["synthetic_data"] is True
@@ -84,7 +92,7 @@ def test_predict_gives_probability_uncertainty_and_label(tmp_path):
 def test_head_only_mc_dropout_matches_whole_network_dropout():
     """Sampling only the head gives the same distribution as dropout on in the whole network."""
     torch.manual_seed(0)
-    network = get_model("asym", **{**ARCH_CONFIG, "dropout": 0.5})
+    network = _as_if_trained(get_model("asym", **{**ARCH_CONFIG, "dropout": 0.5}))
     patches, _ = make_toy_patches(1, 3, patch_size=16, seed=0)
     generator = torch.Generator().manual_seed(0)
     head_samples = predict_logits(network, patches, torch.device("cpu"), mc_dropout_samples=400, generator=generator)[1:]
@@ -96,11 +104,35 @@ def test_head_only_mc_dropout_matches_whole_network_dropout():
     np.testing.assert_allclose(head_samples.std(0), whole.std(0), rtol=0.2)
 
 
+def test_mc_dropout_keeps_the_read_out_path():
+    """With the MLP head silenced, every MC sample is the linear read-out path's logit (no dropout)."""
+    torch.manual_seed(0)
+    network = _as_if_trained(get_model("asym", **{**ARCH_CONFIG, "dropout": 0.5}))
+    torch.nn.init.zeros_(network.head[-1].weight)
+    torch.nn.init.zeros_(network.head[-1].bias)
+    patches, _ = make_toy_patches(1, 3, patch_size=16, seed=0)
+    logits = predict_logits(network, patches, torch.device("cpu"), mc_dropout_samples=5)
+    assert np.abs(logits[0]).min() > 1e-3
+    np.testing.assert_allclose(logits[1:], np.broadcast_to(logits[0], logits[1:].shape), rtol=1e-5, atol=1e-6)
+
+
+def test_file_with_read_out_but_no_read_out_path_loads_as_written(tmp_path):
+    # Files written after rim_readout and before readout_logit existed pass the read-out through the MLP only.
+    former = {key: value for key, value in ARCH_CONFIG.items() if key != "readout_logit"}
+    weights = get_model("asym", **former, readout_logit=False).state_dict()
+    path = save_checkpoint(tmp_path / "former.pt", arch="asym", arch_config=former, state_dicts=[weights],
+                           temperatures=[1.0], biases=[0.0], threshold=0.5, patch_size=16, patch_spacing_mm=1.0,
+                           training={})
+    member = load_rim_model(path, "cpu").members[0]
+    assert member.rim_readout is not None and member.readout_logit is None
+
+
 def test_asym_file_without_region_pool_stages_loads_with_the_former_layout(tmp_path):
     # Files written before the options existed pooled at P/8 only and had no rim read-out.
-    former = {key: value for key, value in ARCH_CONFIG.items() if key not in ("region_pool_stages", "rim_readout")}
+    former = {key: value for key, value in ARCH_CONFIG.items()
+              if key not in ("region_pool_stages", "rim_readout", "readout_logit")}
     torch.manual_seed(0)
-    weights = get_model("asym", **former, region_pool_stages=(2,), rim_readout=False).state_dict()
+    weights = get_model("asym", **former, region_pool_stages=(2,), rim_readout=False, readout_logit=False).state_dict()
     path = save_checkpoint(tmp_path / "former.pt", arch="asym", arch_config=former, state_dicts=[weights],
                            temperatures=[1.0], biases=[0.0], threshold=0.5, patch_size=16, patch_spacing_mm=1.0,
                            training={})

@@ -53,6 +53,7 @@ def test_asym_flair_matters_once_film_is_not_zero(toy):
     torch.manual_seed(0)
     model = get_model("asym", width=4).eval()
     torch.nn.init.normal_(model.conditioners["0"].to_scale_shift.weight, std=0.1)
+    torch.nn.init.normal_(model.head[-1].weight, std=0.5)  # a fresh head's last layer is zero
     batch = torch.from_numpy(toy[0][:3])
     changed_flair = batch.clone()
     changed_flair[:, 1] *= 2
@@ -61,9 +62,11 @@ def test_asym_flair_matters_once_film_is_not_zero(toy):
 
 def test_qsm_only_ignores_flair(toy):
     model = get_model("qsm_only", width=4).eval()
+    torch.nn.init.normal_(model.head[-1].weight, std=0.5)  # a fresh head's last layer is zero
     batch = torch.from_numpy(toy[0][:3])
     changed_flair = batch.clone()
     changed_flair[:, 1] = 5.0
+    assert model(batch)["logit"].abs().min() > 1e-4
     torch.testing.assert_close(model(batch)["logit"], model(changed_flair)["logit"])
 
 
@@ -175,3 +178,17 @@ def test_rim_readout_of_a_lesion_does_not_depend_on_its_batch():
     model = get_model("asym", width=4, rim_readout=True)
     assert model(torch.cat([qsm, torch.ones_like(qsm), masks], 1)[:, :, :16, :16, :16])["embedding"].shape[1] == \
         model.embedding_dim == get_model("asym", width=4, rim_readout=False).embedding_dim + 5
+
+
+def test_fresh_asym_is_a_logistic_regression_on_its_read_out(toy):
+    """The MLP head's last layer starts at zero, so the first logits come from the read-out path alone."""
+    from bids_rim.models.blocks import RimReadout, scale_inputs
+
+    torch.manual_seed(0)
+    model = get_model("asym", width=4).eval()
+    batch = torch.from_numpy(toy[0][:4])
+    assert torch.count_nonzero(model(batch)["logit"]) == 0
+    torch.nn.init.normal_(model.readout_logit.weight)
+    readout = RimReadout()(scale_inputs(batch)[:, :1], batch[:, 2:3])
+    torch.testing.assert_close(model(batch)["logit"], readout @ model.readout_logit.weight[0] + model.readout_logit.bias)
+    assert get_model("asym", width=4, readout_logit=False).readout_logit is None

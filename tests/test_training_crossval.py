@@ -151,3 +151,18 @@ def test_radiomics_baseline_runs_in_the_same_harness(toy):
     config = TrainConfig(arch="radiomics", folds=3, patch_size=16)
     result = crossval.cross_validate(patches, meta, config, CPU)
     assert len(result.fold_metrics) == 3 and result.fold_metrics["pr_auc"].notna().all()
+
+
+def test_read_out_path_starts_from_a_logistic_regression_on_the_training_lesions():
+    from bids_rim.models import get_model
+    from bids_rim.training.finetune import start_readout_path_from_logistic_regression
+    from bids_rim.training.prediction import predict_logits
+
+    patches, meta = make_toy_patches(8, 8, patch_size=16, seed=2)
+    labels = meta["label"].to_numpy().astype(int)
+    torch.manual_seed(0)
+    model = get_model("asym", width=4)
+    start_readout_path_from_logistic_regression(model, patches, labels, CPU)
+    logits = predict_logits(model, patches, CPU)[0]  # a fresh MLP head adds zero: the logits are the regression's
+    assert average_precision_score(labels, logits) > labels.mean() + 0.3
+    assert abs((logits > 0).mean() - 0.5) < 0.3  # classes weighted as balanced batches present them

@@ -5,7 +5,8 @@ Layout for a patch of P³ voxels (channels ``qsm_ppm, flair_nawm, lesion_mask``)
     [qsm, mask] ─ QSM stem (P/2, w) ─▶ cond₀ ─ res+SE (P/4, 2w) ─▶ cond₁ ─ res+SE (P/8, 4w)
     [flair, mask] ─ FLAIR stem (P/2, w) ─┘ ─ res (P/4, 2w) ─────────┘  (only when stage 1 is conditioned)
     embedding = [region pool (P/2, 3w), region pool (P/4, 6w), patch mean (P/8, 4w),
-                 rim read-out of the QSM input (P, 5 numbers)] ─ MLP ─ logit
+                 rim read-out of the QSM input (P, 5 numbers)] ─ MLP ─┐
+    rim read-out ─ linear ────────────────────────────────────────────────── + ─ logit
     (the default ``region_pool_stages=(0, 1)``; stage 0 = P/2, 1 = P/4, 2 = P/8)
 
 ``cond`` is the conditioning chosen by ``conditioning`` (spatial FiLM by default) at the stages in
@@ -26,9 +27,17 @@ the white matter; the rim read-out (:class:`~bids_rim.models.blocks.RimReadout`,
 hands the head the medians of the lesion's inner edge layer and core at patch resolution.
 Together with patches cut at the QSM's own voxel size it lifted the held-out PR AUC by
 0.14–0.18 per fold on the 40-patient diagnosis split (docs/training.md).
+
+The read-out also reaches the logit through a linear path of its own (``readout_logit``), and
+the MLP's last layer starts at zero: fine-tuning starts that path from a logistic regression on
+the training lesions' read-out, and the convolutional features add what they can. Inside the MLP the five numbers were 5 of 161
+inputs; on balanced folds of the 40-patient split the network then ranked lesions below a
+logistic regression on the read-out alone (docs/training.md).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -61,6 +70,8 @@ class AsymQsmFlairNet(nn.Module):
         rim_readout: append the parameter-free :class:`RimReadout` of the QSM input (five numbers at
             patch resolution: edge and core medians, their difference, the outer ring's difference
             and the fraction of the edge above the core) to the embedding.
+        readout_logit: add a linear function of the read-out to the logit and start the MLP head's
+            last layer at zero (only with ``rim_readout``).
     """
 
     def __init__(
@@ -71,6 +82,7 @@ class AsymQsmFlairNet(nn.Module):
         dropout: float = 0.2,
         region_pool_stages: tuple[int, ...] = (0, 1),
         rim_readout: bool = True,
+        readout_logit: bool = True,
     ) -> None:
         super().__init__()
         if conditioning not in CONDITIONINGS:
@@ -89,7 +101,7 @@ class AsymQsmFlairNet(nn.Module):
         # plus the P/8 patch mean when stage 2 is not region-pooled, plus the read-out's five numbers.
         self.rim_readout = RimReadout() if rim_readout else None
         self.embedding_dim = (sum(3 * width * 2**s for s in pooled) + (0 if 2 in pooled else 4 * width)
-                              + (5 if rim_readout else 0))
+                              + (RimReadout.N_FEATURES if rim_readout else 0))
         self.qsm_stem = stem(2, width)
         self.qsm_block1 = PreActResBlock(width, 2 * width, stride=2, squeeze_excite=True)
         self.qsm_block2 = PreActResBlock(2 * width, 4 * width, stride=2, squeeze_excite=True)
@@ -101,6 +113,11 @@ class AsymQsmFlairNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.region_pool = LesionRegionPool()
         self.head = mlp_head(self.embedding_dim, 4 * width, dropout)
+        self.readout_logit = nn.Linear(RimReadout.N_FEATURES, 1) if rim_readout and readout_logit else None
+        if self.readout_logit is not None:
+            for layer in (self.readout_logit, self.head[-1]):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         # Projects the pooled FLAIR stem features to the embedding size, for cross-modal pretraining.
         self.flair_projection = nn.Linear(2 * width if self.flair_block1 is not None else width, self.embedding_dim)
 
@@ -139,9 +156,22 @@ class AsymQsmFlairNet(nn.Module):
             parts.append(self.rim_readout(scaled[:, QSM : QSM + 1], mask))
         return {"mid": mid, "embedding": torch.cat(parts, dim=1)}
 
+    def rim_readout_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The read-out's five numbers (B, 5) of raw patches, without running the convolutions."""
+        return self.rim_readout(scale_inputs(x)[:, QSM : QSM + 1], x[:, MASK : MASK + 1])
+
+    def logit_from_embedding(self, embedding: torch.Tensor,
+                             head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits (B,) from embeddings: the MLP head (``head`` in its place, e.g. with dropout
+        sampled) plus the linear read-out path, which has no dropout."""
+        logit = (head or self.head)(embedding).reshape(-1)
+        if self.readout_logit is not None:  # the read-out is the embedding's last five numbers
+            logit = logit + self.readout_logit(embedding[:, -RimReadout.N_FEATURES :]).squeeze(1)
+        return logit
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         embedding = self.features(x)["embedding"]
-        return {"logit": self.head(embedding).squeeze(1), "embedding": embedding}
+        return {"logit": self.logit_from_embedding(embedding), "embedding": embedding}
 
     def encode_qsm(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled QSM embedding without any FLAIR input (B, embedding_dim)."""

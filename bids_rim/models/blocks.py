@@ -162,6 +162,7 @@ class RimReadout(nn.Module):
     """
 
     RIM_LEVEL = 0.5  # 10 ppb in network units
+    N_FEATURES = 5
 
     def forward(self, qsm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lesion = (mask > 0.5).to(qsm.dtype)

@@ -28,6 +28,8 @@ class TrainConfig:
     region_pool_stages: tuple[int, ...] = (0, 1)
     # A parameter-free median read-out of the QSM edge and core at patch resolution (RimReadout).
     rim_readout: bool = True
+    # The read-out also reaches the logit linearly (training starts as a logistic regression on it).
+    readout_logit: bool = True
     early_fusion_widen_factor: float = 0.25
     radiomics_estimator: str = "random_forest"
     # self-supervised pretraining
@@ -80,10 +82,11 @@ class TrainConfig:
         if self.arch == "asym":
             return {"width": self.width, "conditioning": self.conditioning,
                     "film_stages": list(self.film_stages), "dropout": self.dropout,
-                    "region_pool_stages": list(self.region_pool_stages), "rim_readout": self.rim_readout}
+                    "region_pool_stages": list(self.region_pool_stages), "rim_readout": self.rim_readout,
+                    "readout_logit": self.readout_logit}
         if self.arch == "qsm_only":
             return {"width": self.width, "dropout": self.dropout, "region_pool_stages": list(self.region_pool_stages),
-                    "rim_readout": self.rim_readout}
+                    "rim_readout": self.rim_readout, "readout_logit": self.readout_logit}
         if self.arch in ("rimnet", "qsmrimnet"):
             return {"width": self.width, "dropout": self.dropout}
         if self.arch == "early_fusion":

@@ -26,12 +26,12 @@ def predict_logits(
 
     The first V rows are the deterministic (eval-mode) logits, one per flip view. With
     ``mc_dropout_samples = S`` each view adds S Monte Carlo dropout samples (rows V.., view-major).
-    Every network here keeps its dropout in the classifier head (``logit = head(embedding)``),
-    so a sample re-runs only the head on the view's embedding: the same distribution as re-running
-    the whole network with dropout on, at a negligible cost. ``generator`` seeds the dropout masks.
+    Every network here keeps its dropout in the classifier head (``logit = head(embedding)``; asym
+    adds a linear read-out path without dropout, see ``logit_from_embedding``), so a sample
+    re-runs only the head on the view's embedding: the same distribution as re-running the whole
+    network with dropout on, at a negligible cost. ``generator`` seeds the dropout masks.
     """
     model.eval()
-    head = model.head
     rows: list[list[np.ndarray]] = [[] for _ in range(len(flips) * (1 + mc_dropout_samples))]
     for start in range(0, len(patches), batch_size):
         batch = torch.as_tensor(np.ascontiguousarray(patches[start : start + batch_size]), dtype=torch.float32).to(device)
@@ -40,17 +40,23 @@ def predict_logits(
             rows[view].append(out["logit"].float().cpu().numpy())
             for sample in range(mc_dropout_samples):
                 rows[len(flips) + view * mc_dropout_samples + sample].append(
-                    _dropout_head(head, out["embedding"], generator).float().cpu().numpy())
+                    _sampled_logit(model, out["embedding"], generator).float().cpu().numpy())
     return np.stack([np.concatenate(r) if r else np.zeros(0, np.float32) for r in rows])
 
 
-def _dropout_head(head: nn.Module, embedding: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """The head with every dropout layer sampling a mask from ``generator`` (other layers as in eval)."""
-    x = embedding
-    for layer in head:
-        if isinstance(layer, nn.Dropout) and layer.p > 0:
-            keep = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) >= layer.p
-            x = x * keep / (1 - layer.p)
-        else:
-            x = layer(x)
-    return x.squeeze(-1)
+def _sampled_logit(model: nn.Module, embedding: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One MC dropout sample of the logits: every dropout layer of ``model.head`` draws a mask from
+    ``generator`` (other layers as in eval)."""
+
+    def dropout_head(x: torch.Tensor) -> torch.Tensor:
+        for layer in model.head:
+            if isinstance(layer, nn.Dropout) and layer.p > 0:
+                keep = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) >= layer.p
+                x = x * keep / (1 - layer.p)
+            else:
+                x = layer(x)
+        return x.reshape(-1)
+
+    if hasattr(model, "logit_from_embedding"):
+        return model.logit_from_embedding(embedding, head=dropout_head)
+    return dropout_head(embedding)
