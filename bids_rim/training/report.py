@@ -108,7 +108,7 @@ def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[s
               "- Sites: " + ", ".join(f"{site} ({n} lesions)" for site, n in data_summary["sites"].items()),
               f"- Patches: {config['patch_size']}³ voxels at {config['patch_spacing_mm']} mm", "",
               "## Evaluation", "",
-              f"{config['folds']}-fold cross-validation by patient (stratified by site and rim+ count). "
+              f"{config['folds']}-fold cross-validation by patient (folds balanced in rim+ lesions, rim− lesions and sites). "
               "Pretraining in each fold saw only that fold's training patients. Each fold's threshold and "
               "calibration (temperature and bias) were chosen on inner-validation patients; the numbers below pool the out-of-fold "
               "predictions, with 95 % bootstrap intervals over patients.", "",
