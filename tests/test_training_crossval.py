@@ -64,6 +64,8 @@ def test_folds_share_rim_lesions_and_sites_evenly(seed):
         per_fold = [int((site_of[fold] == site).sum()) for fold in folds]
         assert max(per_fold) - min(per_fold) <= 1, (site, per_fold)
     assert crossval.patient_folds(meta, 3, seed=seed + 10) != folds  # the seed decides among equal choices
+    few = meta[meta["participant_id"].isin(["sub-000", "sub-001", "sub-002"])]
+    assert sorted(len(fold) for fold in crossval.patient_folds(few, 3, seed=seed)) == [1, 1, 1]
 
 
 def test_inner_split_is_by_patient(toy):

@@ -95,6 +95,7 @@ def balanced_patient_groups(meta: pd.DataFrame, n_groups: int, seed: int) -> lis
     for patient in order:
         spreads = [float(np.var((loads + np.outer(np.eye(n_groups)[group], quantities[patient])) / totals, axis=0).sum())
                    for group in range(n_groups)]
+        # An empty group has the lowest share of everything, so no group stays empty.
         group = min(range(n_groups), key=lambda g: (spreads[g], sizes[g]))
         loads[group] += quantities[patient]
         sizes[group] += 1
