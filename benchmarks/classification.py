@@ -23,7 +23,10 @@ What it does, once for all methods:
 5. the two observers (the oracle on ``observed_rim_cnr`` and the plain image-contrast observer on
    ``observed_cnr``) get a logistic calibration and a max-F1 threshold fitted on the same
    training patients (with true labels: they are ceilings, not products);
-6. metrics from ``bids_rim.training.metrics`` with patient bootstrap 95 % CIs, written as
+6. the reference ``readout_logistic``, a logistic regression on asym's five parameter-free rim
+   read-out numbers fitted to the rater's labels of the same training patients, says how much
+   the network's learned features add to the edge/core/ring medians they are given;
+7. metrics from ``bids_rim.training.metrics`` with patient bootstrap 95 % CIs, written as
    ``classification.md``, ``classification.tsv``, per-lesion predictions and ROC/PR plots,
    after every finished method, so that a run cut short keeps what it finished and names the
    methods it did not (``--time-budget`` stops it cleanly, never silently).
@@ -70,7 +73,10 @@ METHOD_DESCRIPTIONS = {
     "qsmrimnet": "baseline: QSMRim-Net-style CNN with radiomic rim features",
     "radiomics": "baseline: hand-crafted rim features + random forest",
     **{name: description for name, (_, description) in OBSERVERS.items()},
+    "readout_logistic": ("reference: logistic regression (rater labels) on asym's five parameter-free rim read-out "
+                         "numbers; what the network's learned features add to"),
 }
+UNTRAINED_METHODS = (*OBSERVERS, "readout_logistic")  # fitted in the main process, no network
 ALL_METHODS = tuple(METHOD_DESCRIPTIONS)
 LOG_FORMAT = "%(asctime)s | %(name)s | %(message)s"
 LOGGER = logging.getLogger("benchmarks.classification")  # outside bids_rim: its CLI adds a handler there
@@ -90,6 +96,12 @@ class BenchmarkSettings:
     methods: tuple[str, ...]
     quick: bool
     bootstrap_resamples: int
+    training_seed: int | None = None  # None: ``seed``; the cohort, split and bootstrap always follow ``seed``
+
+    @property
+    def task_seed(self) -> int:
+        """Seed of the trained methods (each fold adds 100 × fold, as ``cross_validate`` does)."""
+        return self.seed if self.training_seed is None else self.training_seed
 
 
 @dataclass(frozen=True)
@@ -266,12 +278,12 @@ def lesion_map_dice(output_dir: Path, bids_dir: Path, meta: pd.DataFrame) -> pd.
 
 
 def method_config(method: str, settings: BenchmarkSettings):
-    """The TrainConfig of a learned method (``None`` for the observers)."""
+    """The TrainConfig of a trained network or radiomics model (``None`` for the untrained methods)."""
     from bids_rim.training.config import TrainConfig
 
-    if method in OBSERVERS:
+    if method in UNTRAINED_METHODS:
         return None
-    base = TrainConfig(folds=settings.folds, seed=settings.seed, patch_size=settings.patch_size,
+    base = TrainConfig(folds=settings.folds, seed=settings.task_seed, patch_size=settings.patch_size,
                        patch_spacing_mm=settings.patch_spacing_mm, train_final_model=False,
                        bootstrap_resamples=settings.bootstrap_resamples)
     if settings.quick:  # tiny models and epochs: CI checks that the code runs, not how well
@@ -347,6 +359,34 @@ def run_fold_task(task: FoldTask, config, data_folder: Path, device_name: str, t
             "cpu_s": time.process_time() - cpu, "device": str(device)}
 
 
+def logistic_out_of_fold(features: np.ndarray, fit_labels: np.ndarray, fittable: np.ndarray, meta: pd.DataFrame,
+                         folds: list[list[str]], evaluable: np.ndarray) -> pd.DataFrame:
+    """Per fold, a logistic regression on ``features`` (lesions × k) fitted to ``fit_labels`` of the
+    training patients' ``fittable`` lesions; it predicts the test patients' ``evaluable`` lesions.
+
+    The max-F1 threshold is chosen on the same training lesions (there is no inner validation
+    split here). No class weights: the probabilities keep the training prevalence.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from bids_rim.training.calibration import choose_threshold
+
+    patients = meta["participant_id"].to_numpy()
+    features = np.asarray(features, dtype=float).reshape(len(meta), -1)
+    finite = np.isfinite(features).all(axis=1)
+    parts = []
+    for fold, test_patients in enumerate(folds, start=1):
+        in_test = np.isin(patients, test_patients)
+        train = np.flatnonzero(fittable & finite & ~in_test)
+        test = np.flatnonzero(evaluable & finite & in_test)
+        model = LogisticRegression(max_iter=1000).fit(features[train], fit_labels[train].astype(int))
+        threshold = choose_threshold(model.predict_proba(features[train])[:, 1], fit_labels[train])
+        parts.append(pd.DataFrame({"row": test, "fold": fold,
+                                   "rim_probability": model.predict_proba(features[test])[:, 1],
+                                   "threshold": threshold}))
+    return pd.concat(parts, ignore_index=True)
+
+
 def evaluate_observer(scores: np.ndarray, true_labels: np.ndarray, meta: pd.DataFrame, folds: list[list[str]],
                       evaluable: np.ndarray) -> pd.DataFrame:
     """An observer's score turned into a probability by a logistic fit on the training patients.
@@ -354,22 +394,33 @@ def evaluate_observer(scores: np.ndarray, true_labels: np.ndarray, meta: pd.Data
     The fit and the max-F1 threshold use the training patients' TRUE labels: the observers are
     ceilings (they know the truth), so nothing about them is learned from the rater.
     """
-    from sklearn.linear_model import LogisticRegression
+    return logistic_out_of_fold(scores, true_labels, evaluable, meta, folds, evaluable)
 
-    from bids_rim.training.calibration import choose_threshold
 
-    patients = meta["participant_id"].to_numpy()
-    usable = evaluable & np.isfinite(scores)
-    parts = []
-    for fold, test_patients in enumerate(folds, start=1):
-        in_test = np.isin(patients, test_patients)
-        train, test = np.flatnonzero(usable & ~in_test), np.flatnonzero(usable & in_test)
-        model = LogisticRegression().fit(scores[train, None], true_labels[train].astype(int))
-        threshold = choose_threshold(model.predict_proba(scores[train, None])[:, 1], true_labels[train])
-        parts.append(pd.DataFrame({"row": test, "fold": fold,
-                                   "rim_probability": model.predict_proba(scores[test, None])[:, 1],
-                                   "threshold": threshold}))
-    return pd.concat(parts, ignore_index=True)
+def rim_readout_numbers(patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """asym's parameter-free rim read-out (lesions × 5: edge − core, edge, core, ring − core medians
+    and the fraction of bright edge voxels, in network units) of every patch."""
+    import torch
+
+    from bids_rim.models.asym import MASK, QSM
+    from bids_rim.models.blocks import RimReadout, scale_inputs
+
+    readout = RimReadout()
+    numbers = []
+    with torch.no_grad():
+        for start in range(0, len(patches), batch_size):
+            batch = torch.from_numpy(np.array(patches[start : start + batch_size], dtype=np.float32))
+            numbers.append(readout(scale_inputs(batch)[:, QSM : QSM + 1], batch[:, MASK : MASK + 1]).numpy())
+    return np.concatenate(numbers)
+
+
+def evaluate_readout_logistic(patches: np.ndarray, meta: pd.DataFrame, folds: list[list[str]],
+                              evaluable: np.ndarray) -> pd.DataFrame:
+    """The read-out reference: fitted to the RATER's labels of the training patients, like the
+    trained methods (the same lesions they train on), scored on the same test lesions."""
+    rater = meta["label"].to_numpy(dtype=float)
+    labelled = np.isfinite(rater)
+    return logistic_out_of_fold(rim_readout_numbers(patches), np.nan_to_num(rater), labelled, meta, folds, evaluable)
 
 
 # ----------------------------------------------------------------------------- metrics and output
@@ -495,6 +546,10 @@ def interpretation(table: pd.DataFrame) -> str:
             gap = _value(table, "oracle", "pr_auc") - ours
             sentences.append(f"The oracle reaches {_value(table, 'oracle', 'pr_auc'):.3f}, {gap:.3f} above asym; the "
                              f"goal (within 0.05 of the oracle) is {'met' if gap <= 0.05 else 'NOT met'}.")
+        if "readout_logistic" in methods:
+            delta = ours - _value(table, "readout_logistic", "pr_auc")
+            sentences.append(f"asym is {delta:+.3f} PR AUC from a logistic regression on its own five read-out "
+                             f"numbers: that is what its learned QSM/FLAIR features add.")
         for ablation in ("asym_no_pretrain", "asym_no_supcon", "asym_no_flair", "early_fusion"):
             if ablation in methods:
                 delta = ours - _value(table, ablation, "pr_auc")
@@ -566,7 +621,8 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
           [("**This is NOT the paper-sized run** (88 patients, 3 sites, full size, 5 folds, every method): it is a "
            "smaller configuration that fits the time available; read its intervals accordingly."), ""]),
         f"- Command: `{command}`",
-        f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; seed {settings.seed}",
+        f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; seed {settings.seed}"
+        + ("" if settings.training_seed is None else f" (trained methods: training seed {settings.training_seed})"),
         f"- Machine: {run.machine}",
         (f"- Settings: {settings.subjects} subjects, {settings.sites} sites, size `{settings.size}`, "
         f"{settings.folds}-fold patient-level cross-validation (one split for every method), patches "
@@ -619,7 +675,7 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
         "Methods: " + "; ".join(f"**{m}** {METHOD_DESCRIPTIONS[m]}" for m in methods) + ".",
         ("Time is the training and prediction of the method, summed over its folds (they run in parallel). "
         "Threshold-based metrics use each fold's own threshold (validation patients for models, training "
-        "patients for the observers). count_icc and prl4_kappa compare per-patient rim+ counts with the truth."),
+        "patients for the observers and readout_logistic). count_icc and prl4_kappa compare per-patient rim+ counts with the truth."),
         "",
         *run_section(run),
         "## What the numbers say",
@@ -785,14 +841,17 @@ def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Pa
         write_outputs(out_dir, pd.concat(predictions, ignore_index=True), pd.concat(tables, ignore_index=True), run)
         LOGGER.info("method %s done (%.0f s of training, summed over folds)", method, run.method_wall_s[method])
 
-    for method in (m for m in settings.methods if m in OBSERVERS):
+    for method in (m for m in settings.methods if m in UNTRAINED_METHODS):
         wall, cpu = time.perf_counter(), time.process_time()
-        scores = truth[OBSERVERS[method][0]].to_numpy()
-        part = evaluate_observer(scores, truth["true_label"].to_numpy(), meta, folds, evaluable)
+        if method in OBSERVERS:
+            scores = truth[OBSERVERS[method][0]].to_numpy()
+            part = evaluate_observer(scores, truth["true_label"].to_numpy(), meta, folds, evaluable)
+        else:
+            part = evaluate_readout_logistic(data.patches, meta, folds, evaluable)
         run.method_wall_s[method], run.method_cpu_s[method] = time.perf_counter() - wall, time.process_time() - cpu
         finish_method(method, part)
 
-    configs = {m: method_config(m, settings) for m in settings.methods if m not in OBSERVERS}
+    configs = {m: method_config(m, settings) for m in settings.methods if m not in UNTRAINED_METHODS}
     tasks = task_order([FoldTask(m, fold, tuple(patients)) for m in configs
                         for fold, patients in enumerate(folds, start=1)], configs)
     finished: dict[str, list[dict]] = {m: [] for m in configs}
@@ -833,13 +892,20 @@ def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Pa
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, default=88)
-    parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--size", choices=("full", "small"), default="full")
-    parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--patch-size", type=int, default=32)
-    parser.add_argument("--patch-spacing", type=float, default=1.0)
+    parser.add_argument("--subjects", type=int, default=88, help="patients in the synthetic cohort (default 88)")
+    parser.add_argument("--sites", type=int, default=3, help="scanner sites in the cohort (default 3)")
+    parser.add_argument("--size", choices=("full", "small"), default="full",
+                        help="volume size of the synthetic sessions (default full)")
+    parser.add_argument("--seed", type=int, default=2026,
+                        help="seed of the cohort, the participant level, the fold split, the bootstrap and (unless "
+                             "--training-seed) the trained methods")
+    parser.add_argument("--training-seed", type=int,
+                        help="seed of the trained methods only: on the same --work folder, cohort and split, "
+                             "several training seeds show how much a method moves with its initialisation alone")
+    parser.add_argument("--folds", type=int, default=5, help="patient-level cross-validation folds (default 5)")
+    parser.add_argument("--patch-size", type=int, default=32, help="patch edge in voxels (default 32)")
+    parser.add_argument("--patch-spacing", type=float, default=1.0,
+                        help="patch voxel size in mm, or the QSM's own where coarser (default 1.0)")
     parser.add_argument("--methods", default=",".join(ALL_METHODS),
                         help=f"comma-separated subset of: {', '.join(ALL_METHODS)}")
     parser.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples over patients")
@@ -893,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
     LOGGER.addHandler(_stream_handler())
     LOGGER.propagate = False
     settings = BenchmarkSettings(args.subjects, args.sites, args.size, args.seed, args.folds, args.patch_size,
-                                 args.patch_spacing, args.methods, args.quick, args.bootstrap)
+                                 args.patch_spacing, args.methods, args.quick, args.bootstrap, args.training_seed)
     execution = Execution(args.jobs, args.nprocs, args.threads, args.device, args.time_budget)
     command = "python benchmarks/classification.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out_dir = args.out or RESULTS_DIR

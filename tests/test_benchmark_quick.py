@@ -8,6 +8,7 @@ interval. The numbers themselves are meaningless at this size and are not judged
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK_METHODS = ("asym", "radiomics", "oracle")  # the slow ablations are left to the real run
+QUICK_METHODS = ("asym", "radiomics", "readout_logistic", "oracle")  # the slow ablations are left to the real run
 
 
 def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
@@ -52,8 +54,6 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
 
 
 def _load_benchmark():
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("classification_benchmark", REPO / "benchmarks" / "classification.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
@@ -78,6 +78,66 @@ def test_observer_is_scored_out_of_fold_once_per_lesion() -> None:
     for _, part in scored.groupby("fold"):  # a monotone calibration keeps the observer's ranking
         order = np.argsort(scores[part["row"]])
         assert np.all(np.diff(part["rim_probability"].to_numpy()[order]) >= 0)
+
+
+def test_readout_reference_learns_only_from_training_patients_rater_labels() -> None:
+    """readout_logistic: rim+ toy lesions rank high, and a fold's predictions ignore its own labels."""
+    from sklearn.metrics import roc_auc_score
+
+    from bids_rim.training.toy import make_toy_patches
+
+    benchmark = _load_benchmark()
+    patches, meta = make_toy_patches(8, 10, patch_size=16, seed=1)
+    evaluable = np.ones(len(meta), bool)
+    evaluable[::7] = False
+    folds = [[f"sub-{i:03d}" for i in range(1, 9, 2)], [f"sub-{i:03d}" for i in range(2, 9, 2)]]
+    scored = benchmark.evaluate_readout_logistic(patches, meta, folds, evaluable)
+    assert sorted(scored["row"]) == list(np.flatnonzero(evaluable))
+    labels = meta["label"].to_numpy()
+    assert roc_auc_score(labels[scored["row"]], scored["rim_probability"]) > 0.8
+
+    in_first_fold = meta["participant_id"].isin(folds[0]).to_numpy()
+    relabelled = meta.assign(label=np.where(in_first_fold, 1 - labels, labels))  # test patients' labels flipped
+    again = benchmark.evaluate_readout_logistic(patches, relabelled, folds, evaluable)
+    first = scored["fold"] == 1
+    np.testing.assert_allclose(again.loc[first, "rim_probability"], scored.loc[first, "rim_probability"])
+    # the second fold trains on those flipped labels, so its predictions must change
+    assert not np.allclose(again.loc[~first, "rim_probability"], scored.loc[~first, "rim_probability"])
+
+
+def _write_run(folder: Path, training_seed: int, predictions: pd.DataFrame) -> Path:
+    folder.mkdir()
+    (folder / "classification.md").write_text(
+        f"- Date: 2026-12-01 15:00 UTC; seed 2026 (trained methods: training seed {training_seed})\n")
+    predictions.to_csv(folder / "classification_predictions.tsv", sep="\t", index=False)
+    return folder
+
+
+def test_seed_spread_reports_paired_differences(tmp_path: Path) -> None:
+    from sklearn.metrics import average_precision_score
+
+    spec = importlib.util.spec_from_file_location("seed_spread", REPO / "benchmarks" / "seed_spread.py")
+    spread = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(spread)
+    rng = np.random.default_rng(4)
+    lesions = pd.DataFrame({"participant_id": np.repeat([f"sub-{i}" for i in range(10)], 8),
+                            "lesion_id": np.tile(np.arange(1, 9), 10)})
+    lesions["true_label"] = (rng.random(len(lesions)) < 0.3).astype(int)
+    folders, expected = [], []
+    for seed in (1, 2):
+        good = lesions.assign(method="a", rim_probability=lesions["true_label"] + rng.normal(0, 0.8, len(lesions)))
+        poor = lesions.assign(method="b", rim_probability=rng.random(len(lesions)))
+        expected.append(average_precision_score(good["true_label"], good["rim_probability"])
+                        - average_precision_score(poor["true_label"], poor["rim_probability"]))
+        folders.append(_write_run(tmp_path / f"s{seed}", seed, pd.concat([good, poor])))
+    out = tmp_path / "spread.md"
+    assert spread.main([*map(str, folders), "--compare", "a,b", "--bootstrap", "50", "--out", str(out)]) == 0
+    text = out.read_text()
+    for seed, difference in zip((1, 2), expected):
+        assert f"| {seed} | {difference:+.3f} [" in text
+    assert f"a is ahead in {sum(d > 0 for d in expected)} of 2 seeds" in text
+    with pytest.raises(SystemExit):  # two runs with one training seed measure nothing
+        spread.main([str(folders[0]), str(folders[0])])
 
 
 def test_fold_tasks_reproduce_cross_validate(tmp_path: Path) -> None:

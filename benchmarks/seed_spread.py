@@ -1,0 +1,133 @@
+"""How much do the classification benchmark's numbers move with the training seed alone?
+
+    python benchmarks/seed_spread.py RESULTS_DIR [RESULTS_DIR ...] --compare asym,asym_no_pretrain --out spread.md
+
+Each RESULTS_DIR is the ``--out`` of one ``classification.py`` run on the same ``--work`` folder
+(same cohort, same split, same test lesions) with a different ``--training-seed``. One run's
+patient-bootstrap intervals describe the sampling of patients; they say nothing about how a
+network's initialisation and batch order move its PR AUC. Before a method is preferred to
+another (pretraining or not, say), the difference should hold across seeds. This script
+writes, per method, the pooled out-of-fold PR AUC of every seed with its mean and range, and
+for each compared pair the per-seed paired difference with a patient-bootstrap 95 % CI (both
+methods scored on the same resampled patients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score
+
+SEED_LINE = re.compile(r"seed (\d+)(?: \(trained methods: training seed (\d+)\))?")
+
+
+def training_seed(results_dir: Path) -> tuple[int, int]:
+    """(split seed, training seed) read from the run's results page."""
+    page = results_dir / "classification.md"
+    found = SEED_LINE.search(page.read_text()) if page.exists() else None
+    if found is None:
+        raise ValueError(f"{page}: no classification results page with a seed line")
+    split_seed = int(found.group(1))
+    return split_seed, int(found.group(2) or split_seed)
+
+
+def load_predictions(results_dir: Path) -> pd.DataFrame:
+    """The per-lesion predictions of one run, one row per (method, lesion)."""
+    path = results_dir / "classification_predictions.tsv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; is {results_dir} a classification.py --out folder?")
+    return pd.read_csv(path, sep="\t")
+
+
+def pooled_pr_auc(predictions: pd.DataFrame) -> pd.Series:
+    """Pooled out-of-fold PR AUC against the true class, per method."""
+    return predictions.groupby("method").apply(
+        lambda part: average_precision_score(part["true_label"], part["rim_probability"]), include_groups=False)
+
+
+def paired_difference(predictions: pd.DataFrame, first: str, second: str, n_resamples: int,
+                      seed: int) -> tuple[float, float, float]:
+    """PR AUC of ``first`` minus ``second`` on the same lesions, with a patient-bootstrap 95 % CI."""
+    from bids_rim.training.metrics import bootstrap_ci
+
+    key = ["participant_id", "lesion_id"]
+    pair = predictions[predictions["method"] == first].merge(
+        predictions[predictions["method"] == second], on=key, suffixes=("_a", "_b"), validate="one_to_one")
+    if len(pair) != (predictions["method"] == first).sum():
+        raise ValueError(f"{first} and {second} were not scored on the same lesions")
+    labels = pair["true_label_a"].to_numpy()
+    both = pair[["rim_probability_a", "rim_probability_b"]].to_numpy()
+
+    def difference(_patients, drawn_labels, drawn, _threshold) -> dict[str, float]:
+        if len(np.unique(drawn_labels)) < 2:
+            return {"difference": float("nan")}
+        return {"difference": average_precision_score(drawn_labels, drawn[:, 0])
+                - average_precision_score(drawn_labels, drawn[:, 1])}
+
+    estimate = difference(None, labels, both, None)["difference"]
+    low, high = bootstrap_ci(pair["participant_id"].to_numpy(), labels, both, 0.5, n_resamples=n_resamples,
+                             seed=seed, metric_fn=difference)["difference"]
+    return estimate, low, high
+
+
+def spread_report(runs: dict[int, pd.DataFrame], pairs: list[tuple[str, str]], n_resamples: int,
+                  split_seed: int) -> str:
+    """Markdown: PR AUC per method and seed, and the paired differences per seed."""
+    scores = pd.DataFrame({seed: pooled_pr_auc(predictions) for seed, predictions in sorted(runs.items())})
+    lines = ["# Classification benchmark: spread over training seeds", "",
+             f"Same cohort, split and test lesions (split seed {split_seed}); only the trained methods' seed "
+             f"changes (training seeds {', '.join(map(str, scores.columns))}). Untrained methods (observers, "
+             "readout_logistic) give the same numbers in every run. Pooled out-of-fold PR AUC against the true class:",
+             "", "| method | " + " | ".join(f"seed {s}" for s in scores.columns) + " | mean | min–max |",
+             "|---|" + "---|" * (len(scores.columns) + 2)]
+    for method, row in scores.iterrows():  # a method missing from a run shows as "not run"
+        values = " | ".join("not run" if np.isnan(v) else f"{v:.3f}" for v in row)
+        lines.append(f"| {method} | {values} | {row.mean():.3f} | {row.min():.3f}–{row.max():.3f} |")
+    for first, second in pairs:
+        lines += ["", f"**{first} − {second}** (paired, same lesions; patient-bootstrap 95 % CI, "
+                      f"{n_resamples} resamples):", "", "| training seed | difference [95 % CI] |", "|---|---|"]
+        signs = []
+        for seed, predictions in sorted(runs.items()):
+            estimate, low, high = paired_difference(predictions, first, second, n_resamples, split_seed)
+            signs.append(estimate > 0)
+            lines.append(f"| {seed} | {estimate:+.3f} [{low:+.3f}, {high:+.3f}] |")
+        lines += ["", f"{first} is ahead in {sum(signs)} of {len(signs)} seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, nargs="+", help="classification.py --out folders, one per training seed")
+    parser.add_argument("--compare", action="append", default=[], metavar="A,B",
+                        help="a pair of methods whose paired PR AUC difference A − B is reported (repeatable)")
+    parser.add_argument("--bootstrap", type=int, default=500, help="patient bootstrap resamples (default 500)")
+    parser.add_argument("--out", type=Path, help="markdown file to write (default: print)")
+    args = parser.parse_args(argv)
+    pairs = []
+    for text in args.compare:
+        names = text.split(",")
+        if len(names) != 2:
+            parser.error(f"--compare {text!r}: give two methods separated by a comma")
+        pairs.append((names[0], names[1]))
+    seeds = [training_seed(folder) for folder in args.results]
+    if len({split for split, _ in seeds}) != 1 or len({seed for _, seed in seeds}) != len(seeds):
+        parser.error(f"the runs must share one split seed and differ in training seed; got {seeds}")
+    runs = {seed: load_predictions(folder) for folder, (_, seed) in zip(args.results, seeds)}
+    lesion_sets = {seed: set(zip(p["participant_id"], p["lesion_id"])) for seed, p in runs.items()}
+    if len({frozenset(s) for s in lesion_sets.values()}) != 1:
+        parser.error("the runs scored different lesions: were they made on one --work folder?")
+    text = spread_report(runs, pairs, args.bootstrap, seeds[0][0])
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
