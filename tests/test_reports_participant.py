@@ -13,8 +13,13 @@ import pytest
 
 from bids_rim.errors import InputError
 from bids_rim.reports import figures
-from bids_rim.reports.participant import (SessionReportInputs, format_value, order_lesions, session_summary,
-                                          write_participant_report)
+from bids_rim.reports.participant import (
+    SessionReportInputs,
+    format_value,
+    order_lesions,
+    session_summary,
+    write_participant_report,
+)
 
 SIZE = 40
 #: (lesion_id, centre voxel, radius voxels, rim) — lesion 3 has a bright paramagnetic rim.

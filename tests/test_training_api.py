@@ -17,8 +17,8 @@ import torch
 
 from bids_rim.errors import InputError
 from bids_rim.models import get_model
-from bids_rim.training.crossval import initialise_from_model_file
 from bids_rim.training.api import TrainConfig, train_rim_model
+from bids_rim.training.crossval import initialise_from_model_file
 from bids_rim.training.inference import load_rim_model
 from bids_rim.training.toy import make_toy_patches
 

@@ -25,8 +25,7 @@ import pandas as pd
 from bids_rim.bidsio.derivatives import atomic_write_tsv
 from bids_rim.errors import InputError
 from bids_rim.group import sidecars, stats
-from bids_rim.group.aggregate import (AggregatedTables, ParticipantProblem, aggregate_lesion_tables,
-                                      find_bids_sessions)
+from bids_rim.group.aggregate import AggregatedTables, ParticipantProblem, aggregate_lesion_tables, find_bids_sessions
 from bids_rim.group.frequency import FrequencyMap, write_frequency_maps
 
 LOGGER = logging.getLogger("bids_rim.group")

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 import jinja2
-import nibabel as nib
 import matplotlib.ticker
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
