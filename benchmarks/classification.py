@@ -66,6 +66,9 @@ OBSERVERS = {  # name -> (truth column it ranks by, description)
 METHOD_DESCRIPTIONS = {
     "asym": "ours: asym QSM net with FLAIR FiLM, self-supervised pretraining and SupCon (default TrainConfig)",
     "asym_no_pretrain": "ablation: asym without pretraining (pretrain_epochs=0)",
+    "asym_pretrain_masked": "ablation: asym pretrained only by masked QSM reconstruction conditioned on FLAIR",
+    "asym_pretrain_cross_modal": ("ablation: asym pretrained only by the cross-modal terms (FLAIR→QSM predictor, "
+                                  "variance/covariance, InfoNCE)"),
     "asym_no_supcon": "ablation: asym without the contrastive term (supcon_weight=0, fixed)",
     "asym_no_flair": "ablation: no FLAIR (arch qsm_only: the asym QSM path, FLAIR ignored)",
     "early_fusion": "ablation: symmetric early fusion (MONAI ResNet-18 on stacked channels)",
@@ -292,6 +295,8 @@ def method_config(method: str, settings: BenchmarkSettings):
     variants = {
         "asym": {},
         "asym_no_pretrain": {"pretrain_epochs": 0},
+        "asym_pretrain_masked": {"pretrain_objectives": ("masked",)},
+        "asym_pretrain_cross_modal": {"pretrain_objectives": ("predictor", "variance", "infonce")},
         "asym_no_supcon": {"supcon_weight": 0.0, "learn_supcon_weight": False},
         "asym_no_flair": {"arch": "qsm_only"},
         "early_fusion": {"arch": "early_fusion"},
@@ -550,7 +555,9 @@ def interpretation(table: pd.DataFrame) -> str:
             delta = ours - _value(table, "readout_logistic", "pr_auc")
             sentences.append(f"asym is {delta:+.3f} PR AUC from a logistic regression on its own five read-out "
                              f"numbers: that is what its learned QSM/FLAIR features add.")
-        for ablation in ("asym_no_pretrain", "asym_no_supcon", "asym_no_flair", "early_fusion"):
+        ablations = ("asym_no_pretrain", "asym_pretrain_masked", "asym_pretrain_cross_modal", "asym_no_supcon",
+                     "asym_no_flair", "early_fusion")
+        for ablation in ablations:
             if ablation in methods:
                 delta = ours - _value(table, ablation, "pr_auc")
                 sentences.append(f"Against {ablation} the full model differs by {delta:+.3f} PR AUC"

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-SEED_LINE = re.compile(r"seed (\d+)(?: \(trained methods: training seed (\d+)\))?")
+SEED_LINE = re.compile(r"^- Date: [^;]*; seed (\d+)(?: \(trained methods: training seed (\d+)\))?", re.MULTILINE)
 
 
 def training_seed(results_dir: Path) -> tuple[int, int]:
@@ -51,10 +51,13 @@ def pooled_pr_auc(predictions: pd.DataFrame) -> pd.Series:
 
 
 def paired_difference(predictions: pd.DataFrame, first: str, second: str, n_resamples: int,
-                      seed: int) -> tuple[float, float, float]:
-    """PR AUC of ``first`` minus ``second`` on the same lesions, with a patient-bootstrap 95 % CI."""
+                      seed: int) -> tuple[float, float, float] | None:
+    """PR AUC of ``first`` minus ``second`` on the same lesions, with a patient-bootstrap 95 % CI
+    (``None`` when the run lacks one of them)."""
     from bids_rim.training.metrics import bootstrap_ci
 
+    if not {first, second} <= set(predictions["method"]):
+        return None
     key = ["participant_id", "lesion_id"]
     pair = predictions[predictions["method"] == first].merge(
         predictions[predictions["method"] == second], on=key, suffixes=("_a", "_b"), validate="one_to_one")
@@ -93,7 +96,11 @@ def spread_report(runs: dict[int, pd.DataFrame], pairs: list[tuple[str, str]], n
                       f"{n_resamples} resamples):", "", "| training seed | difference [95 % CI] |", "|---|---|"]
         signs = []
         for seed, predictions in sorted(runs.items()):
-            estimate, low, high = paired_difference(predictions, first, second, n_resamples, split_seed)
+            difference = paired_difference(predictions, first, second, n_resamples, split_seed)
+            if difference is None:
+                lines.append(f"| {seed} | not run |")
+                continue
+            estimate, low, high = difference
             signs.append(estimate > 0)
             lines.append(f"| {seed} | {estimate:+.3f} [{low:+.3f}, {high:+.3f}] |")
         lines += ["", f"{first} is ahead in {sum(signs)} of {len(signs)} seeds."]

@@ -107,7 +107,8 @@ def test_readout_reference_learns_only_from_training_patients_rater_labels() -> 
 
 def _write_run(folder: Path, training_seed: int, predictions: pd.DataFrame) -> Path:
     folder.mkdir()
-    (folder / "classification.md").write_text(
+    (folder / "classification.md").write_text(  # the command line also says "seed": the Date line counts
+        f"- Command: `python benchmarks/classification.py --seed 2026 --training-seed {training_seed}`\n"
         f"- Date: 2026-12-01 15:00 UTC; seed 2026 (trained methods: training seed {training_seed})\n")
     predictions.to_csv(folder / "classification_predictions.tsv", sep="\t", index=False)
     return folder
