@@ -79,10 +79,10 @@ def paired_difference(predictions: pd.DataFrame, first: str, second: str, n_resa
 
 
 def spread_report(runs: dict[int, pd.DataFrame], pairs: list[tuple[str, str]], n_resamples: int,
-                  split_seed: int) -> str:
+                  split_seed: int, command: str) -> str:
     """Markdown: PR AUC per method and seed, and the paired differences per seed."""
     scores = pd.DataFrame({seed: pooled_pr_auc(predictions) for seed, predictions in sorted(runs.items())})
-    lines = ["# Classification benchmark: spread over training seeds", "",
+    lines = ["# Classification benchmark: spread over training seeds", "", f"Command: `{command}`", "",
              f"Same cohort, split and test lesions (split seed {split_seed}); only the trained methods' seed "
              f"changes (training seeds {', '.join(map(str, scores.columns))}). Untrained methods (observers, "
              "readout_logistic) give the same numbers in every run. Pooled out-of-fold PR AUC against the true class:",
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     lesion_sets = {seed: set(zip(p["participant_id"], p["lesion_id"])) for seed, p in runs.items()}
     if len({frozenset(s) for s in lesion_sets.values()}) != 1:
         parser.error("the runs scored different lesions: were they made on one --work folder?")
-    text = spread_report(runs, pairs, args.bootstrap, seeds[0][0])
+    command = "python benchmarks/seed_spread.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = spread_report(runs, pairs, args.bootstrap, seeds[0][0], command)
     if args.out:
         args.out.write_text(text)
     else:
