@@ -682,7 +682,8 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
         "Methods: " + "; ".join(f"**{m}** {METHOD_DESCRIPTIONS[m]}" for m in methods) + ".",
         ("Time is the training and prediction of the method, summed over its folds (they run in parallel). "
         "Threshold-based metrics use each fold's own threshold (validation patients for models, training "
-        "patients for the observers and readout_logistic). count_icc and prl4_kappa compare per-patient rim+ counts with the truth."),
+        "patients for the observers and readout_logistic). count_icc and prl4_kappa compare per-patient rim+ "
+        "counts with the truth."),
         "",
         *run_section(run),
         "## What the numbers say",
