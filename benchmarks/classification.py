@@ -402,30 +402,16 @@ def evaluate_observer(scores: np.ndarray, true_labels: np.ndarray, meta: pd.Data
     return logistic_out_of_fold(scores, true_labels, evaluable, meta, folds, evaluable)
 
 
-def rim_readout_numbers(patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """asym's parameter-free rim read-out (lesions × 5: edge − core, edge, core, ring − core medians
-    and the fraction of bright edge voxels, in network units) of every patch."""
-    import torch
-
-    from bids_rim.models.asym import MASK, QSM
-    from bids_rim.models.blocks import RimReadout, scale_inputs
-
-    readout = RimReadout()
-    numbers = []
-    with torch.no_grad():
-        for start in range(0, len(patches), batch_size):
-            batch = torch.from_numpy(np.array(patches[start : start + batch_size], dtype=np.float32))
-            numbers.append(readout(scale_inputs(batch)[:, QSM : QSM + 1], batch[:, MASK : MASK + 1]).numpy())
-    return np.concatenate(numbers)
-
-
 def evaluate_readout_logistic(patches: np.ndarray, meta: pd.DataFrame, folds: list[list[str]],
                               evaluable: np.ndarray) -> pd.DataFrame:
     """The read-out reference: fitted to the RATER's labels of the training patients, like the
     trained methods (the same lesions they train on), scored on the same test lesions."""
     rater = meta["label"].to_numpy(dtype=float)
     labelled = np.isfinite(rater)
-    return logistic_out_of_fold(rim_readout_numbers(patches), np.nan_to_num(rater), labelled, meta, folds, evaluable)
+    from bids_rim.models.asym import rim_readout_of_patches
+
+    return logistic_out_of_fold(rim_readout_of_patches(patches), np.nan_to_num(rater), labelled, meta, folds,
+                                evaluable)
 
 
 # ----------------------------------------------------------------------------- metrics and output

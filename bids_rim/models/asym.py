@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -54,6 +55,23 @@ from bids_rim.models.blocks import (
 from bids_rim.models.conditioning import CONDITIONINGS, make_conditioning
 
 QSM, FLAIR, MASK = 0, 1, 2
+
+
+@torch.no_grad()
+def rim_readout_of_patches(patches: np.ndarray, device: torch.device = torch.device("cpu"),
+                           batch_size: int = 64) -> np.ndarray:
+    """The rim read-out's five numbers (N, 5) of raw patches (N, 3, P, P, P), batch by batch.
+
+    The read-out has no parameters, so no network is needed: fine-tuning starts asym's linear
+    read-out path from a logistic regression on these numbers, and the benchmark's
+    ``readout_logistic`` reference is that regression alone.
+    """
+    readout = RimReadout()
+    numbers = []
+    for start in range(0, len(patches), batch_size):
+        batch = torch.from_numpy(np.array(patches[start : start + batch_size], dtype=np.float32)).to(device)
+        numbers.append(readout(scale_inputs(batch)[:, QSM : QSM + 1], batch[:, MASK : MASK + 1]).float().cpu().numpy())
+    return np.concatenate(numbers)
 
 
 class AsymQsmFlairNet(nn.Module):
@@ -155,10 +173,6 @@ class AsymQsmFlairNet(nn.Module):
         if self.rim_readout is not None:
             parts.append(self.rim_readout(scaled[:, QSM : QSM + 1], mask))
         return {"mid": mid, "embedding": torch.cat(parts, dim=1)}
-
-    def rim_readout_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The read-out's five numbers (B, 5) of raw patches, without running the convolutions."""
-        return self.rim_readout(scale_inputs(x)[:, QSM : QSM + 1], x[:, MASK : MASK + 1])
 
     def logit_from_embedding(self, embedding: torch.Tensor,
                              head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bids_rim.errors import InputError
+from bids_rim.models.asym import rim_readout_of_patches
 from bids_rim.training import losses
 from bids_rim.training.augment import PatchAugmenter
 from bids_rim.training.batching import balanced_batches, shuffled_batches
@@ -69,7 +70,7 @@ def _inverse_softplus(value: float) -> float:
 
 @torch.inference_mode()
 def start_readout_path_from_logistic_regression(model: nn.Module, patches: np.ndarray, labels: np.ndarray,
-                                                device: torch.device, batch_size: int = 64) -> None:
+                                                device: torch.device) -> None:
     """Set asym's linear read-out path to a logistic regression fitted on the training lesions.
 
     With Adam's steps of about ``lr`` per update, five weights that start at zero need thousands
@@ -80,11 +81,7 @@ def start_readout_path_from_logistic_regression(model: nn.Module, patches: np.nd
     """
     if getattr(model, "readout_logit", None) is None or len(np.unique(labels)) < 2:
         return
-    model.eval()
-    features = np.concatenate([
-        model.rim_readout_features(torch.as_tensor(np.ascontiguousarray(patches[start : start + batch_size]),
-                                                   dtype=torch.float32).to(device)).float().cpu().numpy()
-        for start in range(0, len(patches), batch_size)])
+    features = rim_readout_of_patches(patches, device)
     regression = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit(features, labels)
     model.readout_logit.weight.copy_(torch.as_tensor(regression.coef_, dtype=model.readout_logit.weight.dtype))
     model.readout_logit.bias.copy_(torch.as_tensor(regression.intercept_, dtype=model.readout_logit.bias.dtype))
