@@ -100,6 +100,7 @@ class BenchmarkSettings:
     quick: bool
     bootstrap_resamples: int
     training_seed: int | None = None  # None: ``seed``; the cohort, split and bootstrap always follow ``seed``
+    label_one_in: int = 1  # K > 1: each fold keeps the rater labels of one in K of its training patients
 
     @property
     def task_seed(self) -> int:
@@ -309,11 +310,43 @@ def method_config(method: str, settings: BenchmarkSettings):
 
 @dataclass(frozen=True)
 class FoldTask:
-    """One learned method trained on one fold's training patients and scored on its test patients."""
+    """One learned method trained on one fold's training patients and scored on its test patients.
+
+    ``withheld_patients`` are training patients whose rater labels the task does not see: their
+    lesions are pretrained on, never fine-tuned on (``--label-one-in``).
+    """
 
     method: str
     fold: int  # 1-based, as in cross_validate
     test_patients: tuple[str, ...]
+    withheld_patients: tuple[str, ...] = ()
+
+
+def withheld_label_patients(meta: pd.DataFrame, folds: list[list[str]], label_one_in: int, seed: int
+                            ) -> list[list[str]]:
+    """Per fold, the training patients whose rater labels are withheld: all but one in ``label_one_in``.
+
+    Simulates a site with many more unlabelled lesions than labelled ones, the case pretraining is
+    for. The kept patients are one of ``label_one_in`` groups of the fold's labelled training
+    patients balanced in rim+ lesions, rim− lesions and sites (``balanced_patient_groups``, seed
+    ``seed + fold``), so each fold keeps a representative labelled subset.
+    """
+    from bids_rim.training.crossval import balanced_patient_groups
+
+    if label_one_in == 1:
+        return [[] for _ in folds]
+    labelled = meta[meta["label"].notna()]
+    withheld = []
+    for fold, test_patients in enumerate(folds, start=1):
+        training = labelled[~labelled["participant_id"].isin(test_patients)]
+        kept = balanced_patient_groups(training, label_one_in, seed + fold)[0]
+        withheld.append(sorted(set(training["participant_id"]) - set(kept)))
+    return withheld
+
+
+def without_labels_of(meta: pd.DataFrame, patients) -> pd.DataFrame:
+    """``meta`` with the rater labels of ``patients`` removed (NaN): what a task trained without them sees."""
+    return meta.assign(label=meta["label"].where(~meta["participant_id"].isin(list(patients))))
 
 
 def save_training_data(patches: np.ndarray, meta: pd.DataFrame, evaluable: np.ndarray, folder: Path) -> Path:
@@ -354,7 +387,8 @@ def run_fold_task(task: FoldTask, config, data_folder: Path, device_name: str, t
     meta = pd.read_pickle(data_folder / "meta.pkl")
     patients = meta["participant_id"].to_numpy()
     train_patients = sorted(set(patients) - set(task.test_patients))
-    member = train_member(patches, meta.drop(columns="evaluable"), train_patients, config, device,
+    training_meta = without_labels_of(meta.drop(columns="evaluable"), task.withheld_patients)
+    member = train_member(patches, training_meta, train_patients, config, device,
                           seed=config.seed + 100 * task.fold, name=f"{task.method} fold {task.fold}/{config.folds}")
     rows = np.flatnonzero(np.isin(patients, task.test_patients) & meta["evaluable"].to_numpy())
     probabilities = member_probabilities(member, config, np.asarray(patches[rows]), device)
@@ -365,9 +399,11 @@ def run_fold_task(task: FoldTask, config, data_folder: Path, device_name: str, t
 
 
 def logistic_out_of_fold(features: np.ndarray, fit_labels: np.ndarray, fittable: np.ndarray, meta: pd.DataFrame,
-                         folds: list[list[str]], evaluable: np.ndarray) -> pd.DataFrame:
+                         folds: list[list[str]], evaluable: np.ndarray,
+                         withheld: list[list[str]] | None = None) -> pd.DataFrame:
     """Per fold, a logistic regression on ``features`` (lesions × k) fitted to ``fit_labels`` of the
-    training patients' ``fittable`` lesions; it predicts the test patients' ``evaluable`` lesions.
+    training patients' ``fittable`` lesions (less the fold's ``withheld`` patients); it predicts the
+    test patients' ``evaluable`` lesions.
 
     The max-F1 threshold is chosen on the same training lesions (there is no inner validation
     split here). No class weights: the probabilities keep the training prevalence.
@@ -382,7 +418,8 @@ def logistic_out_of_fold(features: np.ndarray, fit_labels: np.ndarray, fittable:
     parts = []
     for fold, test_patients in enumerate(folds, start=1):
         in_test = np.isin(patients, test_patients)
-        train = np.flatnonzero(fittable & finite & ~in_test)
+        kept = ~np.isin(patients, withheld[fold - 1]) if withheld else True
+        train = np.flatnonzero(fittable & finite & ~in_test & kept)
         test = np.flatnonzero(evaluable & finite & in_test)
         model = LogisticRegression(max_iter=1000).fit(features[train], fit_labels[train].astype(int))
         threshold = choose_threshold(model.predict_proba(features[train])[:, 1], fit_labels[train])
@@ -403,15 +440,16 @@ def evaluate_observer(scores: np.ndarray, true_labels: np.ndarray, meta: pd.Data
 
 
 def evaluate_readout_logistic(patches: np.ndarray, meta: pd.DataFrame, folds: list[list[str]],
-                              evaluable: np.ndarray) -> pd.DataFrame:
+                              evaluable: np.ndarray, withheld: list[list[str]] | None = None) -> pd.DataFrame:
     """The read-out reference: fitted to the RATER's labels of the training patients, like the
-    trained methods (the same lesions they train on), scored on the same test lesions."""
-    rater = meta["label"].to_numpy(dtype=float)
-    labelled = np.isfinite(rater)
+    trained methods (the same lesions they train on, less each fold's ``withheld`` patients),
+    scored on the same test lesions."""
     from bids_rim.models.asym import rim_readout_of_patches
 
+    rater = meta["label"].to_numpy(dtype=float)
+    labelled = np.isfinite(rater)
     return logistic_out_of_fold(rim_readout_of_patches(patches), np.nan_to_num(rater), labelled, meta, folds,
-                                evaluable)
+                                evaluable, withheld)
 
 
 # ----------------------------------------------------------------------------- metrics and output
@@ -606,7 +644,7 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
     methods = list(dict.fromkeys(table["method"]))
     header = "| method | " + " | ".join(HEADLINE_METRICS) + " | time (s) |"
     paper_sized = (settings.subjects, settings.sites, settings.size, settings.folds, settings.patch_size,
-                   set(settings.methods)) == (88, 3, "full", 5, 32, set(ALL_METHODS))
+                   settings.label_one_in, set(settings.methods)) == (88, 3, "full", 5, 32, 1, set(ALL_METHODS))
     lines = [
         f"# Classification benchmark{' (QUICK: CI smoke run, numbers meaningless)' if settings.quick else ''}",
         "",
@@ -615,7 +653,8 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
            "smaller configuration that fits the time available; read its intervals accordingly."), ""]),
         f"- Command: `{command}`",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; seed {settings.seed}"
-        + ("" if settings.training_seed is None else f" (trained methods: training seed {settings.training_seed})"),
+        + ("" if settings.training_seed is None else f" (trained methods: training seed {settings.training_seed})")
+        + ("" if settings.label_one_in == 1 else f"; rater labels of one in {settings.label_one_in} training patients"),
         f"- Machine: {run.machine}",
         (f"- Settings: {settings.subjects} subjects, {settings.sites} sites, size `{settings.size}`, "
         f"{settings.folds}-fold patient-level cross-validation (one split for every method), patches "
@@ -636,6 +675,17 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
         f"Rater vs truth on the evaluated lesions: {label_report['rater_unlabelled']} not annotated, rater "
         f"sensitivity {label_report['rater_sensitivity']:.3f}, specificity {label_report['rater_specificity']:.3f}."),
         "",
+        *([] if settings.label_one_in == 1 else [
+            (f"**Labels withheld (`--label-one-in {settings.label_one_in}`):** each fold keeps the rater labels of "
+             f"one in {settings.label_one_in} of its training patients (a group balanced in rim+ lesions, rim− "
+             "lesions and sites); the other training patients' lesions are unlabelled, as at a site with many "
+             "more unlabelled lesions than labelled: the pretrained methods learn from their patches, nothing is "
+             "fine-tuned or fitted on their labels. Per fold, labelled training patients / lesions (rim+) and "
+             "unlabelled training lesions: "
+             + "; ".join(f"fold {fold}: {n['patients']} / {n['lesions']} ({n['rim_positive']}) and "
+                         f"{n['unlabelled_lesions']}"
+                         for fold, n in enumerate(label_report["training_labels"], start=1)) + "."),
+            ""]),
         "## Cohort",
         "",
         f"`realistic` difficulty: {summary['n_lesions']} true lesions, {summary['n_rim_positive']} rim+ "
@@ -682,9 +732,20 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
     path.write_text("\n".join(lines))
 
 
-def label_report(meta: pd.DataFrame, truth: pd.DataFrame, evaluable: np.ndarray, in_folds: np.ndarray) -> dict:
-    """Counts of what was evaluated and how the rater's labels compare with the truth."""
+def label_report(meta: pd.DataFrame, truth: pd.DataFrame, evaluable: np.ndarray, in_folds: np.ndarray,
+                 folds: list[list[str]], withheld: list[list[str]]) -> dict:
+    """Counts of what was evaluated, how the rater's labels compare with the truth, and per fold the
+    labelled training lesions the trained methods saw (fewer with ``--label-one-in``)."""
     evaluated = evaluable & in_folds
+    patients, annotated_rows = meta["participant_id"], meta["label"].notna()
+    training_labels = []
+    for test_patients, withheld_patients in zip(folds, withheld):
+        training = annotated_rows & ~patients.isin(test_patients)
+        kept = training & ~patients.isin(withheld_patients)
+        training_labels.append({"patients": int(patients[kept].nunique()), "lesions": int(kept.sum()),
+                                "rim_positive": int((meta["label"][kept] == 1).sum()),
+                                "unlabelled_lesions": int((~annotated_rows & ~patients.isin(test_patients)).sum()
+                                                          + (training & ~kept).sum())})
     rater, true = meta["label"].to_numpy()[evaluated], truth["true_label"].to_numpy()[evaluated]
     annotated = ~np.isnan(rater)
     positives, negatives = annotated & (true == 1), annotated & (true == 0)
@@ -696,6 +757,7 @@ def label_report(meta: pd.DataFrame, truth: pd.DataFrame, evaluable: np.ndarray,
         "outside_folds": int((evaluable & ~in_folds).sum()), "rater_unlabelled": int((~annotated).sum()),
         "rater_sensitivity": float((rater[positives] == 1).mean()) if positives.any() else float("nan"),
         "rater_specificity": float((rater[negatives] == 0).mean()) if negatives.any() else float("nan"),
+        "training_labels": training_labels,
     }
 
 
@@ -814,12 +876,13 @@ def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Pa
     folds = patient_folds(meta, settings.folds, settings.seed)
     in_folds = meta["participant_id"].isin([p for fold in folds for p in fold]).to_numpy()
     LOGGER.info("%d lesions, %d evaluable; folds %s", len(meta), int((evaluable & in_folds).sum()), folds)
+    withheld = withheld_label_patients(meta, folds, settings.label_one_in, settings.seed)
     data_folder = save_training_data(data.patches, meta, evaluable, work / "training_data")
     clock.record("patches and truth", wall, cpu)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = RunRecord(settings, execution, summary, command, label_report(meta, truth, evaluable, in_folds),
-                    machine, clock)
+    run = RunRecord(settings, execution, summary, command,
+                    label_report(meta, truth, evaluable, in_folds, folds, withheld), machine, clock)
     predictions, tables = [], []
 
     def finish_method(method: str, part: pd.DataFrame) -> None:
@@ -841,12 +904,12 @@ def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Pa
             scores = truth[OBSERVERS[method][0]].to_numpy()
             part = evaluate_observer(scores, truth["true_label"].to_numpy(), meta, folds, evaluable)
         else:
-            part = evaluate_readout_logistic(data.patches, meta, folds, evaluable)
+            part = evaluate_readout_logistic(data.patches, meta, folds, evaluable, withheld)
         run.method_wall_s[method], run.method_cpu_s[method] = time.perf_counter() - wall, time.process_time() - cpu
         finish_method(method, part)
 
     configs = {m: method_config(m, settings) for m in settings.methods if m not in UNTRAINED_METHODS}
-    tasks = task_order([FoldTask(m, fold, tuple(patients)) for m in configs
+    tasks = task_order([FoldTask(m, fold, tuple(patients), tuple(withheld[fold - 1])) for m in configs
                         for fold, patients in enumerate(folds, start=1)], configs)
     finished: dict[str, list[dict]] = {m: [] for m in configs}
 
@@ -896,6 +959,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--training-seed", type=int,
                         help="seed of the trained methods only: on the same --work folder, cohort and split, "
                              "several training seeds show how much a method moves with its initialisation alone")
+    parser.add_argument("--label-one-in", type=int, default=1, metavar="K",
+                        help="keep the rater labels of one in K of each fold's training patients (balanced by site "
+                             "and rim+ count); the others' lesions stay as unlabelled pretraining data, as at a site "
+                             "with many more unlabelled lesions than labelled (default 1: every label kept)")
     parser.add_argument("--folds", type=int, default=5, help="patient-level cross-validation folds (default 5)")
     parser.add_argument("--patch-size", type=int, default=32, help="patch edge in voxels (default 32)")
     parser.add_argument("--patch-spacing", type=float, default=1.0,
@@ -928,8 +995,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.subjects, args.sites, args.size, args.folds = 8, 2, "small", 2
         args.patch_size, args.patch_spacing, args.bootstrap = 16, 2.0, min(args.bootstrap, 100)
-    if min(args.jobs, args.threads, args.nprocs or 1) < 1:
-        parser.error("--jobs, --threads and --nprocs must be at least 1")
+    if min(args.jobs, args.threads, args.nprocs or 1, args.label_one_in) < 1:
+        parser.error("--jobs, --threads, --nprocs and --label-one-in must be at least 1")
     args.methods = methods
     args.nprocs = args.nprocs or max(2, args.jobs)
     return args
@@ -953,7 +1020,8 @@ def main(argv: list[str] | None = None) -> int:
     LOGGER.addHandler(_stream_handler())
     LOGGER.propagate = False
     settings = BenchmarkSettings(args.subjects, args.sites, args.size, args.seed, args.folds, args.patch_size,
-                                 args.patch_spacing, args.methods, args.quick, args.bootstrap, args.training_seed)
+                                 args.patch_spacing, args.methods, args.quick, args.bootstrap, args.training_seed,
+                                 args.label_one_in)
     execution = Execution(args.jobs, args.nprocs, args.threads, args.device, args.time_budget)
     command = "python benchmarks/classification.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out_dir = args.out or RESULTS_DIR

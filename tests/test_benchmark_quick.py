@@ -105,6 +105,69 @@ def test_readout_reference_learns_only_from_training_patients_rater_labels() -> 
     assert not np.allclose(again.loc[~first, "rim_probability"], scored.loc[~first, "rim_probability"])
 
 
+def test_label_one_in_k_withholds_training_labels_only() -> None:
+    """--label-one-in: each fold keeps one in K of its training patients' labels; test patients and the
+    kept patients are untouched, and the read-out reference ignores the withheld labels."""
+    from bids_rim.training.toy import make_toy_patches
+
+    benchmark = _load_benchmark()
+    patches, meta = make_toy_patches(12, 8, patch_size=16, seed=2)  # sites alternate with the patient number
+    folds = [[f"sub-{i:03d}" for i in (1, 2, 5, 6, 9, 10)], [f"sub-{i:03d}" for i in (3, 4, 7, 8, 11, 12)]]
+    assert benchmark.withheld_label_patients(meta, folds, 1, seed=5) == [[], []]
+    withheld = benchmark.withheld_label_patients(meta, folds, 3, seed=5)
+    assert withheld == benchmark.withheld_label_patients(meta, folds, 3, seed=5)  # seeded
+    for test_patients, held in zip(folds, withheld):
+        training = set(meta["participant_id"]) - set(test_patients)
+        assert set(held) < training and len(training) - len(held) == 2  # 6 training patients, one in 3 kept
+        kept = meta[meta["participant_id"].isin(training - set(held))]
+        assert (kept["label"] == 1).any() and kept["site"].nunique() == 2  # a balanced labelled subset
+    hidden = benchmark.without_labels_of(meta, withheld[0])
+    assert hidden["label"].isna().to_numpy().tolist() == meta["participant_id"].isin(withheld[0]).tolist()
+
+    evaluable = np.ones(len(meta), bool)
+    scored = benchmark.evaluate_readout_logistic(patches, meta, folds, evaluable, withheld)
+    labels = meta["label"].to_numpy()
+
+    def flip(patients: list[str]) -> pd.DataFrame:
+        return meta.assign(label=np.where(meta["participant_id"].isin(patients), 1 - labels, labels))
+
+    unchanged = benchmark.evaluate_readout_logistic(patches, flip(withheld[0] + withheld[1]), folds, evaluable,
+                                                    withheld)
+    np.testing.assert_allclose(unchanged["rim_probability"], scored["rim_probability"])
+    kept_in_first = sorted(set(folds[1]) - set(withheld[0]))  # fold 1 trains on fold 2's test patients
+    changed = benchmark.evaluate_readout_logistic(patches, flip(kept_in_first), folds, evaluable, withheld)
+    first = scored["fold"] == 1
+    assert not np.allclose(changed.loc[first, "rim_probability"], scored.loc[first, "rim_probability"])
+
+
+def test_fold_task_pretrains_on_withheld_patients_without_their_labels(tmp_path: Path, monkeypatch) -> None:
+    """A task with withheld patients hands train_member their lesions (for pretraining) without labels."""
+    import bids_rim.training.crossval as crossval
+    from bids_rim.training.toy import make_toy_patches
+
+    benchmark = _load_benchmark()
+    patches, meta = make_toy_patches(6, 4, patch_size=16, seed=4)
+    folder = benchmark.save_training_data(patches, meta, np.ones(len(meta), bool), tmp_path)
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(patches, meta, train_patients, *args, **kwargs):
+        seen.update(meta=meta, train_patients=train_patients)
+        raise Captured
+
+    monkeypatch.setattr(crossval, "train_member", capture)
+    task = benchmark.FoldTask("asym", 1, ("sub-001", "sub-002"), ("sub-003", "sub-005"))
+    settings = benchmark.BenchmarkSettings(6, 2, "small", 1, 2, 16, 2.0, ("asym",), True, 20)
+    with pytest.raises(Captured):
+        benchmark.run_fold_task(task, benchmark.method_config("asym", settings), folder, "cpu", 1)
+    assert seen["train_patients"] == ["sub-003", "sub-004", "sub-005", "sub-006"]
+    withheld_rows = seen["meta"]["participant_id"].isin(["sub-003", "sub-005"])
+    assert seen["meta"].loc[withheld_rows, "label"].isna().all()
+    pd.testing.assert_series_equal(seen["meta"].loc[~withheld_rows, "label"], meta.loc[~withheld_rows, "label"])
+
+
 def _write_run(folder: Path, training_seed: int, predictions: pd.DataFrame) -> Path:
     folder.mkdir()
     (folder / "classification.md").write_text(  # the command line also says "seed": the Date line counts
