@@ -638,10 +638,17 @@ def _seconds(value: float | None) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.0f}"
 
 
+def ece_above_interval(table: pd.DataFrame) -> list[str]:
+    """Methods whose ECE estimate lies below its own bootstrap interval (ECE's small-sample upward bias)."""
+    ece = table[table["metric"] == "ece"]
+    return ece.loc[ece["estimate"] < ece["ci_low"], "method"].tolist()
+
+
 def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[Path]) -> None:
     """The results page: setup, labels, cohort, table with CIs, timings and what the numbers say."""
     settings, summary, command, label_report = run.settings, run.summary, run.command, run.labels
     methods = list(dict.fromkeys(table["method"]))
+    above = ece_above_interval(table)
     header = "| method | " + " | ".join(HEADLINE_METRICS) + " | time (s) |"
     paper_sized = (settings.subjects, settings.sites, settings.size, settings.folds, settings.patch_size,
                    settings.label_one_in, set(settings.methods)) == (88, 3, "full", 5, 32, 1, set(ALL_METHODS))
@@ -720,6 +727,11 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
         "Threshold-based metrics use each fold's own threshold (validation patients for models, training "
         "patients for the observers and readout_logistic). count_icc and prl4_kappa compare per-patient rim+ "
         "counts with the truth."),
+        *([] if not above else [
+            (f"The ece interval lies wholly above the estimate for {', '.join(above)}: ECE is biased upward in "
+             "small samples (every bin adds its noise as an absolute value, and bootstrap resamples repeat "
+             "patients), so for a well-calibrated method the resampled values are all larger. Read that interval "
+             "as the size of the sampling noise (docs/training.md, What the numbers mean).")]),
         "",
         *run_section(run),
         "## What the numbers say",

@@ -243,3 +243,12 @@ def test_interpretation_says_when_the_goal_is_missed() -> None:
                          + [{"method": "asym", "metric": "prevalence", "estimate": 0.1, "ci_low": 0.1, "ci_high": 0.1}])
     text = benchmark.interpretation(table)
     assert "best baseline is radiomics" in text and "is NOT met" in text and "0.300 above asym" in text
+
+
+def test_ece_interval_above_its_estimate_is_named() -> None:
+    """ECE's small-sample upward bias can put its whole bootstrap interval above the estimate; the page says so."""
+    benchmark = _load_benchmark()
+    table = pd.DataFrame({"method": ["oracle", "asym", "asym"], "metric": ["ece", "ece", "pr_auc"],
+                          "estimate": [0.010, 0.050, 0.40], "ci_low": [0.013, 0.030, 0.45],
+                          "ci_high": [0.047, 0.080, 0.55]})
+    assert benchmark.ece_above_interval(table) == ["oracle"]
