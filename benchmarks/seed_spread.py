@@ -23,17 +23,18 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-SEED_LINE = re.compile(r"^- Date: [^;]*; seed (\d+)(?: \(trained methods: training seed (\d+)\))?", re.MULTILINE)
+SEED_LINE = re.compile(r"^- Date: [^;]*; seed (\d+)(?: \(trained methods: training seed (\d+)\))?"
+                       r"(?:; rater labels of one in (\d+) training patients)?", re.MULTILINE)
 
 
-def training_seed(results_dir: Path) -> tuple[int, int]:
-    """(split seed, training seed) read from the run's results page."""
+def run_seeds(results_dir: Path) -> tuple[int, int, int]:
+    """(split seed, training seed, label_one_in) read from the run's results page."""
     page = results_dir / "classification.md"
     found = SEED_LINE.search(page.read_text()) if page.exists() else None
     if found is None:
         raise ValueError(f"{page}: no classification results page with a seed line")
     split_seed = int(found.group(1))
-    return split_seed, int(found.group(2) or split_seed)
+    return split_seed, int(found.group(2) or split_seed), int(found.group(3) or 1)
 
 
 def load_predictions(results_dir: Path) -> pd.DataFrame:
@@ -79,13 +80,16 @@ def paired_difference(predictions: pd.DataFrame, first: str, second: str, n_resa
 
 
 def spread_report(runs: dict[int, pd.DataFrame], pairs: list[tuple[str, str]], n_resamples: int,
-                  split_seed: int, command: str) -> str:
+                  split_seed: int, label_one_in: int, command: str) -> str:
     """Markdown: PR AUC per method and seed, and the paired differences per seed."""
     scores = pd.DataFrame({seed: pooled_pr_auc(predictions) for seed, predictions in sorted(runs.items())})
     lines = ["# Classification benchmark: spread over training seeds", "", f"Command: `{command}`", "",
              f"Same cohort, split and test lesions (split seed {split_seed}); only the trained methods' seed "
              f"changes (training seeds {', '.join(map(str, scores.columns))}). Untrained methods (observers, "
-             "readout_logistic) give the same numbers in every run. Pooled out-of-fold PR AUC against the true class:",
+             "readout_logistic) give the same numbers in every run."
+             + ("" if label_one_in == 1 else f" Every run kept the rater labels of one in {label_one_in} training "
+                "patients (`--label-one-in`).")
+             + " Pooled out-of-fold PR AUC against the true class:",
              "", "| method | " + " | ".join(f"seed {s}" for s in scores.columns) + " | mean | min–max |",
              "|---|" + "---|" * (len(scores.columns) + 2)]
     for method, row in scores.iterrows():  # a method missing from a run shows as "not run"
@@ -121,15 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         if len(names) != 2:
             parser.error(f"--compare {text!r}: give two methods separated by a comma")
         pairs.append((names[0], names[1]))
-    seeds = [training_seed(folder) for folder in args.results]
-    if len({split for split, _ in seeds}) != 1 or len({seed for _, seed in seeds}) != len(seeds):
-        parser.error(f"the runs must share one split seed and differ in training seed; got {seeds}")
-    runs = {seed: load_predictions(folder) for folder, (_, seed) in zip(args.results, seeds)}
+    seeds = [run_seeds(folder) for folder in args.results]
+    if len({(split, one_in) for split, _, one_in in seeds}) != 1 or len({s for _, s, _ in seeds}) != len(seeds):
+        parser.error("the runs must share one split seed and --label-one-in and differ in training seed; got "
+                     f"(split seed, training seed, label one in) {seeds}")
+    runs = {seed: load_predictions(folder) for folder, (_, seed, _) in zip(args.results, seeds)}
     lesion_sets = {seed: set(zip(p["participant_id"], p["lesion_id"])) for seed, p in runs.items()}
     if len({frozenset(s) for s in lesion_sets.values()}) != 1:
         parser.error("the runs scored different lesions: were they made on one --work folder?")
     command = "python benchmarks/seed_spread.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = spread_report(runs, pairs, args.bootstrap, seeds[0][0], command)
+    text = spread_report(runs, pairs, args.bootstrap, seeds[0][0], seeds[0][2], command)
     if args.out:
         args.out.write_text(text)
     else:

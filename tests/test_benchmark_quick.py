@@ -168,11 +168,12 @@ def test_fold_task_pretrains_on_withheld_patients_without_their_labels(tmp_path:
     pd.testing.assert_series_equal(seen["meta"].loc[~withheld_rows, "label"], meta.loc[~withheld_rows, "label"])
 
 
-def _write_run(folder: Path, training_seed: int, predictions: pd.DataFrame) -> Path:
+def _write_run(folder: Path, training_seed: int, predictions: pd.DataFrame, label_one_in: int = 1) -> Path:
     folder.mkdir()
     (folder / "classification.md").write_text(  # the command line also says "seed": the Date line counts
         f"- Command: `python benchmarks/classification.py --seed 2026 --training-seed {training_seed}`\n"
-        f"- Date: 2026-12-01 15:00 UTC; seed 2026 (trained methods: training seed {training_seed})\n")
+        f"- Date: 2026-12-01 15:00 UTC; seed 2026 (trained methods: training seed {training_seed})"
+        + ("" if label_one_in == 1 else f"; rater labels of one in {label_one_in} training patients") + "\n")
     predictions.to_csv(folder / "classification_predictions.tsv", sep="\t", index=False)
     return folder
 
@@ -202,6 +203,10 @@ def test_seed_spread_reports_paired_differences(tmp_path: Path) -> None:
     assert f"a is ahead in {sum(d > 0 for d in expected)} of 2 seeds" in text
     with pytest.raises(SystemExit):  # two runs with one training seed measure nothing
         spread.main([str(folders[0]), str(folders[0])])
+    fewer_labels = _write_run(tmp_path / "s3_k3", 3, pd.concat([good, poor]), label_one_in=3)
+    assert spread.run_seeds(fewer_labels) == (2026, 3, 3)
+    with pytest.raises(SystemExit):  # a run trained on a third of the labels is not another seed of the same run
+        spread.main([str(folders[0]), str(fewer_labels)])
 
 
 def test_fold_tasks_reproduce_cross_validate(tmp_path: Path) -> None:
