@@ -19,7 +19,8 @@ What it does, once for all methods:
    rater's labels of the training patients with the seed ``cross_validate`` would give that
    fold, in ``--jobs`` worker processes (so the numbers do not depend on the number of jobs);
    every lesion of the test patients that has a true lesion is then predicted and scored
-   against its TRUE class;
+   against its TRUE class (with ``--label-one-in K`` each fold keeps the rater labels of only
+   one in K of its training patients, the rest serving as unlabelled pretraining data);
 5. the two observers (the oracle on ``observed_rim_cnr`` and the plain image-contrast observer on
    ``observed_cnr``) get a logistic calibration and a max-F1 threshold fitted on the same
    training patients (with true labels: they are ceilings, not products);
