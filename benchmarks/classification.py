@@ -753,12 +753,11 @@ def label_report(meta: pd.DataFrame, truth: pd.DataFrame, evaluable: np.ndarray,
     patients, annotated_rows = meta["participant_id"], meta["label"].notna()
     training_labels = []
     for test_patients, withheld_patients in zip(folds, withheld):
-        training = annotated_rows & ~patients.isin(test_patients)
-        kept = training & ~patients.isin(withheld_patients)
+        training = ~patients.isin(test_patients)
+        kept = training & annotated_rows & ~patients.isin(withheld_patients)
         training_labels.append({"patients": int(patients[kept].nunique()), "lesions": int(kept.sum()),
                                 "rim_positive": int((meta["label"][kept] == 1).sum()),
-                                "unlabelled_lesions": int((~annotated_rows & ~patients.isin(test_patients)).sum()
-                                                          + (training & ~kept).sum())})
+                                "unlabelled_lesions": int((training & ~kept).sum())})
     rater, true = meta["label"].to_numpy()[evaluated], truth["true_label"].to_numpy()[evaluated]
     annotated = ~np.isnan(rater)
     positives, negatives = annotated & (true == 1), annotated & (true == 0)
