@@ -24,9 +24,10 @@ What it does, once for all methods:
 5. the two observers (the oracle on ``observed_rim_cnr`` and the plain image-contrast observer on
    ``observed_cnr``) get a logistic calibration and a max-F1 threshold fitted on the same
    training patients (with true labels: they are ceilings, not products);
-6. the reference ``readout_logistic``, a logistic regression on asym's five parameter-free rim
-   read-out numbers fitted to the rater's labels of the same training patients, says how much
-   the network's learned features add to the edge/core/ring medians they are given;
+6. the reference ``readout_logistic``, a logistic regression on asym's parameter-free rim
+   read-out (edge/core/ring medians and their contrast-to-noise ratios) fitted to the rater's
+   labels of the same training patients, says how much the network's learned features add to
+   the numbers they are given;
 7. metrics from ``bids_rim.training.metrics`` with patient bootstrap 95 % CIs, written as
    ``classification.md``, ``classification.tsv``, per-lesion predictions and ROC/PR plots,
    after every finished method, so that a run cut short keeps what it finished and names the
@@ -77,8 +78,8 @@ METHOD_DESCRIPTIONS = {
     "qsmrimnet": "baseline: QSMRim-Net-style CNN with radiomic rim features",
     "radiomics": "baseline: hand-crafted rim features + random forest",
     **{name: description for name, (_, description) in OBSERVERS.items()},
-    "readout_logistic": ("reference: logistic regression (rater labels) on asym's five parameter-free rim read-out "
-                         "numbers; what the network's learned features add to"),
+    "readout_logistic": ("reference: logistic regression (rater labels) on asym's parameter-free rim read-out "
+                         "(medians and contrast-to-noise ratios); what the network's learned features add to"),
 }
 UNTRAINED_METHODS = (*OBSERVERS, "readout_logistic")  # fitted in the main process, no network
 ALL_METHODS = tuple(METHOD_DESCRIPTIONS)
@@ -578,7 +579,7 @@ def interpretation(table: pd.DataFrame) -> str:
                              f"goal (within 0.05 of the oracle) is {'met' if gap <= 0.05 else 'NOT met'}.")
         if "readout_logistic" in methods:
             delta = ours - _value(table, "readout_logistic", "pr_auc")
-            sentences.append(f"asym is {delta:+.3f} PR AUC from a logistic regression on its own five read-out "
+            sentences.append(f"asym is {delta:+.3f} PR AUC from a logistic regression on its own rim read-out "
                              f"numbers: that is what its learned QSM/FLAIR features add.")
         ablations = ("asym_no_pretrain", "asym_pretrain_masked", "asym_pretrain_cross_modal", "asym_no_supcon",
                      "asym_no_flair", "early_fusion")

@@ -23,7 +23,7 @@ from bids_rim.training.prediction import predict_logits
 from bids_rim.training.toy import make_toy_patches
 
 ARCH_CONFIG = {"width": 4, "conditioning": "film_spatial", "film_stages": [0], "dropout": 0.1, "region_pool_stages": [0, 1],
-               "rim_readout": True, "readout_logit": True}
+               "rim_readout": True, "readout_logit": True, "readout_cnr": True}
 
 
 def _as_if_trained(network: torch.nn.Module) -> torch.nn.Module:
@@ -117,20 +117,21 @@ def test_mc_dropout_keeps_the_read_out_path():
 
 
 def test_file_with_read_out_but_no_read_out_path_loads_as_written(tmp_path):
-    # Files written after rim_readout and before readout_logit existed pass the read-out through the MLP only.
-    former = {key: value for key, value in ARCH_CONFIG.items() if key != "readout_logit"}
-    weights = get_model("asym", **former, readout_logit=False).state_dict()
+    # Files written after rim_readout and before readout_logit existed pass the read-out through the MLP only,
+    # and their read-out has five numbers (no contrast-to-noise ratios).
+    former = {key: value for key, value in ARCH_CONFIG.items() if key not in ("readout_logit", "readout_cnr")}
+    weights = get_model("asym", **former, readout_logit=False, readout_cnr=False).state_dict()
     path = save_checkpoint(tmp_path / "former.pt", arch="asym", arch_config=former, state_dicts=[weights],
                            temperatures=[1.0], biases=[0.0], threshold=0.5, patch_size=16, patch_spacing_mm=1.0,
                            training={})
     member = load_rim_model(path, "cpu").members[0]
-    assert member.rim_readout is not None and member.readout_logit is None
+    assert member.rim_readout is not None and member.readout_logit is None and member.rim_readout.n_features == 5
 
 
 def test_asym_file_without_region_pool_stages_loads_with_the_former_layout(tmp_path):
     # Files written before the options existed pooled at P/8 only and had no rim read-out.
     former = {key: value for key, value in ARCH_CONFIG.items()
-              if key not in ("region_pool_stages", "rim_readout", "readout_logit")}
+              if key not in ("region_pool_stages", "rim_readout", "readout_logit", "readout_cnr")}
     torch.manual_seed(0)
     weights = get_model("asym", **former, region_pool_stages=(2,), rim_readout=False, readout_logit=False).state_dict()
     path = save_checkpoint(tmp_path / "former.pt", arch="asym", arch_config=former, state_dicts=[weights],

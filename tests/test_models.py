@@ -143,7 +143,7 @@ def test_rim_readout_reads_a_one_voxel_rim_and_ignores_a_crossing_vein():
         patch = torch.stack([qsm, torch.ones_like(qsm), mask])[None]
         return RimReadout()(scale_inputs(patch)[:, :1], mask[None, None])[0].tolist()
 
-    difference, edge_median, core_median, ring_difference, fraction = readout(0.03)
+    difference, edge_median, core_median, ring_difference, fraction = readout(0.03)[:5]
     assert readout(0.03) == pytest.approx(readout(0.03, with_vein=False), abs=1e-6)
     def units(ppb: float) -> float:  # network units: 20 ppb, softly limited at ±100 ppb
         return 5.0 * np.tanh(ppb / 20.0 / 5.0)
@@ -177,7 +177,47 @@ def test_rim_readout_of_a_lesion_does_not_depend_on_its_batch():
     assert torch.allclose(together, alone)
     model = get_model("asym", width=4, rim_readout=True)
     assert model(torch.cat([qsm, torch.ones_like(qsm), masks], 1)[:, :, :16, :16, :16])["embedding"].shape[1] == \
-        model.embedding_dim == get_model("asym", width=4, rim_readout=False).embedding_dim + 5
+        model.embedding_dim == get_model("asym", width=4, rim_readout=False).embedding_dim + 7 == \
+        get_model("asym", width=4, readout_cnr=False).embedding_dim + 2
+
+
+def test_rim_readout_contrast_to_noise_ratios_follow_the_noise():
+    # White noise of 10 ppb around lesions of 4 mm radius. Without a rim, the edge−core and
+    # ring−core ratios must spread like a standard normal (they are differences over their own
+    # noise); with a +30 ppb edge over a +5 ppb core, the ratio is the contrast over that noise.
+    from bids_rim.models.blocks import RimReadout, scale_inputs
+
+    size, sigma_ppm, realisations = 24, 0.010, 256
+    axis = torch.arange(size) - (size - 1) / 2
+    mask = ((torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij")) ** 2).sum(0) <= 16).float()
+    edge = (mask - _cross_core(mask)).clamp(0, 1)
+    generator = torch.Generator().manual_seed(3)
+    noise = sigma_ppm * torch.randn(realisations, size, size, size, generator=generator)
+    masks = mask.expand(realisations, 1, size, size, size)
+
+    def read(qsm_ppm: torch.Tensor) -> torch.Tensor:
+        patches = torch.cat([qsm_ppm[:, None], torch.ones_like(masks), masks], dim=1)
+        return RimReadout()(scale_inputs(patches)[:, :1], masks)
+
+    without_rim = read(noise)
+    sigma_units = RimReadout.noise_sd(scale_inputs(torch.cat([noise[:, None], masks, masks], 1))[:, :1], masks)
+    assert sigma_units.median().item() == pytest.approx(sigma_ppm * 50, rel=0.05)
+    for column in (5, 6):
+        assert without_rim[:, column].std().item() == pytest.approx(1.0, abs=0.2)
+        assert abs(without_rim[:, column].mean().item()) < 0.25
+    with_rim = read(noise + 0.005 * mask + 0.025 * edge)
+    edge_count, core_count = edge.sum().item(), (mask - edge).sum().item()
+    expected = (0.025 * 50) / (1.2533 * sigma_ppm * 50 * np.sqrt(1 / edge_count + 1 / core_count))
+    assert with_rim[:, 5].median().item() == pytest.approx(expected, rel=0.15)
+    # Twice the noise, half the ratio; a lesion with no core is compared with one voxel's worth.
+    assert read(2 * noise + 0.005 * mask + 0.025 * edge)[:, 5].median().item() == pytest.approx(expected / 2, rel=0.15)
+    dot = torch.zeros_like(mask)
+    dot[11:13, 11:13, 11:13] = 1  # eight voxels, all edge
+    dots = dot.expand(realisations, 1, size, size, size)
+    patches = torch.cat([(noise + 0.025 * dot)[:, None], torch.ones_like(dots), dots], dim=1)
+    coreless = RimReadout()(scale_inputs(patches)[:, :1], dots)[:, 5]
+    expected_dot = (0.025 * 50) / (1.2533 * sigma_ppm * 50 * np.sqrt(1 / 8 + 1))
+    assert coreless.median().item() == pytest.approx(expected_dot, rel=0.2)
 
 
 def test_fresh_asym_is_a_logistic_regression_on_its_read_out(toy):

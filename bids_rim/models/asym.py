@@ -5,7 +5,7 @@ Layout for a patch of P³ voxels (channels ``qsm_ppm, flair_nawm, lesion_mask``)
     [qsm, mask] ─ QSM stem (P/2, w) ─▶ cond₀ ─ res+SE (P/4, 2w) ─▶ cond₁ ─ res+SE (P/8, 4w)
     [flair, mask] ─ FLAIR stem (P/2, w) ─┘ ─ res (P/4, 2w) ─────────┘  (only when stage 1 is conditioned)
     embedding = [region pool (P/2, 3w), region pool (P/4, 6w), patch mean (P/8, 4w),
-                 rim read-out of the QSM input (P, 5 numbers)] ─ MLP ─┐
+                 rim read-out of the QSM input (P, 7 numbers)] ─ MLP ─┐
     rim read-out ─ linear ────────────────────────────────────────────────── + ─ logit
     (the default ``region_pool_stages=(0, 1)``; stage 0 = P/2, 1 = P/4, 2 = P/8)
 
@@ -30,9 +30,12 @@ Together with patches cut at the QSM's own voxel size it lifted the held-out PR 
 
 The read-out also reaches the logit through a linear path of its own (``readout_logit``), and
 the MLP's last layer starts at zero: fine-tuning starts that path from a logistic regression on
-the training lesions' read-out, and the convolutional features add what they can. Inside the MLP the five numbers were 5 of 161
-inputs; on balanced folds of the 40-patient split the network then ranked lesions below a
-logistic regression on the read-out alone (docs/training.md).
+the training lesions' read-out, and the convolutional features add what they can. Inside the MLP
+the read-out's numbers were 5 of 161 inputs; on balanced folds of the 40-patient split the
+network then ranked lesions below a logistic regression on the read-out alone (docs/training.md).
+The read-out's last two numbers are the edge and ring contrasts over their own noise (the patch's
+noise and the regions' voxel counts): a reader's contrast-to-noise ratio, which the raw
+differences cannot give a linear path.
 """
 
 from __future__ import annotations
@@ -59,14 +62,14 @@ QSM, FLAIR, MASK = 0, 1, 2
 
 @torch.no_grad()
 def rim_readout_of_patches(patches: np.ndarray, device: torch.device = torch.device("cpu"),
-                           batch_size: int = 64) -> np.ndarray:
-    """The rim read-out's five numbers (N, 5) of raw patches (N, 3, P, P, P), batch by batch.
+                           batch_size: int = 64, noise_normalised: bool = True) -> np.ndarray:
+    """The rim read-out (N, 7; N, 5 without ``noise_normalised``) of raw patches (N, 3, P, P, P).
 
     The read-out has no parameters, so no network is needed: fine-tuning starts asym's linear
     read-out path from a logistic regression on these numbers, and the benchmark's
     ``readout_logistic`` reference is that regression alone.
     """
-    readout = RimReadout()
+    readout = RimReadout(noise_normalised)
     numbers = []
     for start in range(0, len(patches), batch_size):
         batch = torch.from_numpy(np.array(patches[start : start + batch_size], dtype=np.float32)).to(device)
@@ -85,9 +88,11 @@ class AsymQsmFlairNet(nn.Module):
         region_pool_stages: stages whose features are region-pooled (whole patch, edge band, core):
             0 = P/2, 1 = P/4, 2 = P/8. The P/8 features are always in the embedding, as a patch
             mean when stage 2 is not region-pooled.
-        rim_readout: append the parameter-free :class:`RimReadout` of the QSM input (five numbers at
-            patch resolution: edge and core medians, their difference, the outer ring's difference
-            and the fraction of the edge above the core) to the embedding.
+        rim_readout: append the parameter-free :class:`RimReadout` of the QSM input (at patch
+            resolution: edge and core medians, their difference, the outer ring's difference, the
+            fraction of the edge above the core) to the embedding.
+        readout_cnr: the read-out also gives the edge−core and ring−core differences over their
+            noise (contrast-to-noise ratios; seven numbers instead of five).
         readout_logit: add a linear function of the read-out to the logit and start the MLP head's
             last layer at zero (only with ``rim_readout``).
     """
@@ -101,6 +106,7 @@ class AsymQsmFlairNet(nn.Module):
         region_pool_stages: tuple[int, ...] = (0, 1),
         rim_readout: bool = True,
         readout_logit: bool = True,
+        readout_cnr: bool = True,
     ) -> None:
         super().__init__()
         if conditioning not in CONDITIONINGS:
@@ -116,10 +122,10 @@ class AsymQsmFlairNet(nn.Module):
         self.film_stages = stages
         self.mid_channels = width
         # Three averages (whole patch, edge band, core) per region-pooled stage of 2^s · w channels,
-        # plus the P/8 patch mean when stage 2 is not region-pooled, plus the read-out's five numbers.
-        self.rim_readout = RimReadout() if rim_readout else None
-        self.embedding_dim = (sum(3 * width * 2**s for s in pooled) + (0 if 2 in pooled else 4 * width)
-                              + (RimReadout.N_FEATURES if rim_readout else 0))
+        # plus the P/8 patch mean when stage 2 is not region-pooled, plus the read-out's numbers.
+        self.rim_readout = RimReadout(readout_cnr) if rim_readout else None
+        readout_size = self.rim_readout.n_features if self.rim_readout is not None else 0
+        self.embedding_dim = sum(3 * width * 2**s for s in pooled) + (0 if 2 in pooled else 4 * width) + readout_size
         self.qsm_stem = stem(2, width)
         self.qsm_block1 = PreActResBlock(width, 2 * width, stride=2, squeeze_excite=True)
         self.qsm_block2 = PreActResBlock(2 * width, 4 * width, stride=2, squeeze_excite=True)
@@ -131,7 +137,7 @@ class AsymQsmFlairNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.region_pool = LesionRegionPool()
         self.head = mlp_head(self.embedding_dim, 4 * width, dropout)
-        self.readout_logit = nn.Linear(RimReadout.N_FEATURES, 1) if rim_readout and readout_logit else None
+        self.readout_logit = nn.Linear(readout_size, 1) if rim_readout and readout_logit else None
         if self.readout_logit is not None:
             for layer in (self.readout_logit, self.head[-1]):
                 nn.init.zeros_(layer.weight)
@@ -179,8 +185,8 @@ class AsymQsmFlairNet(nn.Module):
         """Logits (B,) from embeddings: the MLP head (``head`` in its place, e.g. with dropout
         sampled) plus the linear read-out path, which has no dropout."""
         logit = (head or self.head)(embedding).reshape(-1)
-        if self.readout_logit is not None:  # the read-out is the embedding's last five numbers
-            logit = logit + self.readout_logit(embedding[:, -RimReadout.N_FEATURES :]).squeeze(1)
+        if self.readout_logit is not None:  # the read-out is the embedding's last numbers
+            logit = logit + self.readout_logit(embedding[:, -self.readout_logit.in_features :]).squeeze(1)
         return logit
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

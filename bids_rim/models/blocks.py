@@ -148,7 +148,7 @@ def _cross_erode(mask: torch.Tensor) -> torch.Tensor:
 
 
 class RimReadout(nn.Module):
-    """Parameter-free read-out of the QSM input at patch resolution: the comparison a reader makes (B, 5).
+    """Parameter-free read-out of the QSM input at patch resolution: the comparison a reader makes.
 
     A rim is 0.7–2 mm thick: after the stem's 2×2×2 patchify it shares its feature voxels with
     the lesion core and the white matter around it. This read-out takes the network's QSM input
@@ -159,13 +159,63 @@ class RimReadout(nn.Module):
     median(edge) − median(core), median(edge), median(core), median(ring) − median(core) and the
     fraction of edge voxels more than 10 ppb (0.5 units) above the core median; an empty region
     counts as 0 (the NAWM level).
+
+    With ``noise_normalised`` two contrast-to-noise ratios follow: the edge−core and ring−core
+    differences over their own noise, ``1.2533 · σ · sqrt(1/n₁ + 1/n₂)`` (the standard error of a
+    difference of two medians of n₁ and n₂ voxels of noise σ). A lesion too small to have a core
+    is compared with the NAWM level, which is not measured in that lesion: its core counts as one
+    voxel, so that such lesions (8 % of the benchmark's, mostly veins' and iron's size) need a
+    contrast several times the noise to stand out. σ is
+    the robust standard deviation (1.4826 × median absolute deviation) of the patch's QSM more
+    than three voxels outside the lesion's bounding box, outside-brain zeros left out, on every
+    second voxel. A
+    10 ppb difference means little on a small lesion of a noisy scan and much on a large lesion
+    of a quiet one; the raw differences cannot tell these apart. On the 40-patient benchmark a
+    logistic regression on the read-out rose from 0.374 to about 0.56 PR AUC with them
+    (docs/training.md).
     """
 
     RIM_LEVEL = 0.5  # 10 ppb in network units
-    N_FEATURES = 5
+    MEDIAN_NOISE_FACTOR = 1.2533  # SD of a median of n Gaussian values ≈ 1.2533 σ / sqrt(n)
+    BACKGROUND_DISTANCE = 3  # voxels between the lesion's box and the voxels that measure the noise
+    MIN_BACKGROUND = 64  # sampled voxels needed to measure the noise away from the lesion
+    MIN_NOISE = 0.05  # 1 ppb: a patch with no texture (a test pattern) must not divide by zero
+
+    def __init__(self, noise_normalised: bool = True) -> None:
+        super().__init__()
+        self.noise_normalised = noise_normalised
+        self.n_features = 7 if noise_normalised else 5
+
+    @classmethod
+    def noise_sd(cls, qsm: torch.Tensor, lesion: torch.Tensor) -> torch.Tensor:
+        """Robust SD (B,) of the QSM input outside the lesion's box, outside-brain zeros left out.
+
+        The box is the lesion's bounding box grown by ``BACKGROUND_DISTANCE`` voxels (built from
+        per-axis profiles: a 3-D dilation costs more than the rest of the read-out). Where it
+        leaves fewer than ``MIN_BACKGROUND`` sampled voxels (a lesion filling the patch), every
+        sampled voxel outside the lesion itself is used.
+        """
+        sample = (slice(None), 0, slice(None, None, 2), slice(None, None, 2), slice(None, None, 2))
+        reach = 2 * cls.BACKGROUND_DISTANCE + 1
+        near = torch.ones_like(lesion[:, 0])
+        for axis in (2, 3, 4):
+            profile = lesion.amax(dim=[d for d in (1, 2, 3, 4) if d != axis])  # (B, P)
+            grown = F.max_pool1d(profile[:, None], reach, stride=1, padding=cls.BACKGROUND_DISTANCE)[:, 0]
+            shape = [len(profile), 1, 1, 1]
+            shape[axis - 1] = profile.shape[1]
+            near = near * grown.view(shape)
+        values, in_brain = qsm[sample], qsm[sample] != 0
+        keep = (near[sample[:1] + sample[2:]] < 0.5) & in_brain
+        too_few = keep.flatten(1).sum(1) < cls.MIN_BACKGROUND
+        keep = torch.where(too_few.view(-1, 1, 1, 1), (lesion[sample] < 0.5) & in_brain, keep)
+        values = torch.where(keep, values, torch.full_like(values, float("nan"))).flatten(1)
+        median = values.nanmedian(dim=1, keepdim=True).values
+        mad = (values - median).abs().nanmedian(dim=1).values
+        return torch.nan_to_num(1.4826 * mad, nan=cls.MIN_NOISE).clamp_min(cls.MIN_NOISE)
 
     def forward(self, qsm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lesion = (mask > 0.5).to(qsm.dtype)
+        sigma = self.noise_sd(qsm, lesion) if self.noise_normalised else None
         # Every region lies within one voxel of a lesion voxel: the medians need only the batch's
         # lesion bounding box plus one voxel (about a twentieth of a 32³ patch for a typical lesion).
         crop = [slice(None), slice(None)]
@@ -185,10 +235,18 @@ class RimReadout(nn.Module):
             return torch.nan_to_num(values.nanmedian(dim=1).values, nan=0.0)
 
         edge_median, core_median, ring_median = median_over(edge), median_over(core), median_over(ring)
+        edge_count = edge.sum((1, 2, 3, 4))
         above = ((qsm > core_median.view(-1, 1, 1, 1, 1) + self.RIM_LEVEL).to(qsm.dtype) * edge).sum((1, 2, 3, 4))
-        fraction = above / edge.sum((1, 2, 3, 4)).clamp_min(1.0)
-        return torch.stack([edge_median - core_median, edge_median, core_median, ring_median - core_median,
-                            fraction], dim=1)
+        fraction = above / edge_count.clamp_min(1.0)
+        numbers = [edge_median - core_median, edge_median, core_median, ring_median - core_median, fraction]
+        if sigma is not None:
+            core_count, ring_count = core.sum((1, 2, 3, 4)), ring.sum((1, 2, 3, 4))
+
+            for difference, count in ((numbers[0], edge_count), (numbers[3], ring_count)):
+                spread = torch.sqrt(1.0 / count.clamp_min(1.0) + 1.0 / core_count.clamp_min(1.0))
+                noise = self.MEDIAN_NOISE_FACTOR * sigma * spread
+                numbers.append(difference / noise.clamp_min(self.MIN_NOISE))
+        return torch.stack(numbers, dim=1)
 
 
 def mlp_head(in_features: int, hidden: int, dropout: float) -> nn.Sequential:

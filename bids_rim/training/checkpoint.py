@@ -27,8 +27,9 @@ from bids_rim.models import available_models, is_neural
 FORMAT_VERSION = 2
 # Version-2 files written before ``region_pool_stages`` existed pooled the asym features at P/8 only;
 # files written before ``rim_readout`` existed have no read-out, and those written before
-# ``readout_logit`` existed pass it through the MLP only.
-LEGACY_ASYM_CONFIG = {"region_pool_stages": [2], "rim_readout": False, "readout_logit": False}
+# ``readout_logit`` existed pass it through the MLP only, and those written before ``readout_cnr``
+# existed read out five numbers without the contrast-to-noise ratios.
+LEGACY_ASYM_CONFIG = {"region_pool_stages": [2], "rim_readout": False, "readout_logit": False, "readout_cnr": False}
 REQUIRED_KEYS = ("format_version", "arch", "arch_config", "state_dicts", "temperatures", "biases", "threshold",
                  "patch_size", "patch_spacing_mm", "training")
 

@@ -30,6 +30,8 @@ class TrainConfig:
     rim_readout: bool = True
     # The read-out also reaches the logit linearly (training starts as a logistic regression on it).
     readout_logit: bool = True
+    # The read-out also gives its edge and ring contrasts over their noise (RimReadout).
+    readout_cnr: bool = True
     early_fusion_widen_factor: float = 0.25
     radiomics_estimator: str = "random_forest"
     # self-supervised pretraining
@@ -83,10 +85,11 @@ class TrainConfig:
             return {"width": self.width, "conditioning": self.conditioning,
                     "film_stages": list(self.film_stages), "dropout": self.dropout,
                     "region_pool_stages": list(self.region_pool_stages), "rim_readout": self.rim_readout,
-                    "readout_logit": self.readout_logit}
+                    "readout_logit": self.readout_logit, "readout_cnr": self.readout_cnr}
         if self.arch == "qsm_only":
             return {"width": self.width, "dropout": self.dropout, "region_pool_stages": list(self.region_pool_stages),
-                    "rim_readout": self.rim_readout, "readout_logit": self.readout_logit}
+                    "rim_readout": self.rim_readout, "readout_logit": self.readout_logit,
+                    "readout_cnr": self.readout_cnr}
         if self.arch in ("rimnet", "qsmrimnet"):
             return {"width": self.width, "dropout": self.dropout}
         if self.arch == "early_fusion":

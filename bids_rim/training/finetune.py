@@ -73,7 +73,7 @@ def start_readout_path_from_logistic_regression(model: nn.Module, patches: np.nd
                                                 device: torch.device) -> None:
     """Set asym's linear read-out path to a logistic regression fitted on the training lesions.
 
-    With Adam's steps of about ``lr`` per update, five weights that start at zero need thousands
+    With Adam's steps of about ``lr`` per update, read-out weights that start at zero need thousands
     of steps to reach the magnitudes a logistic regression finds (1–3 per unit), while the MLP
     on 161 inputs fits the training lesions within a few epochs; on balanced 40-patient folds the
     network then ranked lesions below that logistic regression alone (docs/training.md). Classes
@@ -81,7 +81,7 @@ def start_readout_path_from_logistic_regression(model: nn.Module, patches: np.nd
     """
     if getattr(model, "readout_logit", None) is None or len(np.unique(labels)) < 2:
         return
-    features = rim_readout_of_patches(patches, device)
+    features = rim_readout_of_patches(patches, device, noise_normalised=model.rim_readout.noise_normalised)
     regression = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit(features, labels)
     model.readout_logit.weight.copy_(torch.as_tensor(regression.coef_, dtype=model.readout_logit.weight.dtype))
     model.readout_logit.bias.copy_(torch.as_tensor(regression.intercept_, dtype=model.readout_logit.bias.dtype))
