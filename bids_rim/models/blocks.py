@@ -162,17 +162,15 @@ class RimReadout(nn.Module):
 
     With ``noise_normalised`` two contrast-to-noise ratios follow: the edge−core and ring−core
     differences over their own noise, ``1.2533 · σ · sqrt(1/n₁ + 1/n₂)`` (the standard error of a
-    difference of two medians of n₁ and n₂ voxels of noise σ). A lesion too small to have a core
-    is compared with the NAWM level, which is not measured in that lesion: its core counts as one
-    voxel, so that such lesions (8 % of the benchmark's, mostly veins' and iron's size) need a
-    contrast several times the noise to stand out. σ is
-    the robust standard deviation (1.4826 × median absolute deviation) of the patch's QSM more
-    than three voxels outside the lesion's bounding box, outside-brain zeros left out, on every
-    second voxel. A
-    10 ppb difference means little on a small lesion of a noisy scan and much on a large lesion
-    of a quiet one; the raw differences cannot tell these apart. On the 40-patient benchmark a
-    logistic regression on the read-out rose from 0.374 to about 0.56 PR AUC with them
-    (docs/training.md).
+    difference of two medians of n₁ and n₂ voxels of noise σ). σ is the robust standard deviation
+    (1.4826 × median absolute deviation) of the patch's QSM more than three voxels outside the
+    lesion's bounding box, outside-brain zeros left out, on every second voxel. A lesion too small
+    to have a core is compared with the NAWM level, which is not measured in that lesion: its core
+    counts as one voxel, so that such lesions (8 % of the benchmark's) need a contrast several
+    times the noise to stand out. A 10 ppb difference means little on a small lesion of a noisy
+    scan and much on a large lesion of a quiet one; the raw differences cannot tell these apart.
+    On the 40-patient benchmark a logistic regression on the read-out rose from 0.374 to 0.560
+    PR AUC with them (docs/training.md).
     """
 
     RIM_LEVEL = 0.5  # 10 ppb in network units
