@@ -195,12 +195,14 @@ def test_rim_readout_contrast_to_noise_ratios_follow_the_noise():
     noise = sigma_ppm * torch.randn(realisations, size, size, size, generator=generator)
     masks = mask.expand(realisations, 1, size, size, size)
 
-    def read(qsm_ppm: torch.Tensor) -> torch.Tensor:
-        patches = torch.cat([qsm_ppm[:, None], torch.ones_like(masks), masks], dim=1)
-        return RimReadout()(scale_inputs(patches)[:, :1], masks)
+    def network_qsm(qsm_ppm: torch.Tensor) -> torch.Tensor:
+        return scale_inputs(torch.cat([qsm_ppm[:, None], torch.ones_like(masks), masks], dim=1))[:, :1]
+
+    def read(qsm_ppm: torch.Tensor, lesions: torch.Tensor = masks) -> torch.Tensor:
+        return RimReadout()(network_qsm(qsm_ppm), lesions)
 
     without_rim = read(noise)
-    sigma_units = RimReadout.noise_sd(scale_inputs(torch.cat([noise[:, None], masks, masks], 1))[:, :1], masks)
+    sigma_units = RimReadout.noise_sd(network_qsm(noise), masks)
     assert sigma_units.median().item() == pytest.approx(sigma_ppm * 50, rel=0.05)
     for column in (5, 6):
         assert without_rim[:, column].std().item() == pytest.approx(1.0, abs=0.2)
@@ -213,9 +215,7 @@ def test_rim_readout_contrast_to_noise_ratios_follow_the_noise():
     assert read(2 * noise + 0.005 * mask + 0.025 * edge)[:, 5].median().item() == pytest.approx(expected / 2, rel=0.15)
     dot = torch.zeros_like(mask)
     dot[11:13, 11:13, 11:13] = 1  # eight voxels, all edge
-    dots = dot.expand(realisations, 1, size, size, size)
-    patches = torch.cat([(noise + 0.025 * dot)[:, None], torch.ones_like(dots), dots], dim=1)
-    coreless = RimReadout()(scale_inputs(patches)[:, :1], dots)[:, 5]
+    coreless = read(noise + 0.025 * dot, dot.expand(realisations, 1, size, size, size))[:, 5]
     expected_dot = (0.025 * 50) / (1.2533 * sigma_ppm * 50 * np.sqrt(1 / 8 + 1))
     assert coreless.median().item() == pytest.approx(expected_dot, rel=0.2)
 

@@ -198,15 +198,15 @@ class RimReadout(nn.Module):
         """
         sample = (slice(None), 0, slice(None, None, 2), slice(None, None, 2), slice(None, None, 2))
         reach = 2 * cls.BACKGROUND_DISTANCE + 1
-        near = torch.ones_like(lesion[:, 0])
+        near = torch.ones_like(lesion)
         for axis in (2, 3, 4):
             profile = lesion.amax(dim=[d for d in (1, 2, 3, 4) if d != axis])  # (B, P)
             grown = F.max_pool1d(profile[:, None], reach, stride=1, padding=cls.BACKGROUND_DISTANCE)[:, 0]
-            shape = [len(profile), 1, 1, 1]
-            shape[axis - 1] = profile.shape[1]
+            shape = [len(profile), 1, 1, 1, 1]
+            shape[axis] = profile.shape[1]
             near = near * grown.view(shape)
         values, in_brain = qsm[sample], qsm[sample] != 0
-        keep = (near[sample[:1] + sample[2:]] < 0.5) & in_brain
+        keep = (near[sample] < 0.5) & in_brain
         too_few = keep.flatten(1).sum(1) < cls.MIN_BACKGROUND
         keep = torch.where(too_few.view(-1, 1, 1, 1), (lesion[sample] < 0.5) & in_brain, keep)
         values = torch.where(keep, values, torch.full_like(values, float("nan"))).flatten(1)
