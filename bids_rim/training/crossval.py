@@ -11,6 +11,7 @@ fold is predicted once at the end.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class FoldModel:
     finetune_history: list[dict[str, float]] = field(default_factory=list)
     estimator: object | None = None
     bias: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time of "pretrain" and "finetune"
 
 
 @dataclass
@@ -173,14 +175,20 @@ def train_member(
     pretrain_rows = np.flatnonzero(in_train)
     pretrain_history: list[dict[str, float]] = []
     pretrain_patients: list[str] = []
+    stage_seconds: dict[str, float] = {}
+    started = time.perf_counter()
     if supports_pretraining(model) and config.pretrain_epochs > 0 and config.pretrain_objectives:
         pretrain_patients = sorted(meta["participant_id"].iloc[pretrain_rows].unique())
         pretrain_history = pretrain(model, patches[pretrain_rows], config, device, seed=seed, context=context,
                                     progress=progress, description=f"pretrain {name}".strip())
+        stage_seconds["pretrain"] = time.perf_counter() - started
+        started = time.perf_counter()
     result = finetune(model, patches[fit_rows], labels[fit_rows], patches[val_rows], labels[val_rows], config, device,
                       seed=seed + 1, context=context, progress=progress, description=f"finetune {name}".strip())
+    stage_seconds["finetune"] = time.perf_counter() - started
+    LOGGER.info("%s: %s", name or "model", ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in stage_seconds.items()))
     return FoldModel(result.state_dict, result.temperature, result.threshold, pretrain_patients, fit_patients,
-                     val_patients, pretrain_history, result.history, bias=result.bias)
+                     val_patients, pretrain_history, result.history, bias=result.bias, stage_seconds=stage_seconds)
 
 
 def member_probabilities(member: FoldModel, config: TrainConfig, patches: np.ndarray, device: torch.device) -> np.ndarray:
