@@ -72,6 +72,8 @@ METHOD_DESCRIPTIONS = {
     "asym_pretrain_cross_modal": ("ablation: asym pretrained only by the cross-modal terms (FLAIR→QSM predictor, "
                                   "variance/covariance, InfoNCE)"),
     "asym_no_supcon": "ablation: asym without the contrastive term (supcon_weight=0, fixed)",
+    "asym_fixed_readout": ("ablation: asym whose linear read-out path stays the logistic regression it starts "
+                           "as (the network learns only what the read-out misses)"),
     "asym_no_flair": "ablation: no FLAIR (arch qsm_only: the asym QSM path, FLAIR ignored)",
     "early_fusion": "ablation: symmetric early fusion (MONAI ResNet-18 on stacked channels)",
     "rimnet": "baseline: RimNet-style two-branch CNN",
@@ -301,6 +303,7 @@ def method_config(method: str, settings: BenchmarkSettings):
         "asym_pretrain_masked": {"pretrain_objectives": ("masked",)},
         "asym_pretrain_cross_modal": {"pretrain_objectives": ("predictor", "variance", "infonce")},
         "asym_no_supcon": {"supcon_weight": 0.0, "learn_supcon_weight": False},
+        "asym_fixed_readout": {"train_readout_logit": False},
         "asym_no_flair": {"arch": "qsm_only"},
         "early_fusion": {"arch": "early_fusion"},
         "rimnet": {"arch": "rimnet"},

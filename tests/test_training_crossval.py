@@ -168,3 +168,25 @@ def test_read_out_path_starts_from_a_logistic_regression_on_the_training_lesions
     logits = predict_logits(model, patches, CPU)[0]  # a fresh MLP head adds zero: the logits are the regression's
     assert average_precision_score(labels, logits) > labels.mean() + 0.3
     assert abs((logits > 0).mean() - 0.5) < 0.3  # classes weighted as balanced batches present them
+
+
+@pytest.mark.parametrize("train_readout_logit", [False, True])
+def test_fixed_read_out_path_stays_the_logistic_regression(toy, train_readout_logit):
+    from bids_rim.models import get_model
+    from bids_rim.training.finetune import finetune, start_readout_path_from_logistic_regression
+
+    patches, meta = toy
+    labelled = meta["label"].notna().to_numpy()
+    labels = meta["label"].to_numpy()[labelled].astype(int)
+    fit, val = np.arange(labelled.sum()) % 4 != 0, np.arange(labelled.sum()) % 4 == 0
+    config = TrainConfig(width=4, batch_size=16, finetune_epochs=2, patch_size=16, train_readout_logit=train_readout_logit)
+    torch.manual_seed(0)
+    model = get_model("asym", **config.model_kwargs())
+    regression = get_model("asym", **config.model_kwargs())
+    start_readout_path_from_logistic_regression(regression, patches[labelled][fit], labels[fit], CPU)
+    head_before = model.head[0].weight.detach().clone()
+    result = finetune(model, patches[labelled][fit], labels[fit], patches[labelled][val], labels[val], config, CPU, seed=0)
+    same_path = all(torch.equal(result.state_dict[f"readout_logit.{name}"], getattr(regression.readout_logit, name))
+                    for name in ("weight", "bias"))
+    assert same_path is not train_readout_logit
+    assert not torch.equal(result.state_dict["head.0.weight"], head_before)  # the network itself trained

@@ -30,6 +30,9 @@ class TrainConfig:
     rim_readout: bool = True
     # The read-out also reaches the logit linearly (training starts as a logistic regression on it).
     readout_logit: bool = True
+    # Fine-tuning also moves that linear path; False keeps the logistic regression it starts as,
+    # so that the network learns only what the read-out misses.
+    train_readout_logit: bool = True
     # The read-out also gives its edge and ring contrasts over their noise (RimReadout).
     readout_cnr: bool = True
     early_fusion_widen_factor: float = 0.25

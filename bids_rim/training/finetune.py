@@ -152,6 +152,8 @@ def finetune(
                          "at least two are needed to form a batch")
     if not config.init_from:  # a model given to fine-tune keeps its own read-out path
         start_readout_path_from_logistic_regression(model, train_patches, train_labels, device)
+    if getattr(model, "readout_logit", None) is not None:
+        model.readout_logit.requires_grad_(config.train_readout_logit)
     n_positive = max(int(train_labels.sum()), 1)
     objective = FinetuneObjective(model, config, (len(train_labels) - n_positive) / n_positive).to(device)
     trainable = wrap(objective, context, device)
