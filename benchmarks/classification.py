@@ -74,6 +74,8 @@ METHOD_DESCRIPTIONS = {
     "asym_no_supcon": "ablation: asym without the contrastive term (supcon_weight=0, fixed)",
     "asym_fixed_readout": ("ablation: asym whose linear read-out path stays the logistic regression it starts "
                            "as (the network learns only what the read-out misses)"),
+    "asym_readout_fallback": ("ablation: asym kept only where it beats, on the inner validation patients, the "
+                              "regression on the read-out that it starts as (else that regression)"),
     "asym_no_flair": "ablation: no FLAIR (arch qsm_only: the asym QSM path, FLAIR ignored)",
     "early_fusion": "ablation: symmetric early fusion (MONAI ResNet-18 on stacked channels)",
     "rimnet": "baseline: RimNet-style two-branch CNN",
@@ -304,6 +306,7 @@ def method_config(method: str, settings: BenchmarkSettings):
         "asym_pretrain_cross_modal": {"pretrain_objectives": ("predictor", "variance", "infonce")},
         "asym_no_supcon": {"supcon_weight": 0.0, "learn_supcon_weight": False},
         "asym_fixed_readout": {"train_readout_logit": False},
+        "asym_readout_fallback": {"readout_fallback": True},
         "asym_no_flair": {"arch": "qsm_only"},
         "early_fusion": {"arch": "early_fusion"},
         "rimnet": {"arch": "rimnet"},

@@ -190,3 +190,22 @@ def test_fixed_read_out_path_stays_the_logistic_regression(toy, train_readout_lo
                     for name in ("weight", "bias"))
     assert same_path is not train_readout_logit
     assert not torch.equal(result.state_dict["head.0.weight"], head_before)  # the network itself trained
+
+
+@pytest.mark.parametrize("readout_fallback", [False, True])
+def test_readout_fallback_keeps_the_regression_unless_an_epoch_beats_it(toy, readout_fallback):
+    from bids_rim.models import get_model
+    from bids_rim.training.finetune import finetune
+
+    patches, meta = toy
+    labelled = meta["label"].notna().to_numpy()
+    labels = meta["label"].to_numpy()[labelled].astype(int)
+    fit, val = np.arange(labelled.sum()) % 4 != 0, np.arange(labelled.sum()) % 4 == 0
+    # lr 0: every epoch scores exactly what the starting regression scores, so none beats it
+    config = TrainConfig(width=4, batch_size=16, finetune_epochs=2, patch_size=16, lr=0.0, supcon_weight=0.0,
+                         readout_fallback=readout_fallback)
+    torch.manual_seed(0)
+    model = get_model("asym", **config.model_kwargs())
+    result = finetune(model, patches[labelled][fit], labels[fit], patches[labelled][val], labels[val], config, CPU, seed=0)
+    assert result.best_epoch == (0 if readout_fallback else 2)
+    assert np.isfinite(result.best_val_pr_auc)

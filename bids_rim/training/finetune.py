@@ -163,6 +163,9 @@ def finetune(
     val_has_both = len(np.unique(val_labels)) == 2
 
     best_score, best_epoch, best_state, stale = -np.inf, 0, copy.deepcopy(model.state_dict()), 0
+    if config.readout_fallback and getattr(model, "readout_logit", None) is not None and val_has_both:
+        start_logits = predict_logits(model, val_patches, device)[0]
+        best_score = all_ranks_agree(float(average_precision_score(val_labels, start_logits)), context)
     first_eligible = min(config.min_finetune_epochs, config.finetune_epochs)
     history: list[dict[str, float]] = []
     epochs = tqdm(range(config.finetune_epochs), desc=description, disable=not (progress and context.is_main), leave=False)
