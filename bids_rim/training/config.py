@@ -33,8 +33,8 @@ class TrainConfig:
     # Fine-tuning also moves that linear path; False keeps the logistic regression it starts as,
     # so that the network learns only what the read-out misses.
     train_readout_logit: bool = True
-    # Early stopping also weighs the starting point (epoch 0, the regression on the read-out):
-    # the network replaces it only if it beats it on the inner validation patients.
+    # Early stopping also weighs the starting point (epoch 0: the regression on the read-out, or
+    # the init_from model): training replaces it only if it beats it on the inner validation patients.
     readout_fallback: bool = False
     # The read-out also gives its edge and ring contrasts over their noise (RimReadout).
     readout_cnr: bool = True
