@@ -170,22 +170,28 @@ def test_read_out_path_starts_from_a_logistic_regression_on_the_training_lesions
     assert abs((logits > 0).mean() - 0.5) < 0.3  # classes weighted as balanced batches present them
 
 
+def _labelled_fit_and_validation(toy):
+    """The toy's labelled lesions, three in four to fine-tune on and one in four to validate on."""
+    patches, meta = toy
+    labelled = meta["label"].notna().to_numpy()
+    patches, labels = patches[labelled], meta["label"].to_numpy()[labelled].astype(int)
+    val = np.arange(len(labels)) % 4 == 0
+    return (patches[~val], labels[~val]), (patches[val], labels[val])
+
+
 @pytest.mark.parametrize("train_readout_logit", [False, True])
 def test_fixed_read_out_path_stays_the_logistic_regression(toy, train_readout_logit):
     from bids_rim.models import get_model
     from bids_rim.training.finetune import finetune, start_readout_path_from_logistic_regression
 
-    patches, meta = toy
-    labelled = meta["label"].notna().to_numpy()
-    labels = meta["label"].to_numpy()[labelled].astype(int)
-    fit, val = np.arange(labelled.sum()) % 4 != 0, np.arange(labelled.sum()) % 4 == 0
+    (fit_patches, fit_labels), (val_patches, val_labels) = _labelled_fit_and_validation(toy)
     config = TrainConfig(width=4, batch_size=16, finetune_epochs=2, patch_size=16, train_readout_logit=train_readout_logit)
     torch.manual_seed(0)
     model = get_model("asym", **config.model_kwargs())
     regression = get_model("asym", **config.model_kwargs())
-    start_readout_path_from_logistic_regression(regression, patches[labelled][fit], labels[fit], CPU)
+    start_readout_path_from_logistic_regression(regression, fit_patches, fit_labels, CPU)
     head_before = model.head[0].weight.detach().clone()
-    result = finetune(model, patches[labelled][fit], labels[fit], patches[labelled][val], labels[val], config, CPU, seed=0)
+    result = finetune(model, fit_patches, fit_labels, val_patches, val_labels, config, CPU, seed=0)
     same_path = all(torch.equal(result.state_dict[f"readout_logit.{name}"], getattr(regression.readout_logit, name))
                     for name in ("weight", "bias"))
     assert same_path is not train_readout_logit
@@ -197,15 +203,12 @@ def test_readout_fallback_keeps_the_regression_unless_an_epoch_beats_it(toy, rea
     from bids_rim.models import get_model
     from bids_rim.training.finetune import finetune
 
-    patches, meta = toy
-    labelled = meta["label"].notna().to_numpy()
-    labels = meta["label"].to_numpy()[labelled].astype(int)
-    fit, val = np.arange(labelled.sum()) % 4 != 0, np.arange(labelled.sum()) % 4 == 0
+    (fit_patches, fit_labels), (val_patches, val_labels) = _labelled_fit_and_validation(toy)
     # lr 0: every epoch scores exactly what the starting regression scores, so none beats it
     config = TrainConfig(width=4, batch_size=16, finetune_epochs=2, patch_size=16, lr=0.0, supcon_weight=0.0,
                          readout_fallback=readout_fallback)
     torch.manual_seed(0)
     model = get_model("asym", **config.model_kwargs())
-    result = finetune(model, patches[labelled][fit], labels[fit], patches[labelled][val], labels[val], config, CPU, seed=0)
+    result = finetune(model, fit_patches, fit_labels, val_patches, val_labels, config, CPU, seed=0)
     assert result.best_epoch == (0 if readout_fallback else 2)
     assert np.isfinite(result.best_val_pr_auc)
