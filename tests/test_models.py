@@ -60,6 +60,22 @@ def test_asym_flair_matters_once_film_is_not_zero(toy):
     assert not torch.allclose(model(batch)["logit"], model(changed_flair)["logit"])
 
 
+@pytest.mark.parametrize("film_stages", [(0,), (0, 1), (1,)])
+def test_asym_mid_features_are_those_of_the_full_pass(film_stages, toy):
+    """Pretraining's masked reconstruction stops at P/2: the features must be the full pass's."""
+    torch.manual_seed(0)
+    model = get_model("asym", width=4, film_stages=film_stages).eval()
+    for conditioner in model.conditioners.values():  # a fresh FiLM is the identity
+        torch.nn.init.normal_(conditioner.to_scale_shift.weight, std=0.1)
+    batch = torch.from_numpy(toy[0][:3])
+    changed_flair = batch.clone()
+    changed_flair[:, 1] *= 2
+    for patches in (batch, changed_flair):
+        torch.testing.assert_close(model.mid_features(patches), model.features(patches)["mid"])
+    conditioned_at_mid = 0 in film_stages
+    assert conditioned_at_mid != torch.allclose(model.mid_features(batch), model.mid_features(changed_flair))
+
+
 def test_qsm_only_ignores_flair(toy):
     model = get_model("qsm_only", width=4).eval()
     torch.nn.init.normal_(model.head[-1].weight, std=0.5)  # a fresh head's last layer is zero

@@ -160,13 +160,28 @@ class AsymQsmFlairNet(nn.Module):
             features.append(self.flair_block1(features[0]))
         return features
 
+    def _mid(self, scaled: torch.Tensor, flair: list[torch.Tensor]) -> torch.Tensor:
+        """QSM stem features at P/2, conditioned by ``flair[0]`` where stage 0 is conditioned."""
+        mid = self.qsm_stem(self._qsm_input(scaled))
+        if "0" in self.conditioners and flair:
+            mid = self.conditioners["0"](mid, flair[0])
+        return mid
+
+    def mid_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The conditioned QSM features at P/2 alone (for masked reconstruction in pretraining).
+
+        Stops where ``features`` would go on to the trunk, the pools and the read-out: the
+        reconstruction needs none of them, and computing them cost a tenth of a pretraining step.
+        """
+        scaled = scale_inputs(x)
+        flair = [self.flair_stem(self._flair_input(scaled))] if "0" in self.conditioners else []
+        return self._mid(scaled, flair)
+
     def features(self, x: torch.Tensor, condition: bool = True) -> dict[str, torch.Tensor]:
         """Intermediate features: ``mid`` (conditioned QSM at P/2) and ``embedding`` (pooled)."""
         scaled = scale_inputs(x)
-        mid = self.qsm_stem(self._qsm_input(scaled))
         flair = self._flair_features(scaled) if condition and self.film_stages else []
-        if "0" in self.conditioners and flair:
-            mid = self.conditioners["0"](mid, flair[0])
+        mid = self._mid(scaled, flair)
         quarter = self.qsm_block1(mid)
         if "1" in self.conditioners and flair:
             quarter = self.conditioners["1"](quarter, flair[1])

@@ -39,7 +39,7 @@ MASK_BLOCK_VOXELS = 4
 
 def supports_pretraining(model: nn.Module) -> bool:
     """True for networks with separate QSM and FLAIR encoders (``encode_qsm``/``encode_flair``)."""
-    return all(hasattr(model, name) for name in ("encode_qsm", "encode_flair", "features"))
+    return all(hasattr(model, name) for name in ("encode_qsm", "encode_flair", "mid_features"))
 
 
 def random_block_mask(shape: tuple[int, ...], ratio: float, generator: torch.Generator) -> torch.Tensor:
@@ -81,7 +81,7 @@ class PretrainObjective(nn.Module):
         if "masked" in self.objectives:
             hidden = patches.clone()
             hidden[:, 0:1] = hidden[:, 0:1] * (1 - block_mask)
-            reconstruction = self.decoder(self.model.features(hidden)["mid"])
+            reconstruction = self.decoder(self.model.mid_features(hidden))
             target = scale_inputs(patches)[:, 0:1]
             terms["masked"] = losses.masked_reconstruction_loss(reconstruction, target, block_mask)
         terms["qsm_embedding"] = qsm.detach()
