@@ -76,6 +76,8 @@ METHOD_DESCRIPTIONS = {
                            "as (the network learns only what the read-out misses)"),
     "asym_readout_fallback": ("ablation: asym kept only where it beats, on the inner validation patients, the "
                               "regression on the read-out that it starts as (else that regression)"),
+    "asym_small_head": ("ablation: asym with an MLP head of 8 hidden units instead of 48 (less room to add "
+                        "to the read-out what few rim+ lesions support)"),
     "asym_no_flair": "ablation: no FLAIR (arch qsm_only: the asym QSM path, FLAIR ignored)",
     "early_fusion": "ablation: symmetric early fusion (MONAI ResNet-18 on stacked channels)",
     "rimnet": "baseline: RimNet-style two-branch CNN",
@@ -307,6 +309,7 @@ def method_config(method: str, settings: BenchmarkSettings):
         "asym_no_supcon": {"supcon_weight": 0.0, "learn_supcon_weight": False},
         "asym_fixed_readout": {"train_readout_logit": False},
         "asym_readout_fallback": {"readout_fallback": True},
+        "asym_small_head": {"head_width": 8},
         "asym_no_flair": {"arch": "qsm_only"},
         "early_fusion": {"arch": "early_fusion"},
         "rimnet": {"arch": "rimnet"},

@@ -8,6 +8,7 @@ import torch
 
 from bids_rim.models import available_models, get_model, is_neural
 from bids_rim.models.rim_features import FEATURE_NAMES, rim_features
+from bids_rim.training.config import TrainConfig
 from bids_rim.training.toy import make_toy_patches
 
 TINY = {
@@ -248,3 +249,12 @@ def test_fresh_asym_is_a_logistic_regression_on_its_read_out(toy):
     readout = RimReadout()(scale_inputs(batch)[:, :1], batch[:, 2:3])
     torch.testing.assert_close(model(batch)["logit"], readout @ model.readout_logit.weight[0] + model.readout_logit.bias)
     assert get_model("asym", width=4, readout_logit=False).readout_logit is None
+
+
+def test_asym_head_width_sets_the_hidden_units_and_is_recorded_only_when_set():
+    assert get_model("asym", width=4, head_width=3).head[0].out_features == 3
+    assert get_model("asym", width=4).head[0].out_features == 16
+    # Model files written before head_width existed (the bundled one) must still match the default.
+    assert "head_width" not in TrainConfig().model_kwargs()
+    assert TrainConfig(head_width=8).model_kwargs()["head_width"] == 8
+    assert TrainConfig(arch="qsm_only", head_width=8).model_kwargs()["head_width"] == 8

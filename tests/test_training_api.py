@@ -116,7 +116,8 @@ def _free_port() -> int:
 def test_distributed_data_parallel_keeps_ranks_identical(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # torchrun makes a torchelastic_* folder under TMPDIR and leaves it behind: keep it in tmp_path.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(_free_port()), str(script), str(tmp_path)]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)

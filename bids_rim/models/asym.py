@@ -95,6 +95,9 @@ class AsymQsmFlairNet(nn.Module):
             noise (contrast-to-noise ratios; seven numbers instead of five).
         readout_logit: add a linear function of the read-out to the logit and start the MLP head's
             last layer at zero (only with ``rim_readout``).
+        head_width: hidden units of the MLP head (default ``4 * width``). A narrower head gives the
+            convolutional features less room to add to the read-out what the few rim+ training
+            lesions do not support (an ablation of the benchmark).
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class AsymQsmFlairNet(nn.Module):
         rim_readout: bool = True,
         readout_logit: bool = True,
         readout_cnr: bool = True,
+        head_width: int | None = None,
     ) -> None:
         super().__init__()
         if conditioning not in CONDITIONINGS:
@@ -136,7 +140,7 @@ class AsymQsmFlairNet(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.region_pool = LesionRegionPool()
-        self.head = mlp_head(self.embedding_dim, 4 * width, dropout)
+        self.head = mlp_head(self.embedding_dim, head_width or 4 * width, dropout)
         self.readout_logit = nn.Linear(readout_size, 1) if rim_readout and readout_logit else None
         if self.readout_logit is not None:
             for layer in (self.readout_logit, self.head[-1]):

@@ -10,8 +10,8 @@ from bids_rim.models.asym import AsymQsmFlairNet
 
 def build_qsm_only(width: int = 12, dropout: float = 0.2, region_pool_stages: tuple[int, ...] = (0, 1),
                    rim_readout: bool = True, readout_logit: bool = True,
-                   readout_cnr: bool = True) -> AsymQsmFlairNet:
+                   readout_cnr: bool = True, head_width: int | None = None) -> AsymQsmFlairNet:
     """The QSM path of :class:`AsymQsmFlairNet` (``conditioning="none"``); FLAIR is ignored."""
     return AsymQsmFlairNet(width=width, conditioning="none", film_stages=(), dropout=dropout,
                            region_pool_stages=region_pool_stages, rim_readout=rim_readout,
-                           readout_logit=readout_logit, readout_cnr=readout_cnr)
+                           readout_logit=readout_logit, readout_cnr=readout_cnr, head_width=head_width)

@@ -38,6 +38,9 @@ class TrainConfig:
     readout_fallback: bool = False
     # The read-out also gives its edge and ring contrasts over their noise (RimReadout).
     readout_cnr: bool = True
+    # Hidden units of the asym/qsm_only MLP head; None = 4 * width (the layout of every model file
+    # so far, which therefore does not record it).
+    head_width: int | None = None
     early_fusion_widen_factor: float = 0.25
     radiomics_estimator: str = "random_forest"
     # self-supervised pretraining
@@ -87,15 +90,16 @@ class TrainConfig:
 
     def model_kwargs(self) -> dict[str, Any]:
         """The architecture configuration passed to ``get_model(self.arch, **kwargs)``."""
+        head = {"head_width": self.head_width} if self.head_width is not None else {}
         if self.arch == "asym":
             return {"width": self.width, "conditioning": self.conditioning,
                     "film_stages": list(self.film_stages), "dropout": self.dropout,
                     "region_pool_stages": list(self.region_pool_stages), "rim_readout": self.rim_readout,
-                    "readout_logit": self.readout_logit, "readout_cnr": self.readout_cnr}
+                    "readout_logit": self.readout_logit, "readout_cnr": self.readout_cnr, **head}
         if self.arch == "qsm_only":
             return {"width": self.width, "dropout": self.dropout, "region_pool_stages": list(self.region_pool_stages),
                     "rim_readout": self.rim_readout, "readout_logit": self.readout_logit,
-                    "readout_cnr": self.readout_cnr}
+                    "readout_cnr": self.readout_cnr, **head}
         if self.arch in ("rimnet", "qsmrimnet"):
             return {"width": self.width, "dropout": self.dropout}
         if self.arch == "early_fusion":
