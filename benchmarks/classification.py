@@ -69,7 +69,7 @@ METHOD_DESCRIPTIONS = {
     "asym": "ours: asym QSM net with FLAIR FiLM, self-supervised pretraining and SupCon (default TrainConfig)",
     "asym_no_pretrain": "ablation: asym without pretraining (pretrain_epochs=0)",
     # How FLAIR conditions QSM, each against asym_no_pretrain (spatial FiLM at P/2): pretraining is
-    # held off in all four, as it has not been shown to help and costs half of the training time.
+    # held off in all four, as its effect is mixed (docs/training.md) and it costs half of the training time.
     "asym_no_pretrain_film_channel": "ablation: asym_no_pretrain with channel FiLM (pooled FLAIR) instead of spatial FiLM",
     "asym_no_pretrain_gated_xattn": ("ablation: asym_no_pretrain with gated cross-attention (QSM voxels attend to "
                                      "pooled FLAIR) instead of spatial FiLM"),
