@@ -9,8 +9,11 @@ import torch
 from sklearn.metrics import average_precision_score
 
 import bids_rim.training.crossval as crossval
+from bids_rim.models import get_model
 from bids_rim.training.config import TrainConfig
+from bids_rim.training.finetune import finetune, start_readout_path_from_logistic_regression
 from bids_rim.training.metrics import expected_calibration_error
+from bids_rim.training.prediction import predict_logits
 from bids_rim.training.toy import make_toy_patches
 
 CPU = torch.device("cpu")
@@ -156,10 +159,6 @@ def test_radiomics_baseline_runs_in_the_same_harness(toy):
 
 
 def test_read_out_path_starts_from_a_logistic_regression_on_the_training_lesions():
-    from bids_rim.models import get_model
-    from bids_rim.training.finetune import start_readout_path_from_logistic_regression
-    from bids_rim.training.prediction import predict_logits
-
     patches, meta = make_toy_patches(8, 8, patch_size=16, seed=2)
     labels = meta["label"].to_numpy().astype(int)
     torch.manual_seed(0)
@@ -181,9 +180,6 @@ def _labelled_fit_and_validation(toy):
 
 @pytest.mark.parametrize("train_readout_logit", [False, True])
 def test_fixed_read_out_path_stays_the_logistic_regression(toy, train_readout_logit):
-    from bids_rim.models import get_model
-    from bids_rim.training.finetune import finetune, start_readout_path_from_logistic_regression
-
     (fit_patches, fit_labels), (val_patches, val_labels) = _labelled_fit_and_validation(toy)
     config = TrainConfig(width=4, batch_size=16, finetune_epochs=2, patch_size=16, train_readout_logit=train_readout_logit)
     torch.manual_seed(0)
@@ -200,9 +196,6 @@ def test_fixed_read_out_path_stays_the_logistic_regression(toy, train_readout_lo
 
 @pytest.mark.parametrize("readout_fallback", [False, True])
 def test_readout_fallback_keeps_the_regression_unless_an_epoch_beats_it(toy, readout_fallback):
-    from bids_rim.models import get_model
-    from bids_rim.training.finetune import finetune
-
     (fit_patches, fit_labels), (val_patches, val_labels) = _labelled_fit_and_validation(toy)
     # lr 0: every epoch scores exactly what the starting regression scores, so none beats it
     config = TrainConfig(width=4, batch_size=16, finetune_epochs=2, patch_size=16, lr=0.0, supcon_weight=0.0,
