@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -237,21 +238,24 @@ def prepare_cohort(settings: BenchmarkSettings, execution: Execution, work: Path
     return bids_dir, output_dir, summary
 
 
-def truth_of_lesions(output_dir: Path, bids_dir: Path, meta: pd.DataFrame) -> pd.DataFrame:
-    """True class and observer scores of every pipeline lesion (rows aligned with ``meta``).
+TruthColumn = Callable[[pd.DataFrame], pd.Series]  # a session's truth table -> one number per true lesion
+
+
+def matched_truth(output_dir: Path, bids_dir: Path, meta: pd.DataFrame,
+                  columns: Mapping[str, TruthColumn]) -> pd.DataFrame:
+    """Numbers from the synthetic truth for every pipeline lesion (rows aligned with ``meta``).
 
     A pipeline lesion receives the true lesions whose centroid lies in its label map (else the
-    nearest pipeline centroid within 4 mm), with the product's own annotation matcher; a lesion
-    holding several true lesions is rim+ when any of them is, and its observer scores are their
-    maximum. Lesions with no true lesion keep NaN and are not evaluated.
+    nearest pipeline centroid within 4 mm), with the product's own annotation matcher; of several
+    true lesions it takes each column's maximum (so a 0/1 column says "any of them"). Lesions
+    with no true lesion keep NaN and are not evaluated.
     """
     import nibabel as nib
 
     from bids_rim.bidsio.training_data import match_annotations
 
     truth_dir = bids_dir / "sourcedata" / "synth_truth"
-    columns = ["true_label", *(column for column, _ in OBSERVERS.values())]
-    result = pd.DataFrame(np.nan, index=meta.index, columns=columns)
+    result = pd.DataFrame(np.nan, index=meta.index, columns=list(columns))
     for (participant, session), rows in meta.groupby(["participant_id", "session_id"]):
         prefix = participant if session == "n/a" else f"{participant}_{session}"
         anat = output_dir / participant / ("" if session == "n/a" else session) / "anat"
@@ -261,13 +265,20 @@ def truth_of_lesions(output_dir: Path, bids_dir: Path, meta: pd.DataFrame) -> pd
         if not truth_path.exists():
             raise FileNotFoundError(f"{truth_path}: no synthetic truth for this session")
         truth = pd.read_csv(truth_path, sep="\t", na_values="n/a")
-        truth["rim_positive"] = (truth["class"] == "rim+").astype(float)
-        row_of_lesion = pd.Series(rows.index, index=rows["lesion_id"].to_numpy())
-        for column, source in [("true_label", "rim_positive"), *((c, c) for c, _ in OBSERVERS.values())]:
-            matched = match_annotations(table, label_map, truth[["x_mm", "y_mm", "z_mm"]].assign(rim=truth[source]),
-                                        max_distance_mm=MATCH_DISTANCE_MM)
-            result.loc[row_of_lesion.loc[table["lesion_id"]].to_numpy(), column] = matched.to_numpy()
+        for column, of_truth in columns.items():
+            points = truth[["x_mm", "y_mm", "z_mm"]].assign(rim=of_truth(truth).astype(float))
+            matched = match_annotations(table, label_map, points, max_distance_mm=MATCH_DISTANCE_MM)
+            matched.index = table["lesion_id"].to_numpy()
+            result.loc[rows.index, column] = matched.reindex(rows["lesion_id"].to_numpy()).to_numpy()
     return result
+
+
+def truth_of_lesions(output_dir: Path, bids_dir: Path, meta: pd.DataFrame) -> pd.DataFrame:
+    """True class (``true_label``: rim+ when any true lesion it holds is) and the observers' scores
+    of every pipeline lesion, as ``matched_truth`` matches them."""
+    columns: dict[str, TruthColumn] = {"true_label": lambda truth: truth["class"] == "rim+"}
+    columns.update({column: (lambda truth, column=column: truth[column]) for column, _ in OBSERVERS.values()})
+    return matched_truth(output_dir, bids_dir, meta, columns)
 
 
 def lesion_map_dice(output_dir: Path, bids_dir: Path, meta: pd.DataFrame) -> pd.Series:

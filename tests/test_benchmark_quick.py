@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,22 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     # the same lesions are scored by every method (one split, one evaluation set)
     lesion_sets = [set(zip(part["participant_id"], part["lesion_id"])) for _, part in predictions.groupby("method")]
     assert all(s == lesion_sets[0] for s in lesion_sets)
+
+    # The error analysis of that run puts every scored lesion in exactly one subgroup of its class.
+    analysed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "error_analysis.py"), str(out), "--work", str(tmp_path / "work"),
+         "--bootstrap", "20"], capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert analysed.returncode == 0, analysed.stderr[-3000:]
+    analysis = (out / "error_analysis.md").read_text()
+    one_method = predictions[predictions["method"] == "oracle"]
+    bins = [int(n) for n in re.findall(r"CNR [^(|]*\((\d+) rim\+\)", analysis.split("Share called")[0])]
+    mimics = [int(n) for n in re.findall(r"\| [a-z_]+ \((\d+) rim−\)", analysis.split("## Truly rim−")[1].split("Share")[0])]
+    assert len(bins) == 4 and sum(bins) == int(one_method["true_label"].sum())
+    assert len(mimics) == 4 and sum(mimics) == int((one_method["true_label"] == 0).sum())
+    statistics = pd.read_csv(out / "error_analysis.tsv", sep="\t", na_values="n/a")
+    assert set(statistics["method"]) == set(QUICK_METHODS)
+    finite = statistics.dropna(subset=["estimate"])
+    assert ((finite["estimate"] >= 0) & (finite["estimate"] <= 1)).all()
 
 
 def _load_benchmark():
@@ -257,3 +274,28 @@ def test_ece_interval_above_its_estimate_is_named() -> None:
                           "estimate": [0.010, 0.050, 0.40], "ci_low": [0.013, 0.030, 0.45],
                           "ci_high": [0.047, 0.080, 0.55]})
     assert benchmark.ece_above_interval(table) == ["oracle"]
+
+
+def test_error_analysis_splits_the_errors_by_subgroup() -> None:
+    """A scorer fooled only by diffuse mimics and blind to faint rims shows exactly that, and nothing else."""
+    spec = importlib.util.spec_from_file_location("error_analysis", REPO / "benchmarks" / "error_analysis.py")
+    analysis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analysis)
+    none, edge_vein, diffuse, _ = range(4)
+    # rim+ lesions: two faint (CNR bin 0) and two clear (bin 3); rim− lesions: three plain, one edge vein, two diffuse
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    cnr_bin = [0, 0, 3, 3, *[analysis.NO_GROUP] * 6]
+    mimic = [*[analysis.NO_GROUP] * 4, none, none, none, edge_vein, diffuse, diffuse]
+    site = [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
+    probabilities = np.array([0.025, 0.035, 0.8, 0.9, 0.01, 0.02, 0.03, 0.04, 0.95, 0.97])
+    codes = np.column_stack([cnr_bin, mimic, site])
+    result = analysis.subgroup_metrics(labels, probabilities, codes, np.full(10, 0.5), ["site1", "site2"])
+    # clear rims outrank the 4 plain and vein lesions, not the 2 diffuse ones: 8 of 12 pairs
+    assert result["auc|CNR ≥ 8"] == pytest.approx(8 / 12) and result["called|CNR ≥ 8"] == 1.0
+    assert result["auc|CNR < 2"] == pytest.approx(5 / 12) and result["called|CNR < 2"] == 0.0  # 0.025: 2, 0.035: 3
+    assert np.isnan(result["auc|CNR 2–4"]) and np.isnan(result["called|CNR 2–4"])  # empty bin
+    assert result["auc|none"] == pytest.approx(11 / 12) and result["called|none"] == 0.0  # 0.025 < 0.03 only
+    assert result["auc|edge_vein"] == 0.5  # the vein (0.04) outranks both faint rims
+    assert result["auc|diffuse"] == 0.0 and result["called|diffuse"] == 1.0
+    assert np.isnan(result["auc|calcification"])
+    assert 0 < result["pr_auc|site1"] < 1 and 0 < result["pr_auc|site2"] < 1

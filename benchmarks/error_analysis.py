@@ -1,0 +1,217 @@
+"""Where does each method lose its lesions? The classification benchmark's errors, by what the truth says.
+
+    python benchmarks/error_analysis.py RESULTS_DIR --work WORK [--out error_analysis.md]
+
+RESULTS_DIR is the ``--out`` of one ``classification.py`` run and WORK its ``--work`` folder
+(the synthetic cohort with its truth, and the participant-level outputs). The pooled PR AUC says
+how far a method is from the oracle, not why. This script joins every scored lesion to the
+synthetic truth (with the benchmark's own matcher) and splits the errors:
+
+- **truly rim+ lesions by their noise-free rim contrast-to-noise ratio** (``rim_cnr``): a rim at
+  CNR below 2 is hidden in the noise for every reader, the oracle included; one at CNR above 8
+  is plain to see, and a method that misses it has not learned the rim;
+- **truly rim− lesions by the mimic they carry** (an edge vein, a diffuse paramagnetic lesion,
+  a calcification, or none): the mimics fool the plain image-contrast observer, and a learned
+  model should see past them;
+- **sites**, which differ in QSM voxel size and noise.
+
+For each subgroup it gives a threshold-free ROC AUC (rim+ lesions of a CNR bin against every
+rim− lesion; every rim+ lesion against the rim− lesions of one mimic) and the share called
+rim+ at each fold's own threshold, all with patient-bootstrap 95 % intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+RIM_CNR_BINS = (-np.inf, 2.0, 4.0, 8.0, np.inf)  # noise-free rim CNR of a truly rim+ lesion
+RIM_CNR_NAMES = ("CNR < 2", "CNR 2–4", "CNR 4–8", "CNR ≥ 8")
+MIMICS = ("none", "edge_vein", "diffuse", "calcification")  # the generator's rim− confounders
+NO_GROUP = -1  # code of a lesion outside the groups of a column (rim− lesions have no CNR bin)
+
+
+def _load_classification():
+    """The classification benchmark module (a script folder, not a package)."""
+    path = Path(__file__).resolve().parent / "classification.py"
+    spec = importlib.util.spec_from_file_location("classification_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def lesion_truth(work: Path, lesions: pd.DataFrame) -> pd.DataFrame:
+    """Truth of each scored lesion (``participant_id``, ``lesion_id``): rim CNR, mimic, site.
+
+    A pipeline lesion holding several true lesions takes the largest rim CNR and carries a mimic
+    when any of them does (the first of ``MIMICS[1:]`` it holds, else ``none``).
+    """
+    benchmark = _load_classification()
+    bids_dir, output_dir = work / "bids", work / "derivatives"
+    meta = lesions[["participant_id", "lesion_id"]].drop_duplicates().reset_index(drop=True)
+    sessions = {p: sorted(d.name for d in (output_dir / p).glob("ses-*")) for p in meta["participant_id"].unique()}
+    several = [p for p, found in sessions.items() if len(found) > 1]
+    if several:
+        raise ValueError(f"{output_dir}: {several[0]} has sessions {sessions[several[0]]}; the predictions name "
+                         "no session, so only one session per patient can be matched")
+    meta["session_id"] = [(sessions[p] or ["n/a"])[0] for p in meta["participant_id"]]
+    columns = {"rim_cnr": lambda truth: truth["rim_cnr"].where(truth["class"] == "rim+")}
+    columns.update({mimic: (lambda truth, mimic=mimic: truth["confounder"] == mimic) for mimic in MIMICS[1:]})
+    truth = benchmark.matched_truth(output_dir, bids_dir, meta, columns)
+    mimic = pd.Series("none", index=meta.index)
+    for name in reversed(MIMICS[1:]):
+        mimic[truth[name] == 1] = name
+    participants = pd.read_csv(bids_dir / "participants.tsv", sep="\t", dtype=str)
+    site = meta["participant_id"].map(participants.set_index("participant_id")["site"])
+    return meta.assign(rim_cnr=truth["rim_cnr"], mimic=mimic, site=site.fillna("n/a"))
+
+
+def group_codes(scored: pd.DataFrame, sites: list[str]) -> np.ndarray:
+    """Columns [CNR bin, mimic, site] as integer codes (``NO_GROUP`` where a lesion has none)."""
+    positive = scored["true_label"].to_numpy() == 1
+    cnr_bin = np.digitize(scored["rim_cnr"].to_numpy(dtype=float), RIM_CNR_BINS[1:-1])
+    cnr_bin = np.where(positive & np.isfinite(scored["rim_cnr"].to_numpy(dtype=float)), cnr_bin, NO_GROUP)
+    mimic = np.where(positive, NO_GROUP, scored["mimic"].map({m: i for i, m in enumerate(MIMICS)}).to_numpy())
+    site = scored["site"].map({s: i for i, s in enumerate(sites)}).to_numpy()
+    return np.column_stack([cnr_bin, mimic, site]).astype(int)
+
+
+def subgroup_metrics(labels: np.ndarray, probabilities: np.ndarray, codes: np.ndarray, threshold: np.ndarray,
+                     sites: list[str]) -> dict[str, float]:
+    """Per subgroup: ROC AUC against the other class, share called rim+, and per site PR AUC (NaN where a
+    subgroup or its comparison class is empty)."""
+    called = probabilities >= threshold
+    positive, negative = labels == 1, labels == 0
+    result: dict[str, float] = {}
+
+    def auc(rim_positive: np.ndarray, rim_negative: np.ndarray) -> float:
+        if not rim_positive.any() or not rim_negative.any():
+            return float("nan")
+        chosen = rim_positive | rim_negative
+        return float(roc_auc_score(rim_positive[chosen], probabilities[chosen]))
+
+    for index, name in enumerate(RIM_CNR_NAMES):
+        group = positive & (codes[:, 0] == index)
+        result[f"auc|{name}"] = auc(group, negative)
+        result[f"called|{name}"] = float(called[group].mean()) if group.any() else float("nan")
+    for index, name in enumerate(MIMICS):
+        group = negative & (codes[:, 1] == index)
+        result[f"auc|{name}"] = auc(positive, group)
+        result[f"called|{name}"] = float(called[group].mean()) if group.any() else float("nan")
+    for index, name in enumerate(sites):
+        at_site = codes[:, 2] == index
+        has_both = positive[at_site].any() and negative[at_site].any()
+        result[f"pr_auc|{name}"] = (float(average_precision_score(labels[at_site], probabilities[at_site]))
+                                    if has_both else float("nan"))
+    return result
+
+
+def analyse(predictions: pd.DataFrame, truth: pd.DataFrame, n_resamples: int, seed: int) -> pd.DataFrame:
+    """Long table: method, subgroup statistic, estimate and patient-bootstrap 95 % CI."""
+    from bids_rim.training.metrics import bootstrap_ci
+
+    scored = predictions.merge(truth, on=["participant_id", "lesion_id"], how="left", validate="many_to_one")
+    sites = sorted(scored["site"].unique())
+    rows = []
+    for method, part in scored.groupby("method", sort=False):
+        labels = part["true_label"].to_numpy(dtype=int)
+        probabilities = part["rim_probability"].to_numpy(dtype=float)
+        codes = group_codes(part, sites)
+        threshold = part["threshold"].to_numpy(dtype=float)
+        estimate = subgroup_metrics(labels, probabilities, codes, threshold, sites)
+        # The codes travel with their lesion through the patient resampling as extra columns.
+        packed = np.column_stack([probabilities, threshold, codes])
+
+        def resampled(_patients, drawn_labels, drawn, _threshold) -> dict[str, float]:
+            return subgroup_metrics(drawn_labels, drawn[:, 0], drawn[:, 2:].astype(int), drawn[:, 1], sites)
+
+        intervals = bootstrap_ci(part["participant_id"].to_numpy(), labels, packed, 0.5, n_resamples=n_resamples,
+                                 seed=seed, metric_fn=resampled)
+        rows += [{"method": method, "statistic": name, "estimate": value, "ci_low": intervals[name][0],
+                  "ci_high": intervals[name][1]} for name, value in estimate.items()]
+    return pd.DataFrame(rows)
+
+
+def subgroup_sizes(predictions: pd.DataFrame, truth: pd.DataFrame) -> dict[str, str]:
+    """How many lesions each subgroup holds (the same for every method: one evaluation set)."""
+    first = predictions[predictions["method"] == predictions["method"].iloc[0]]
+    scored = first.merge(truth, on=["participant_id", "lesion_id"], how="left", validate="one_to_one")
+    positive = scored["true_label"] == 1
+    codes = group_codes(scored, sorted(scored["site"].unique()))
+    sizes = {name: f"{int((codes[:, 0] == i).sum())} rim+" for i, name in enumerate(RIM_CNR_NAMES)}
+    sizes.update({name: f"{int((codes[:, 1] == i).sum())} rim−" for i, name in enumerate(MIMICS)})
+    for site, part in scored.groupby("site"):
+        sizes[site] = f"{int(positive[part.index].sum())} of {len(part)}"
+    return sizes
+
+
+def _table(results: pd.DataFrame, kind: str, groups: list[str], sizes: dict[str, str]) -> list[str]:
+    lines = ["| method | " + " | ".join(f"{g} ({sizes[g]})" for g in groups) + " |", "|---|" + "---|" * len(groups)]
+    for method, part in results.groupby("method", sort=False):
+        cells = part.set_index("statistic")
+        values = []
+        for group in groups:
+            estimate, low, high = cells.loc[f"{kind}|{group}", ["estimate", "ci_low", "ci_high"]]
+            values.append("n/a" if np.isnan(estimate) else f"{estimate:.2f} [{low:.2f}, {high:.2f}]")
+        lines.append(f"| {method} | " + " | ".join(values) + " |")
+    return lines
+
+
+def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], source: str, command: str) -> str:
+    """The markdown page (``source``: the run's results page, as a link relative to this one)."""
+    lines = ["# Classification benchmark: where the errors are", "",
+             f"Command: `{command}`", "",
+             f"Predictions of [{source}]({source}) joined to the synthetic truth. Intervals: patient-bootstrap 95 %.",
+             "", "## Truly rim+ lesions, by their noise-free rim contrast-to-noise ratio", "",
+             "ROC AUC of the rim+ lesions of each bin against every rim− lesion (how often such a rim outranks a "
+             "rim− lesion):", "", *_table(results, "auc", list(RIM_CNR_NAMES), sizes), "",
+             "Share called rim+ at each fold's own threshold (sensitivity within the bin):", "",
+             *_table(results, "called", list(RIM_CNR_NAMES), sizes), "",
+             "## Truly rim− lesions, by the mimic they carry", "",
+             "ROC AUC of every rim+ lesion against the rim− lesions with that mimic (how often a rim outranks "
+             "such a mimic):", "", *_table(results, "auc", list(MIMICS), sizes), "",
+             "Share called rim+ at each fold's own threshold (false-positive rate within the group):", "",
+             *_table(results, "called", list(MIMICS), sizes), "",
+             "## Sites", "", "PR AUC within each site (rim+ of lesions):", "",
+             *_table(results, "pr_auc", sites, sizes), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a classification.py --out folder")
+    parser.add_argument("--work", type=Path, required=True,
+                        help="that run's --work folder (bids/ with sourcedata/synth_truth, derivatives/)")
+    parser.add_argument("--bootstrap", type=int, default=500, help="patient bootstrap resamples (default 500)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    parser.add_argument("--out", type=Path, help="markdown file to write (default RESULTS/error_analysis.md)")
+    args = parser.parse_args(argv)
+    path = args.results / "classification_predictions.tsv"
+    if not path.exists():
+        parser.error(f"{path}: missing; is {args.results} a classification.py --out folder?")
+    if not (args.work / "bids" / "sourcedata" / "synth_truth").is_dir():
+        parser.error(f"{args.work}: no bids/sourcedata/synth_truth; give the run's --work folder")
+    predictions = pd.read_csv(path, sep="\t")
+    truth = lesion_truth(args.work, predictions)
+    results = analyse(predictions, truth, args.bootstrap, args.seed)
+    out = args.out or args.results / "error_analysis.md"
+    command = "python benchmarks/error_analysis.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    sites = sorted(truth["site"].unique())
+    source = os.path.relpath(args.results / "classification.md", out.parent)
+    text = report(results, subgroup_sizes(predictions, truth), sites, source, command)
+    out.write_text(text)
+    results.to_csv(out.with_suffix(".tsv"), sep="\t", index=False, float_format="%.5f", na_rep="n/a")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
