@@ -165,11 +165,16 @@ def _table(results: pd.DataFrame, kind: str, groups: list[str], sizes: dict[str,
     return lines
 
 
-def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], source: str, command: str) -> str:
+def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], source: str, command: str,
+           commit: str) -> str:
     """The markdown page (``source``: the run's results page, as a link relative to this one)."""
     lines = ["# Classification benchmark: where the errors are", "",
-             f"Command: `{command}`", "",
-             f"Predictions of [{source}]({source}) joined to the synthetic truth. Intervals: patient-bootstrap 95 %.",
+             f"- Command: `{command}` (bids_rim git {commit})",
+             f"- Predictions of the run in [{source}]({source}), joined to the synthetic truth. Intervals: "
+             "patient-bootstrap 95 %.",
+             "- The observers (oracle, contrast_observer) score each true lesion on its true outline; the other "
+             "methods see the pipeline's lesion mask. A rim that the mask cuts off, or a rim+ lesion merged with "
+             "a neighbour, is lost to them alone.",
              "", "## Truly rim+ lesions, by their noise-free rim contrast-to-noise ratio", "",
              "ROC AUC of the rim+ lesions of each bin against every rim− lesion (how often such a rim outranks a "
              "rim− lesion):", "", *_table(results, "auc", list(RIM_CNR_NAMES), sizes), "",
@@ -206,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/error_analysis.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sites = sorted(truth["site"].unique())
     source = os.path.relpath(args.results / "classification.md", out.parent)
-    text = report(results, subgroup_sizes(predictions, truth), sites, source, command)
+    commit = _load_classification().git_commit()
+    text = report(results, subgroup_sizes(predictions, truth), sites, source, command, commit)
     out.write_text(text)
     results.to_csv(out.with_suffix(".tsv"), sep="\t", index=False, float_format="%.5f", na_rep="n/a")
     print(f"wrote {out}")
