@@ -34,14 +34,49 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .lesions import voxel_sizes_mm
-
 CHANNELS = ("qsm_ppm", "flair_nawm", "lesion_mask")
 PATCH_META_COLUMNS = ["lesion_id", "patch_spacing_mm", "flag_patch_rescaled"]
 
 
 def _sample(data: np.ndarray, voxel_coords: np.ndarray, order: int) -> np.ndarray:
     return ndimage.map_coordinates(data, voxel_coords, order=order, mode="constant", cval=0.0, prefilter=False)
+
+
+def lesion_patch_grid(
+    label_data: np.ndarray,
+    lesion_id: int,
+    affine: np.ndarray,
+    *,
+    patch_size: int = 32,
+    spacing_mm: float = 1.0,
+    margin_mm: float = 4.0,
+    bbox: tuple[slice, ...] | None = None,
+) -> tuple[np.ndarray, float, bool]:
+    """Where the patch of one lesion samples its image: voxel coordinates (3, P³) on the grid of
+    ``affine``, the spacing in mm and whether it was widened to hold the lesion (module docstring).
+
+    ``bbox`` (from ``ndimage.find_objects``) only saves the search for the lesion's voxels. Any
+    image on the same grid can be read at these coordinates, which is how the benchmark's error
+    analysis puts the true lesion outline into exactly the patch the model saw.
+    """
+    if bbox is None:
+        bbox = ndimage.find_objects((label_data == lesion_id).astype(np.int8))[0]
+    voxel_mm = np.linalg.norm(affine[:3, :3], axis=0)
+    base_spacing_mm = max(float(spacing_mm), float(voxel_mm.min()))
+    offsets = np.arange(patch_size, dtype=np.float64) - (patch_size - 1) / 2.0
+    grid = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"), axis=0).reshape(3, -1)
+    ijk = np.argwhere(label_data[bbox] == lesion_id) + np.array([s.start for s in bbox])
+    half_width = (patch_size - 1) / 2.0
+    centre_ijk = np.round(ijk.mean(axis=0) - half_width) + half_width
+    centre_xyz = nib.affines.apply_affine(affine, centre_ijk)
+    half_voxel_mm = 0.5 * float(voxel_mm.max())
+    radius_mm = np.linalg.norm(nib.affines.apply_affine(affine, ijk) - centre_xyz, axis=1).max() + half_voxel_mm
+    needed_mm = (radius_mm + margin_mm) / (patch_size / 2.0)
+    spacing = max(base_spacing_mm, needed_mm)
+    world = centre_xyz[:, None] + spacing * grid
+    world_to_voxel = np.linalg.inv(affine)
+    voxel = world_to_voxel[:3, :3] @ world + world_to_voxel[:3, 3:]
+    return voxel, float(spacing), bool(spacing > base_spacing_mm)
 
 
 def extract_patches(
@@ -68,38 +103,24 @@ def extract_patches(
     qsm_data = np.asarray(qsm.dataobj, dtype=np.float32)
     flair_data = np.asarray(flair_on_qsm.dataobj, dtype=np.float32)
     label_data = np.asarray(labels.dataobj).astype(np.int32)
-    world_to_voxel = np.linalg.inv(qsm.affine)
-    voxel_mm = voxel_sizes_mm(qsm)
-    half_voxel_mm = 0.5 * float(voxel_mm.max())
-    base_spacing_mm = max(float(spacing_mm), float(voxel_mm.min()))
-    offsets = np.arange(patch_size, dtype=np.float64) - (patch_size - 1) / 2.0
-    grid = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"), axis=0).reshape(3, -1)
 
     lesion_ids = [i for i in np.unique(label_data) if i != 0]
     patches = np.zeros((len(lesion_ids), len(CHANNELS)) + (patch_size,) * 3, dtype=np.float32)
     meta = []
     bboxes = ndimage.find_objects(label_data)
+    shape = (patch_size,) * 3
     for n, lesion_id in enumerate(lesion_ids):
-        bbox = bboxes[lesion_id - 1]
-        ijk = np.argwhere(label_data[bbox] == lesion_id) + np.array([s.start for s in bbox])
-        half_width = (patch_size - 1) / 2.0
-        centre_ijk = np.round(ijk.mean(axis=0) - half_width) + half_width
-        centre_xyz = nib.affines.apply_affine(qsm.affine, centre_ijk)
-        radius_mm = np.linalg.norm(nib.affines.apply_affine(qsm.affine, ijk) - centre_xyz, axis=1).max() + half_voxel_mm
-        needed_mm = (radius_mm + margin_mm) / (patch_size / 2.0)
-        spacing = max(base_spacing_mm, needed_mm)
-        rescaled = spacing > base_spacing_mm
-        world = centre_xyz[:, None] + spacing * grid
-        voxel = world_to_voxel[:3, :3] @ world + world_to_voxel[:3, 3:]
+        voxel, spacing, rescaled = lesion_patch_grid(label_data, lesion_id, qsm.affine, patch_size=patch_size,
+                                                     spacing_mm=spacing_mm, margin_mm=margin_mm,
+                                                     bbox=bboxes[lesion_id - 1])
         inside = np.all((voxel > -0.5) & (voxel < np.array(qsm.shape[:3])[:, None] - 0.5), axis=0)
-        shape = (patch_size,) * 3
         qsm_patch = np.where(inside, _sample(qsm_data, voxel, 1) - qsm_reference_ppm, 0.0)
         flair_patch = _sample(flair_data, voxel, 1) / flair_reference
         mask_patch = _sample((label_data == lesion_id).astype(np.float32), voxel, 0)
         patches[n, 0] = qsm_patch.reshape(shape)
         patches[n, 1] = flair_patch.reshape(shape)
         patches[n, 2] = mask_patch.reshape(shape)
-        meta.append({"lesion_id": int(lesion_id), "patch_spacing_mm": float(spacing), "flag_patch_rescaled": bool(rescaled)})
+        meta.append({"lesion_id": int(lesion_id), "patch_spacing_mm": spacing, "flag_patch_rescaled": rescaled})
     return patches, pd.DataFrame.from_records(meta, columns=PATCH_META_COLUMNS)
 
 
