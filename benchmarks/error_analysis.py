@@ -48,6 +48,14 @@ def _load_classification():
     return module
 
 
+def _load_seed_spread():
+    """seed_spread.py, whose paired patient-bootstrap difference of PR AUCs this script reuses."""
+    spec = importlib.util.spec_from_file_location("seed_spread", Path(__file__).resolve().parent / "seed_spread.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def lesion_truth(work: Path, lesions: pd.DataFrame) -> pd.DataFrame:
     """Truth of each scored lesion (``participant_id``, ``lesion_id``): rim CNR, mimic, site.
 
@@ -90,7 +98,8 @@ def subgroup_metrics(labels: np.ndarray, probabilities: np.ndarray, codes: np.nd
     subgroup or its comparison class is empty)."""
     called = probabilities >= threshold
     positive, negative = labels == 1, labels == 0
-    result: dict[str, float] = {}
+    result: dict[str, float] = {"pr_auc|all lesions": (float(average_precision_score(labels, probabilities))
+                                                       if positive.any() and negative.any() else float("nan"))}
 
     def auc(rim_positive: np.ndarray, rim_negative: np.ndarray) -> float:
         if not rim_positive.any() or not rim_negative.any():
@@ -150,7 +159,105 @@ def subgroup_sizes(predictions: pd.DataFrame, truth: pd.DataFrame) -> dict[str, 
     sizes.update({name: f"{int((codes[:, 1] == i).sum())} rim−" for i, name in enumerate(MIMICS)})
     for site, part in scored.groupby("site"):
         sizes[site] = f"{int(positive[part.index].sum())} of {len(part)}"
+    sizes["all lesions"] = f"{int(positive.sum())} of {len(scored)}"
     return sizes
+
+
+def true_outline_masks(work: Path, meta: pd.DataFrame, patches: np.ndarray, patch_spacing_mm: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The true outline of each stored patch's lesion, in exactly that patch (N, P, P, P), and the
+    Dice of the pipeline's patch mask with it (NaN where no true lesion overlaps the pipeline lesion).
+
+    The outline is the true lesion that overlaps the pipeline lesion most, read from the truth's
+    label map (on the QSM grid) at the patch's own sample points. The grid is rebuilt from the
+    pipeline's label map with the product's ``lesion_patch_grid``; the pipeline's mask read there
+    must equal the stored mask channel, which checks that it is the grid the patches were cut on.
+    """
+    import nibabel as nib
+    from scipy import ndimage
+
+    from bids_rim.preproc.patches import lesion_patch_grid
+
+    size = patches.shape[-1]
+    outlines = np.zeros((len(meta), size, size, size), dtype=np.float32)
+    dice = np.full(len(meta), np.nan)
+    truth_dir = work / "bids" / "sourcedata" / "synth_truth"
+    for (participant, session), rows in meta.groupby(["participant_id", "session_id"]):
+        prefix = participant if session == "n/a" else f"{participant}_{session}"
+        anat = work / "derivatives" / participant / ("" if session == "n/a" else session) / "anat"
+        labels_image = nib.load(anat / f"{prefix}_space-QSM_desc-lesions_dseg.nii.gz")
+        labels = np.asarray(labels_image.dataobj).astype(np.int32)
+        truth = np.asarray(nib.load(truth_dir / f"{prefix}_desc-truth_lesions.nii.gz").dataobj).astype(np.int32)
+        if truth.shape != labels.shape:
+            raise ValueError(f"{truth_dir / prefix}_desc-truth_lesions.nii.gz: grid {truth.shape} is not the "
+                             f"QSM grid {labels.shape} of {anat}")
+        for row, lesion_id in zip(rows.index, rows["lesion_id"]):
+            voxel, _, _ = lesion_patch_grid(labels, int(lesion_id), labels_image.affine, patch_size=size,
+                                            spacing_mm=patch_spacing_mm)
+            mask = ndimage.map_coordinates((labels == lesion_id).astype(np.float32), voxel, order=0,
+                                           mode="constant", cval=0.0, prefilter=False).reshape(outlines.shape[1:])
+            if not np.array_equal(mask > 0.5, patches[row, 2] > 0.5):
+                raise ValueError(f"{participant} lesion {lesion_id}: the patch grid differs from the stored "
+                                 "patch's; give the run's --patch-spacing")
+            overlapping = truth[labels == lesion_id]
+            ids, counts = np.unique(overlapping[overlapping > 0], return_counts=True)
+            if not len(ids):
+                continue
+            outline = ndimage.map_coordinates((truth == ids[np.argmax(counts)]).astype(np.float32), voxel, order=0,
+                                              mode="constant", cval=0.0, prefilter=False).reshape(mask.shape)
+            outlines[row] = outline
+            dice[row] = 2 * np.sum((mask > 0.5) & (outline > 0.5)) / (np.sum(mask > 0.5) + np.sum(outline > 0.5))
+    return outlines, dice
+
+
+def outline_comparison(work: Path, predictions: pd.DataFrame, patch_spacing_mm: float
+                       ) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The read-out regression (``readout_logistic``) on the pipeline's lesion masks and on the true
+    outlines, same patches, folds and rater labels, as predictions in the run's format.
+
+    Both are scored on the run's test lesions that overlap a true lesion (the outline needs one).
+    The pipeline-mask variant is the benchmark's ``readout_logistic`` itself: where the run has
+    it, its predictions must come out the same, which this checks.
+    """
+    from bids_rim.models.asym import rim_readout_of_patches
+
+    benchmark = _load_classification()
+    meta = pd.read_pickle(work / "training_data" / "meta.pkl").reset_index(drop=True)
+    patches = np.load(work / "training_data" / "patches.npy", mmap_mode="r")
+    outlines, dice = true_outline_masks(work, meta, patches, patch_spacing_mm)
+    has_outline = np.isfinite(dice)
+    one_method = predictions[predictions["method"] == predictions["method"].iloc[0]]
+    folds = [sorted(part["participant_id"].unique()) for _, part in one_method.groupby("fold")]
+    key = pd.MultiIndex.from_frame(meta[["participant_id", "lesion_id"]])
+    scored = pd.MultiIndex.from_frame(one_method[["participant_id", "lesion_id"]])
+    evaluable = key.isin(scored)
+    rater = meta["label"].to_numpy(dtype=float)
+    labelled = np.isfinite(rater)
+    with_outlines = np.array(patches, dtype=np.float32)
+    with_outlines[:, 2] = outlines
+    variants = {"readout_logistic on the pipeline's masks": (rim_readout_of_patches(patches), labelled),
+                "readout_logistic on the true outlines": (rim_readout_of_patches(with_outlines), labelled & has_outline)}
+    true_label = one_method.set_index(["participant_id", "lesion_id"])["true_label"]
+    parts = []
+    for name, (features, fittable) in variants.items():
+        part = benchmark.logistic_out_of_fold(features, np.nan_to_num(rater), fittable, meta, folds, evaluable)
+        part["participant_id"] = meta["participant_id"].to_numpy()[part["row"]]
+        part["lesion_id"] = meta["lesion_id"].to_numpy()[part["row"]]
+        part["true_label"] = true_label.loc[list(zip(part["participant_id"], part["lesion_id"]))].to_numpy()
+        parts.append(part.assign(method=name))
+    reference = predictions[predictions["method"] == "readout_logistic"]
+    if len(reference):
+        ours = parts[0].merge(reference, on=["participant_id", "lesion_id"], suffixes=("", "_run"))
+        if len(ours) != len(reference) or not np.allclose(ours["rim_probability"], ours["rim_probability_run"],
+                                                          atol=1e-4):
+            raise ValueError("the read-out regression on the pipeline's masks does not reproduce the run's "
+                             "readout_logistic: were the run and this code made from the same read-out?")
+    outlined = set(zip(meta["participant_id"][has_outline], meta["lesion_id"][has_outline]))
+    both = pd.concat(parts, ignore_index=True)
+    both = both[[pair in outlined for pair in zip(both["participant_id"], both["lesion_id"])]]
+    counts = {"patch_dice_median": float(np.nanmedian(dice[evaluable])),
+              "without_outline": int((evaluable & ~has_outline).sum()), "scored": int(len(both) // 2)}
+    return both.drop(columns="row"), counts
 
 
 def _table(results: pd.DataFrame, kind: str, groups: list[str], sizes: dict[str, str]) -> list[str]:
@@ -166,8 +273,9 @@ def _table(results: pd.DataFrame, kind: str, groups: list[str], sizes: dict[str,
 
 
 def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], source: str, command: str,
-           commit: str) -> str:
-    """The markdown page (``source``: the run's results page, as a link relative to this one)."""
+           commit: str, outline: tuple[pd.DataFrame, dict[str, float]] | None = None) -> str:
+    """The markdown page (``source``: the run's results page, as a link relative to this one;
+    ``outline``: the analysed outline comparison and its counts, when it was made)."""
     lines = ["# Classification benchmark: where the errors are", "",
              f"- Command: `{command}` (bids_rim git {commit})",
              f"- Predictions of the run in [{source}]({source}), joined to the synthetic truth. Intervals: "
@@ -186,7 +294,21 @@ def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], sourc
              "Share called rim+ at each fold's own threshold (false-positive rate within the group):", "",
              *_table(results, "called", list(MIMICS), sizes), "",
              "## Sites", "", "PR AUC within each site (rim+ of lesions):", "",
-             *_table(results, "pr_auc", sites, sizes), ""]
+             *_table(results, "pr_auc", ["all lesions", *sites], sizes), ""]
+    if outline is not None:
+        outline_results, counts = outline
+        lines += ["## The lesion mask: the read-out on the pipeline's masks and on the true outlines", "",
+                  "The same patches, folds and rater labels; only the mask channel that the read-out measures "
+                  "the lesion's edge, core and ring by differs (the true outline: the true lesion that overlaps "
+                  f"the pipeline lesion most). Median Dice of the two masks in the patches: "
+                  f"{counts['patch_dice_median']:.2f}. Scored: the {counts['scored']} test lesions that overlap a "
+                  f"true lesion ({counts['without_outline']} left out that do not).", "",
+                  *_table(outline_results, "pr_auc", ["all lesions"], sizes), "",
+                  f"Paired (same lesions, patient bootstrap): true outlines − pipeline's masks "
+                  f"{counts['difference']:+.3f} [{counts['difference_low']:+.3f}, {counts['difference_high']:+.3f}].",
+                  "",
+                  "ROC AUC of every rim+ lesion against the rim− lesions with each mimic:", "",
+                  *_table(outline_results, "auc", list(MIMICS), sizes), ""]
     return "\n".join(lines)
 
 
@@ -198,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=500, help="patient bootstrap resamples (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--out", type=Path, help="markdown file to write (default RESULTS/error_analysis.md)")
+    parser.add_argument("--outlines", action="store_true",
+                        help="also fit the read-out regression on the true lesion outlines in the same patches "
+                             "(needs WORK/training_data, which classification.py writes)")
+    parser.add_argument("--patch-spacing", type=float, default=1.0,
+                        help="the run's --patch-spacing in mm (default 1.0), to rebuild its patch grid")
     args = parser.parse_args(argv)
     path = args.results / "classification_predictions.tsv"
     if not path.exists():
@@ -211,8 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/error_analysis.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sites = sorted(truth["site"].unique())
     source = os.path.relpath(args.results / "classification.md", out.parent)
+    outline = None
+    if args.outlines:
+        outline_predictions, counts = outline_comparison(args.work, predictions, args.patch_spacing)
+        names = list(dict.fromkeys(outline_predictions["method"]))
+        counts["difference"], counts["difference_low"], counts["difference_high"] = _load_seed_spread(
+            ).paired_difference(outline_predictions, names[1], names[0], args.bootstrap, args.seed)
+        outline = (analyse(outline_predictions, truth, args.bootstrap, args.seed), counts)
     commit = _load_classification().git_commit()
-    text = report(results, subgroup_sizes(predictions, truth), sites, source, command, commit)
+    text = report(results, subgroup_sizes(predictions, truth), sites, source, command, commit, outline)
     out.write_text(text)
     results.to_csv(out.with_suffix(".tsv"), sep="\t", index=False, float_format="%.5f", na_rep="n/a")
     print(f"wrote {out}")

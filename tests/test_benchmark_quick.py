@@ -56,7 +56,8 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     # The error analysis of that run puts every scored lesion in exactly one subgroup of its class.
     analysed = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "error_analysis.py"), str(out), "--work", str(tmp_path / "work"),
-         "--bootstrap", "20"], capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+         "--bootstrap", "20", "--outlines", "--patch-spacing", "2"],
+        capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert analysed.returncode == 0, analysed.stderr[-3000:]
     analysis = (out / "error_analysis.md").read_text()
     one_method = predictions[predictions["method"] == "oracle"]
@@ -64,6 +65,9 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     mimics = [int(n) for n in re.findall(r"\| [a-z_]+ \((\d+) rim−\)", analysis.split("## Truly rim−")[1].split("Share")[0])]
     assert len(bins) == 4 and sum(bins) == int(one_method["true_label"].sum())
     assert len(mimics) == 4 and sum(mimics) == int((one_method["true_label"] == 0).sum())
+    # --outlines rebuilt each patch's grid (its own check) and the pipeline-mask regression reproduced
+    # the run's readout_logistic (checked too, else it exits non-zero); the page compares the two.
+    assert "readout_logistic on the true outlines" in analysis and "true outlines − pipeline's masks" in analysis
     statistics = pd.read_csv(out / "error_analysis.tsv", sep="\t", na_values="n/a")
     assert set(statistics["method"]) == set(QUICK_METHODS)
     finite = statistics.dropna(subset=["estimate"])
