@@ -210,10 +210,34 @@ def true_outline_masks(work: Path, meta: pd.DataFrame, patches: np.ndarray, patc
     return outlines, dice
 
 
+PIPELINE_MASKS = "readout_logistic on the pipeline's masks"
+TRUE_OUTLINES = "readout_logistic on the true outlines"
+THREE_OUTLINES = "readout_logistic on three outlines (pipeline's mask eroded, as given, dilated)"
+
+
+def shifted_outlines(patches: np.ndarray, step: int) -> np.ndarray:
+    """Copies of the patches whose mask is eroded (``step`` −1) or dilated (+1) by one voxel
+    (6-neighbourhood), or kept (0). An erosion that would leave nothing keeps the mask."""
+    from scipy import ndimage
+
+    shifted = np.array(patches, dtype=np.float32)
+    if step == 0:
+        return shifted
+    operation = ndimage.binary_dilation if step > 0 else ndimage.binary_erosion
+    neighbourhood = ndimage.generate_binary_structure(3, 1)
+    for patch in shifted:
+        mask = operation(patch[2] > 0.5, neighbourhood)
+        if mask.any():
+            patch[2] = mask
+    return shifted
+
+
 def outline_comparison(work: Path, predictions: pd.DataFrame, patch_spacing_mm: float
-                       ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The read-out regression (``readout_logistic``) on the pipeline's lesion masks and on the true
-    outlines, same patches, folds and rater labels, as predictions in the run's format.
+                       ) -> tuple[pd.DataFrame, dict]:
+    """The read-out regression (``readout_logistic``) on the pipeline's lesion masks, on the true
+    outlines, and on three outlines of the pipeline's mask (eroded, as given and dilated by one
+    voxel: a read-out that a product could use, since it needs no truth), with the same patches,
+    folds and rater labels, as predictions in the run's format.
 
     Both are scored on the run's test lesions that overlap a true lesion (the outline needs one).
     The pipeline-mask variant is the benchmark's ``readout_logistic`` itself: where the run has
@@ -235,8 +259,10 @@ def outline_comparison(work: Path, predictions: pd.DataFrame, patch_spacing_mm: 
     labelled = np.isfinite(rater)
     with_outlines = np.array(patches, dtype=np.float32)
     with_outlines[:, 2] = outlines
-    variants = {"readout_logistic on the pipeline's masks": (rim_readout_of_patches(patches), labelled),
-                "readout_logistic on the true outlines": (rim_readout_of_patches(with_outlines), labelled & has_outline)}
+    variants = {PIPELINE_MASKS: (rim_readout_of_patches(patches), labelled),
+                TRUE_OUTLINES: (rim_readout_of_patches(with_outlines), labelled & has_outline),
+                THREE_OUTLINES: (np.hstack([rim_readout_of_patches(shifted_outlines(patches, step))
+                                            for step in (-1, 0, 1)]), labelled)}
     true_label = one_method.set_index(["participant_id", "lesion_id"])["true_label"]
     parts = []
     for name, (features, fittable) in variants.items():
@@ -256,8 +282,13 @@ def outline_comparison(work: Path, predictions: pd.DataFrame, patch_spacing_mm: 
     both = pd.concat(parts, ignore_index=True)
     both = both[[pair in outlined for pair in zip(both["participant_id"], both["lesion_id"])]]
     counts = {"patch_dice_median": float(np.nanmedian(dice[evaluable])),
-              "without_outline": int((evaluable & ~has_outline).sum()), "scored": int(len(both) // 2)}
+              "without_outline": int((evaluable & ~has_outline).sum()), "scored": int(len(both) // len(variants))}
     return both.drop(columns="row"), counts
+
+
+def _interval(difference: tuple[float, float, float]) -> str:
+    estimate, low, high = difference
+    return f"{estimate:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def _table(results: pd.DataFrame, kind: str, groups: list[str], sizes: dict[str, str]) -> list[str]:
@@ -273,7 +304,7 @@ def _table(results: pd.DataFrame, kind: str, groups: list[str], sizes: dict[str,
 
 
 def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], source: str, command: str,
-           commit: str, outline: tuple[pd.DataFrame, dict[str, float]] | None = None) -> str:
+           commit: str, outline: tuple[pd.DataFrame, dict] | None = None) -> str:
     """The markdown page (``source``: the run's results page, as a link relative to this one;
     ``outline``: the analysed outline comparison and its counts, when it was made)."""
     lines = ["# Classification benchmark: where the errors are", "",
@@ -300,12 +331,13 @@ def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], sourc
         lines += ["## The lesion mask: the read-out on the pipeline's masks and on the true outlines", "",
                   "The same patches, folds and rater labels; only the mask channel that the read-out measures "
                   "the lesion's edge, core and ring by differs (the true outline: the true lesion that overlaps "
-                  f"the pipeline lesion most). Median Dice of the two masks in the patches: "
+                  "the pipeline lesion most; three outlines: the read-out of the pipeline's mask eroded, as given "
+                  "and dilated by one voxel, 21 numbers, which needs no truth). Median Dice of the two masks in the patches: "
                   f"{counts['patch_dice_median']:.2f}. Scored: the {counts['scored']} test lesions that overlap a "
                   f"true lesion ({counts['without_outline']} left out that do not).", "",
                   *_table(outline_results, "pr_auc", ["all lesions"], sizes), "",
-                  f"Paired (same lesions, patient bootstrap): true outlines − pipeline's masks "
-                  f"{counts['difference']:+.3f} [{counts['difference_low']:+.3f}, {counts['difference_high']:+.3f}].",
+                  "Paired (same lesions, patient-bootstrap 95 % CI), against the pipeline's masks: true outlines "
+                  f"{_interval(counts['true_outlines'])}; three outlines {_interval(counts['three_outlines'])}.",
                   "",
                   "ROC AUC of every rim+ lesion against the rim− lesions with each mimic:", "",
                   *_table(outline_results, "auc", list(MIMICS), sizes), ""]
@@ -341,9 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     outline = None
     if args.outlines:
         outline_predictions, counts = outline_comparison(args.work, predictions, args.patch_spacing)
-        names = list(dict.fromkeys(outline_predictions["method"]))
-        counts["difference"], counts["difference_low"], counts["difference_high"] = _load_seed_spread(
-            ).paired_difference(outline_predictions, names[1], names[0], args.bootstrap, args.seed)
+        paired = _load_seed_spread().paired_difference
+        counts["true_outlines"] = paired(outline_predictions, TRUE_OUTLINES, PIPELINE_MASKS, args.bootstrap, args.seed)
+        counts["three_outlines"] = paired(outline_predictions, THREE_OUTLINES, PIPELINE_MASKS, args.bootstrap,
+                                          args.seed)
         outline = (analyse(outline_predictions, truth, args.bootstrap, args.seed), counts)
     commit = _load_classification().git_commit()
     text = report(results, subgroup_sizes(predictions, truth), sites, source, command, commit, outline)

@@ -67,7 +67,8 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     assert len(mimics) == 4 and sum(mimics) == int((one_method["true_label"] == 0).sum())
     # --outlines rebuilt each patch's grid (its own check) and the pipeline-mask regression reproduced
     # the run's readout_logistic (checked too, else it exits non-zero); the page compares the two.
-    assert "readout_logistic on the true outlines" in analysis and "true outlines − pipeline's masks" in analysis
+    assert "readout_logistic on the true outlines" in analysis and "against the pipeline's masks: true" in analysis
+    assert "readout_logistic on three outlines" in analysis
     statistics = pd.read_csv(out / "error_analysis.tsv", sep="\t", na_values="n/a")
     assert set(statistics["method"]) == set(QUICK_METHODS)
     finite = statistics.dropna(subset=["estimate"])
