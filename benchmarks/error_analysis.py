@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{path}: missing; is {args.results} a classification.py --out folder?")
     if not (args.work / "bids" / "sourcedata" / "synth_truth").is_dir():
         parser.error(f"{args.work}: no bids/sourcedata/synth_truth; give the run's --work folder")
+    commit = _load_classification().git_commit()  # before anything is written into a tracked results folder
     predictions = pd.read_csv(path, sep="\t")
     truth = lesion_truth(args.work, predictions)
     results = analyse(predictions, truth, args.bootstrap, args.seed)
@@ -378,7 +379,6 @@ def main(argv: list[str] | None = None) -> int:
         counts["three_outlines"] = paired(outline_predictions, THREE_OUTLINES, PIPELINE_MASKS, args.bootstrap,
                                           args.seed)
         outline = (analyse(outline_predictions, truth, args.bootstrap, args.seed), counts)
-    commit = _load_classification().git_commit()
     text = report(results, subgroup_sizes(predictions, truth), sites, source, command, commit, outline)
     out.write_text(text)
     results.to_csv(out.with_suffix(".tsv"), sep="\t", index=False, float_format="%.5f", na_rep="n/a")
