@@ -38,20 +38,11 @@ MIMICS = ("none", "edge_vein", "diffuse", "calcification")  # the generator's ri
 NO_GROUP = -1  # code of a lesion outside the groups of a column (rim− lesions have no CNR bin)
 
 
-def _load_classification():
-    """The classification benchmark module (a script folder, not a package)."""
-    path = Path(__file__).resolve().parent / "classification.py"
-    spec = importlib.util.spec_from_file_location("classification_benchmark", path)
+def _load_benchmark_script(stem: str):
+    """A sibling benchmark script as a module (``benchmarks/`` is a script folder, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{stem}_benchmark", Path(__file__).resolve().parent / f"{stem}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-def _load_seed_spread():
-    """seed_spread.py, whose paired patient-bootstrap difference of PR AUCs this script reuses."""
-    spec = importlib.util.spec_from_file_location("seed_spread", Path(__file__).resolve().parent / "seed_spread.py")
-    module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
@@ -62,7 +53,7 @@ def lesion_truth(work: Path, lesions: pd.DataFrame) -> pd.DataFrame:
     A pipeline lesion holding several true lesions takes the largest rim CNR and carries a mimic
     when any of them does (the first of ``MIMICS[1:]`` it holds, else ``none``).
     """
-    benchmark = _load_classification()
+    benchmark = _load_benchmark_script("classification")
     bids_dir, output_dir = work / "bids", work / "derivatives"
     meta = lesions[["participant_id", "lesion_id"]].drop_duplicates().reset_index(drop=True)
     sessions = {p: sorted(d.name for d in (output_dir / p).glob("ses-*")) for p in meta["participant_id"].unique()}
@@ -217,12 +208,10 @@ THREE_OUTLINES = "readout_logistic on three outlines (pipeline's mask eroded, as
 
 def shifted_outlines(patches: np.ndarray, step: int) -> np.ndarray:
     """Copies of the patches whose mask is eroded (``step`` −1) or dilated (+1) by one voxel
-    (6-neighbourhood), or kept (0). An erosion that would leave nothing keeps the mask."""
+    (6-neighbourhood). An erosion that would leave nothing keeps the mask."""
     from scipy import ndimage
 
     shifted = np.array(patches, dtype=np.float32)
-    if step == 0:
-        return shifted
     operation = ndimage.binary_dilation if step > 0 else ndimage.binary_erosion
     neighbourhood = ndimage.generate_binary_structure(3, 1)
     for patch in shifted:
@@ -245,7 +234,7 @@ def outline_comparison(work: Path, predictions: pd.DataFrame, patch_spacing_mm: 
     """
     from bids_rim.models.asym import rim_readout_of_patches
 
-    benchmark = _load_classification()
+    benchmark = _load_benchmark_script("classification")
     meta = pd.read_pickle(work / "training_data" / "meta.pkl").reset_index(drop=True)
     patches = np.load(work / "training_data" / "patches.npy", mmap_mode="r")
     outlines, dice = true_outline_masks(work, meta, patches, patch_spacing_mm)
@@ -259,10 +248,12 @@ def outline_comparison(work: Path, predictions: pd.DataFrame, patch_spacing_mm: 
     labelled = np.isfinite(rater)
     with_outlines = np.array(patches, dtype=np.float32)
     with_outlines[:, 2] = outlines
-    variants = {PIPELINE_MASKS: (rim_readout_of_patches(patches), labelled),
+    as_given = rim_readout_of_patches(patches)
+    three = [rim_readout_of_patches(shifted_outlines(patches, -1)), as_given,
+             rim_readout_of_patches(shifted_outlines(patches, 1))]
+    variants = {PIPELINE_MASKS: (as_given, labelled),
                 TRUE_OUTLINES: (rim_readout_of_patches(with_outlines), labelled & has_outline),
-                THREE_OUTLINES: (np.hstack([rim_readout_of_patches(shifted_outlines(patches, step))
-                                            for step in (-1, 0, 1)]), labelled)}
+                THREE_OUTLINES: (np.hstack(three), labelled)}
     true_label = one_method.set_index(["participant_id", "lesion_id"])["true_label"]
     parts = []
     for name, (features, fittable) in variants.items():
@@ -363,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{path}: missing; is {args.results} a classification.py --out folder?")
     if not (args.work / "bids" / "sourcedata" / "synth_truth").is_dir():
         parser.error(f"{args.work}: no bids/sourcedata/synth_truth; give the run's --work folder")
-    commit = _load_classification().git_commit()  # before anything is written into a tracked results folder
+    # The commit is read before anything is written into a (tracked) results folder.
+    commit = _load_benchmark_script("classification").git_commit()
     predictions = pd.read_csv(path, sep="\t")
     truth = lesion_truth(args.work, predictions)
     results = analyse(predictions, truth, args.bootstrap, args.seed)
@@ -374,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     outline = None
     if args.outlines:
         outline_predictions, counts = outline_comparison(args.work, predictions, args.patch_spacing)
-        paired = _load_seed_spread().paired_difference
+        paired = _load_benchmark_script("seed_spread").paired_difference
         counts["true_outlines"] = paired(outline_predictions, TRUE_OUTLINES, PIPELINE_MASKS, args.bootstrap, args.seed)
         counts["three_outlines"] = paired(outline_predictions, THREE_OUTLINES, PIPELINE_MASKS, args.bootstrap,
                                           args.seed)
