@@ -27,7 +27,8 @@ What it does, once for all methods:
 6. the reference ``readout_logistic``, a logistic regression on asym's parameter-free rim
    read-out (edge/core/ring medians and their contrast-to-noise ratios) fitted to the rater's
    labels of the same training patients, says how much the network's learned features add to
-   the numbers they are given;
+   the numbers they are given (``readout_logistic_outlines``: the same on the read-out of three
+   outlines, the lesion mask eroded, as given and dilated by one voxel);
 7. metrics from ``bids_rim.training.metrics`` with patient bootstrap 95 % CIs, written as
    ``classification.md``, ``classification.tsv``, per-lesion predictions and ROC/PR plots,
    after every finished method, so that a run cut short keeps what it finished and names the
@@ -85,6 +86,8 @@ METHOD_DESCRIPTIONS = {
                               "regression on the read-out that it starts as (else that regression)"),
     "asym_small_head": ("ablation: asym with an MLP head of 8 hidden units instead of 48 (less room to add "
                         "to the read-out what few rim+ lesions support)"),
+    "asym_readout_outlines": ("variant: asym whose read-out also reads the lesion mask eroded and dilated by one "
+                              "voxel (21 numbers instead of 7; readout_outlines=3)"),
     "asym_no_flair": "ablation: no FLAIR (arch qsm_only: the asym QSM path, FLAIR ignored)",
     "early_fusion": "ablation: symmetric early fusion (MONAI ResNet-18 on stacked channels)",
     "rimnet": "baseline: RimNet-style two-branch CNN",
@@ -93,8 +96,11 @@ METHOD_DESCRIPTIONS = {
     **{name: description for name, (_, description) in OBSERVERS.items()},
     "readout_logistic": ("reference: logistic regression (rater labels) on asym's parameter-free rim read-out "
                          "(medians and contrast-to-noise ratios); what the network's learned features add to"),
+    "readout_logistic_outlines": ("reference: readout_logistic on the read-out of three outlines (the lesion mask "
+                                  "eroded, as given and dilated by one voxel; asym_readout_outlines's read-out)"),
 }
-UNTRAINED_METHODS = (*OBSERVERS, "readout_logistic")  # fitted in the main process, no network
+READOUT_OUTLINES = {"readout_logistic": 1, "readout_logistic_outlines": 3}
+UNTRAINED_METHODS = (*OBSERVERS, *READOUT_OUTLINES)  # fitted in the main process, no network
 ALL_METHODS = tuple(METHOD_DESCRIPTIONS)
 LOG_FORMAT = "%(asctime)s | %(name)s | %(message)s"
 LOGGER = logging.getLogger("benchmarks.classification")  # outside bids_rim: its CLI adds a handler there
@@ -330,6 +336,7 @@ def method_config(method: str, settings: BenchmarkSettings):
         "asym_fixed_readout": {"train_readout_logit": False},
         "asym_readout_fallback": {"readout_fallback": True},
         "asym_small_head": {"head_width": 8},
+        "asym_readout_outlines": {"readout_outlines": 3},
         "asym_no_flair": {"arch": "qsm_only"},
         "early_fusion": {"arch": "early_fusion"},
         "rimnet": {"arch": "rimnet"},
@@ -471,16 +478,18 @@ def evaluate_observer(scores: np.ndarray, true_labels: np.ndarray, meta: pd.Data
 
 
 def evaluate_readout_logistic(patches: np.ndarray, meta: pd.DataFrame, folds: list[list[str]],
-                              evaluable: np.ndarray, withheld: list[list[str]] | None = None) -> pd.DataFrame:
+                              evaluable: np.ndarray, withheld: list[list[str]] | None = None,
+                              outlines: int = 1) -> pd.DataFrame:
     """The read-out reference: fitted to the RATER's labels of the training patients, like the
     trained methods (the same lesions they train on, less each fold's ``withheld`` patients),
-    scored on the same test lesions."""
+    scored on the same test lesions. ``outlines``: the read-out of the mask as given (1) or also
+    eroded and dilated (3)."""
     from bids_rim.models.asym import rim_readout_of_patches
 
     rater = meta["label"].to_numpy(dtype=float)
     labelled = np.isfinite(rater)
-    return logistic_out_of_fold(rim_readout_of_patches(patches), np.nan_to_num(rater), labelled, meta, folds,
-                                evaluable, withheld)
+    return logistic_out_of_fold(rim_readout_of_patches(patches, outlines=outlines), np.nan_to_num(rater), labelled,
+                                meta, folds, evaluable, withheld)
 
 
 # ----------------------------------------------------------------------------- metrics and output
@@ -816,10 +825,24 @@ def write_outputs(out_dir: Path, predictions: pd.DataFrame, table: pd.DataFrame,
 
 
 def task_order(tasks: list[FoldTask], configs: dict) -> list[FoldTask]:
-    """Longest tasks first (pretrained networks, then other networks, then radiomics), to balance the workers."""
+    """Radiomics first, then the longest tasks first: networks that pretrain, then the others.
+
+    Radiomics takes seconds per fold, so it goes first: a ``--time-budget`` then never cuts the
+    cheapest baseline for want of a worker. Among the networks, the longest first balance the
+    workers. A network pretrains when its config asks for it AND it has the two encoders that
+    pretraining needs (RimNet, QSMRim-Net and early fusion keep ``pretrain_epochs`` but never
+    pretrain).
+    """
+    from bids_rim.models import get_model
+    from bids_rim.training.pretrain import supports_pretraining
+
+    pretrains = {method: config.arch != "radiomics" and config.pretrain_epochs > 0
+                 and bool(config.pretrain_objectives)
+                 and supports_pretraining(get_model(config.arch, **config.model_kwargs()))
+                 for method, config in configs.items()}
+
     def cost_rank(task: FoldTask) -> tuple[int, int, str, int]:
-        config = configs[task.method]
-        return (config.arch == "radiomics", config.pretrain_epochs == 0, task.method, task.fold)
+        return (configs[task.method].arch != "radiomics", not pretrains[task.method], task.method, task.fold)
 
     return sorted(tasks, key=cost_rank)
 
@@ -946,7 +969,7 @@ def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Pa
             scores = truth[OBSERVERS[method][0]].to_numpy()
             part = evaluate_observer(scores, truth["true_label"].to_numpy(), meta, folds, evaluable)
         else:
-            part = evaluate_readout_logistic(data.patches, meta, folds, evaluable, withheld)
+            part = evaluate_readout_logistic(data.patches, meta, folds, evaluable, withheld, READOUT_OUTLINES[method])
         run.method_wall_s[method], run.method_cpu_s[method] = time.perf_counter() - wall, time.process_time() - cpu
         finish_method(method, part)
 

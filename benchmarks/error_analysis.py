@@ -206,21 +206,6 @@ TRUE_OUTLINES = "readout_logistic on the true outlines"
 THREE_OUTLINES = "readout_logistic on three outlines (pipeline's mask eroded, as given, dilated)"
 
 
-def shifted_outlines(patches: np.ndarray, step: int) -> np.ndarray:
-    """Copies of the patches whose mask is eroded (``step`` −1) or dilated (+1) by one voxel
-    (6-neighbourhood). An erosion that would leave nothing keeps the mask."""
-    from scipy import ndimage
-
-    shifted = np.array(patches, dtype=np.float32)
-    operation = ndimage.binary_dilation if step > 0 else ndimage.binary_erosion
-    neighbourhood = ndimage.generate_binary_structure(3, 1)
-    for patch in shifted:
-        mask = operation(patch[2] > 0.5, neighbourhood)
-        if mask.any():
-            patch[2] = mask
-    return shifted
-
-
 def outline_comparison(work: Path, predictions: pd.DataFrame, patch_spacing_mm: float
                        ) -> tuple[pd.DataFrame, dict]:
     """The read-out regression (``readout_logistic``) on the pipeline's lesion masks, on the true
@@ -248,12 +233,10 @@ def outline_comparison(work: Path, predictions: pd.DataFrame, patch_spacing_mm: 
     labelled = np.isfinite(rater)
     with_outlines = np.array(patches, dtype=np.float32)
     with_outlines[:, 2] = outlines
-    as_given = rim_readout_of_patches(patches)
-    three = [rim_readout_of_patches(shifted_outlines(patches, -1)), as_given,
-             rim_readout_of_patches(shifted_outlines(patches, 1))]
-    variants = {PIPELINE_MASKS: (as_given, labelled),
+    three = rim_readout_of_patches(patches, outlines=3)  # as given first (the pipeline-mask read-out), then eroded, dilated
+    variants = {PIPELINE_MASKS: (three[:, : three.shape[1] // 3], labelled),
                 TRUE_OUTLINES: (rim_readout_of_patches(with_outlines), labelled & has_outline),
-                THREE_OUTLINES: (np.hstack(three), labelled)}
+                THREE_OUTLINES: (three, labelled)}
     true_label = one_method.set_index(["participant_id", "lesion_id"])["true_label"]
     parts = []
     for name, (features, fittable) in variants.items():

@@ -125,6 +125,25 @@ def test_readout_reference_learns_only_from_training_patients_rater_labels() -> 
     np.testing.assert_allclose(again.loc[first, "rim_probability"], scored.loc[first, "rim_probability"])
     # the second fold trains on those flipped labels, so its predictions must change
     assert not np.allclose(again.loc[~first, "rim_probability"], scored.loc[~first, "rim_probability"])
+    three_outlines = benchmark.evaluate_readout_logistic(patches, meta, folds, evaluable, outlines=3)
+    assert sorted(three_outlines["row"]) == sorted(scored["row"])
+    assert roc_auc_score(labels[three_outlines["row"]], three_outlines["rim_probability"]) > 0.8
+
+
+def test_task_order_runs_radiomics_first_then_the_networks_that_really_pretrain() -> None:
+    # RimNet and early fusion keep TrainConfig's pretrain_epochs but have no encoders to pretrain:
+    # they rank with asym_no_pretrain, not with asym.
+    from bids_rim.training.config import TrainConfig
+
+    benchmark = _load_benchmark()
+    configs = {"early_fusion": TrainConfig(arch="early_fusion"), "rimnet": TrainConfig(arch="rimnet"),
+               "asym_no_pretrain": TrainConfig(pretrain_epochs=0), "radiomics": TrainConfig(arch="radiomics"),
+               "asym": TrainConfig(), "asym_no_flair": TrainConfig(arch="qsm_only")}
+    tasks = [benchmark.FoldTask(method, fold, ("sub-001",), ()) for method in configs for fold in (2, 1)]
+    order = [(task.method, task.fold) for task in benchmark.task_order(tasks, configs)]
+    assert order == [("radiomics", 1), ("radiomics", 2), ("asym", 1), ("asym", 2), ("asym_no_flair", 1),
+                     ("asym_no_flair", 2), ("asym_no_pretrain", 1), ("asym_no_pretrain", 2), ("early_fusion", 1),
+                     ("early_fusion", 2), ("rimnet", 1), ("rimnet", 2)]
 
 
 def test_label_one_in_k_withholds_training_labels_only() -> None:

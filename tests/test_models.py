@@ -198,6 +198,45 @@ def test_rim_readout_of_a_lesion_does_not_depend_on_its_batch():
         get_model("asym", width=4, readout_cnr=False).embedding_dim + 2
 
 
+def test_rim_readout_of_three_outlines_finds_a_rim_just_outside_an_undersegmented_mask():
+    # A 1-voxel +30 ppb rim around a +5 ppb lesion of 4 mm radius, segmented one voxel too small:
+    # on the mask as given the rim falls in the outer ring, on the dilated mask in the edge layer.
+    from scipy import ndimage
+
+    from bids_rim.models.blocks import RimReadout, scale_inputs
+
+    axis = torch.arange(24) - 11.5
+    radius = (torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij")) ** 2).sum(0).sqrt()
+    lesion = (radius <= 4).float()
+    rim = lesion - _cross_core(lesion)
+    qsm_ppm = 0.005 * (lesion - rim) + 0.030 * rim
+    undersegmented = _cross_core(lesion)
+    dot = torch.zeros_like(lesion)
+    dot[12, 12, 12] = 1  # a one-voxel lesion: its erosion would leave nothing, so it keeps the mask
+    masks = torch.stack([undersegmented, dot])[:, None]
+    qsm = scale_inputs(torch.stack([qsm_ppm, torch.ones_like(qsm_ppm), lesion])[None])[:, :1].expand(2, -1, -1, -1, -1)
+
+    three = RimReadout(outlines=3)(qsm, masks)
+    assert three.shape == (2, 21) and RimReadout(outlines=3).n_features == 21
+    torch.testing.assert_close(three[:, :7], RimReadout()(qsm, masks))
+    cross = ndimage.generate_binary_structure(3, 1)
+    for block, operation in ((1, ndimage.binary_erosion), (2, ndimage.binary_dilation)):
+        shifted = torch.from_numpy(operation(undersegmented.numpy() > 0, cross).astype(np.float32))
+        alone = RimReadout(noise_normalised=False)(qsm[:1], shifted[None, None])[0]
+        torch.testing.assert_close(three[0, 7 * block : 7 * block + 5], alone)
+    torch.testing.assert_close(three[1, 7:14], three[1, :7])
+    as_given_edge_minus_core, dilated_edge_minus_core = three[0, 0].item(), three[0, 14].item()
+    assert abs(as_given_edge_minus_core) < 0.01 and three[0, 3].item() > 1.0  # the rim sits in the ring
+    # 30 − 5 ppb in network units (20 ppb, softly limited at ±100 ppb)
+    assert dilated_edge_minus_core == pytest.approx(5 * np.tanh(0.3) - 5 * np.tanh(0.05), abs=1e-4)
+    with pytest.raises(ValueError, match="outlines"):
+        RimReadout(outlines=2)
+    assert get_model("asym", width=4, readout_outlines=3).embedding_dim == get_model("asym", width=4).embedding_dim + 14
+    # Model files written before readout_outlines existed (the bundled one) read one outline.
+    assert "readout_outlines" not in TrainConfig().model_kwargs()
+    assert TrainConfig(readout_outlines=3).model_kwargs()["readout_outlines"] == 3
+
+
 def test_rim_readout_contrast_to_noise_ratios_follow_the_noise():
     # White noise of 10 ppb around lesions of 4 mm radius. Without a rim, the edge−core and
     # ring−core ratios must spread like a standard normal (they are differences over their own

@@ -62,14 +62,15 @@ QSM, FLAIR, MASK = 0, 1, 2
 
 @torch.no_grad()
 def rim_readout_of_patches(patches: np.ndarray, device: torch.device = torch.device("cpu"),
-                           batch_size: int = 64, noise_normalised: bool = True) -> np.ndarray:
-    """The rim read-out (N, 7; N, 5 without ``noise_normalised``) of raw patches (N, 3, P, P, P).
+                           batch_size: int = 64, noise_normalised: bool = True, outlines: int = 1) -> np.ndarray:
+    """The rim read-out (N, 7 · outlines; N, 5 · outlines without ``noise_normalised``) of raw
+    patches (N, 3, P, P, P).
 
     The read-out has no parameters, so no network is needed: fine-tuning starts asym's linear
     read-out path from a logistic regression on these numbers, and the benchmark's
     ``readout_logistic`` reference is that regression alone.
     """
-    readout = RimReadout(noise_normalised)
+    readout = RimReadout(noise_normalised, outlines)
     numbers = []
     for start in range(0, len(patches), batch_size):
         batch = torch.from_numpy(np.array(patches[start : start + batch_size], dtype=np.float32)).to(device)
@@ -95,6 +96,8 @@ class AsymQsmFlairNet(nn.Module):
             noise (contrast-to-noise ratios; seven numbers instead of five).
         readout_logit: add a linear function of the read-out to the logit and start the MLP head's
             last layer at zero (only with ``rim_readout``).
+        readout_outlines: 1 reads the lesion mask as given; 3 also reads it eroded and dilated by
+            one voxel (three times the numbers; see :class:`RimReadout`).
         head_width: hidden units of the MLP head (default ``4 * width``). A narrower head gives the
             convolutional features less room to add to the read-out what the few rim+ training
             lesions do not support (an ablation of the benchmark).
@@ -111,6 +114,7 @@ class AsymQsmFlairNet(nn.Module):
         readout_logit: bool = True,
         readout_cnr: bool = True,
         head_width: int | None = None,
+        readout_outlines: int = 1,
     ) -> None:
         super().__init__()
         if conditioning not in CONDITIONINGS:
@@ -127,7 +131,7 @@ class AsymQsmFlairNet(nn.Module):
         self.mid_channels = width
         # Three averages (whole patch, edge band, core) per region-pooled stage of 2^s · w channels,
         # plus the P/8 patch mean when stage 2 is not region-pooled, plus the read-out's numbers.
-        self.rim_readout = RimReadout(readout_cnr) if rim_readout else None
+        self.rim_readout = RimReadout(readout_cnr, readout_outlines) if rim_readout else None
         readout_size = self.rim_readout.n_features if self.rim_readout is not None else 0
         self.embedding_dim = sum(3 * width * 2**s for s in pooled) + (0 if 2 in pooled else 4 * width) + readout_size
         self.qsm_stem = stem(2, width)

@@ -38,6 +38,10 @@ class TrainConfig:
     readout_fallback: bool = False
     # The read-out also gives its edge and ring contrasts over their noise (RimReadout).
     readout_cnr: bool = True
+    # Outlines the read-out reads the lesion on: 1 = the mask as given; 3 = also eroded and dilated
+    # by one voxel (RimReadout). Recorded in the model file only when not 1, the layout of every
+    # model file before it existed.
+    readout_outlines: int = 1
     # Hidden units of the asym/qsm_only MLP head; None = 4 * width (the layout of every model file
     # so far, which therefore does not record it).
     head_width: int | None = None
@@ -91,6 +95,8 @@ class TrainConfig:
     def model_kwargs(self) -> dict[str, Any]:
         """The architecture configuration passed to ``get_model(self.arch, **kwargs)``."""
         head = {"head_width": self.head_width} if self.head_width is not None else {}
+        if self.readout_outlines != 1:
+            head["readout_outlines"] = self.readout_outlines
         if self.arch == "asym":
             return {"width": self.width, "conditioning": self.conditioning,
                     "film_stages": list(self.film_stages), "dropout": self.dropout,

@@ -81,7 +81,8 @@ def start_readout_path_from_logistic_regression(model: nn.Module, patches: np.nd
     """
     if getattr(model, "readout_logit", None) is None or len(np.unique(labels)) < 2:
         return
-    features = rim_readout_of_patches(patches, device, noise_normalised=model.rim_readout.noise_normalised)
+    features = rim_readout_of_patches(patches, device, noise_normalised=model.rim_readout.noise_normalised,
+                                      outlines=model.rim_readout.outlines)
     regression = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit(features, labels)
     model.readout_logit.weight.copy_(torch.as_tensor(regression.coef_, dtype=model.readout_logit.weight.dtype))
     model.readout_logit.bias.copy_(torch.as_tensor(regression.intercept_, dtype=model.readout_logit.bias.dtype))
