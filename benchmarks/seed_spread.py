@@ -10,6 +10,11 @@ another (pretraining or not, say), the difference should hold across seeds. This
 writes, per method, the pooled out-of-fold PR AUC of every seed with its mean and range, and
 for each compared pair the per-seed paired difference with a patient-bootstrap 95 % CI (both
 methods scored on the same resampled patients).
+
+Folders with the same training seed are parts of one run (methods added later on the same work
+folder, cohort, split and seed): their predictions are joined. A method in two parts must give
+the same probability for every lesion, to the printed digit, which checks that the code between
+the parts did not change it.
 """
 
 from __future__ import annotations
@@ -49,6 +54,27 @@ def pooled_pr_auc(predictions: pd.DataFrame) -> pd.Series:
     """Pooled out-of-fold PR AUC against the true class, per method."""
     return predictions.groupby("method").apply(
         lambda part: average_precision_score(part["true_label"], part["rim_probability"]), include_groups=False)
+
+
+def join_parts(parts: list[pd.DataFrame], seed: int) -> pd.DataFrame:
+    """The predictions of one training seed made in several runs, each method once.
+
+    A method found in more than one part must agree on every lesion (within 1e-5, the printed
+    precision): otherwise the parts are not one run and pairing across them would mislead. A part
+    must add a method: a run given twice is not two parts.
+    """
+    key = ["participant_id", "lesion_id"]
+    joined = parts[0]
+    for part in parts[1:]:
+        if set(part["method"]) <= set(joined["method"]):
+            raise ValueError(f"training seed {seed}: a part adds no method to the others (the same run twice?)")
+        for method in sorted(set(part["method"]) & set(joined["method"])):
+            here = joined[joined["method"] == method].set_index(key)["rim_probability"]
+            there = part[part["method"] == method].set_index(key)["rim_probability"]
+            if set(here.index) != set(there.index) or not np.allclose(here, there.loc[here.index], rtol=0, atol=1e-5):
+                raise ValueError(f"training seed {seed}: {method} differs between the parts of the run")
+        joined = pd.concat([joined, part[~part["method"].isin(joined["method"])]], ignore_index=True)
+    return joined
 
 
 def paired_difference(predictions: pd.DataFrame, first: str, second: str, n_resamples: int,
@@ -113,7 +139,9 @@ def spread_report(runs: dict[int, pd.DataFrame], pairs: list[tuple[str, str]], n
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, nargs="+", help="classification.py --out folders, one per training seed")
+    parser.add_argument("results", type=Path, nargs="+",
+                        help="classification.py --out folders, one per training seed (or several, the parts of "
+                             "one run with other methods)")
     parser.add_argument("--compare", action="append", default=[], metavar="A,B",
                         help="a pair of methods whose paired PR AUC difference A − B is reported (repeatable)")
     parser.add_argument("--bootstrap", type=int, default=500, help="patient bootstrap resamples (default 500)")
@@ -126,10 +154,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--compare {text!r}: give two methods separated by a comma")
         pairs.append((names[0], names[1]))
     seeds = [run_seeds(folder) for folder in args.results]
-    if len({(split, one_in) for split, _, one_in in seeds}) != 1 or len({s for _, s, _ in seeds}) != len(seeds):
-        parser.error("the runs must share one split seed and --label-one-in and differ in training seed; got "
+    if len({(split, one_in) for split, _, one_in in seeds}) != 1:
+        parser.error("the runs must share one split seed and --label-one-in; got "
                      f"(split seed, training seed, label one in) {seeds}")
-    runs = {seed: load_predictions(folder) for folder, (_, seed, _) in zip(args.results, seeds)}
+    parts: dict[int, list[pd.DataFrame]] = {}
+    for folder, (_, seed, _) in zip(args.results, seeds):
+        parts.setdefault(seed, []).append(load_predictions(folder))
+    try:
+        runs = {seed: join_parts(found, seed) for seed, found in parts.items()}
+    except ValueError as error:
+        parser.error(str(error))
     lesion_sets = {seed: set(zip(p["participant_id"], p["lesion_id"])) for seed, p in runs.items()}
     if len({frozenset(s) for s in lesion_sets.values()}) != 1:
         parser.error("the runs scored different lesions: were they made on one --work folder?")

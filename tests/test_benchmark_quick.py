@@ -242,8 +242,16 @@ def test_seed_spread_reports_paired_differences(tmp_path: Path) -> None:
     for seed, difference in zip((1, 2), expected):
         assert f"| {seed} | {difference:+.3f} [" in text
     assert f"a is ahead in {sum(d > 0 for d in expected)} of 2 seeds" in text
-    with pytest.raises(SystemExit):  # two runs with one training seed measure nothing
+    with pytest.raises(SystemExit):  # the same run twice is not two parts of one run
         spread.main([str(folders[0]), str(folders[0])])
+    # A part with method c (and b again, the same) joins the seed-2 run; a part whose b differs does not.
+    added = poor.assign(method="c", rim_probability=good["rim_probability"].to_numpy())
+    part = _write_run(tmp_path / "s2_part", 2, pd.concat([poor, added]))
+    assert spread.main([str(folders[1]), str(part), "--compare", "a,c", "--bootstrap", "20", "--out", str(out)]) == 0
+    assert "| 2 | +0.000 [+0.000, +0.000] |" in out.read_text()
+    changed = _write_run(tmp_path / "s2_changed", 2, pd.concat([poor.assign(rim_probability=0.5), added]))
+    with pytest.raises(SystemExit):
+        spread.main([str(folders[1]), str(changed)])
     fewer_labels = _write_run(tmp_path / "s3_k3", 3, pd.concat([good, poor]), label_one_in=3)
     assert spread.run_seeds(fewer_labels) == (2026, 3, 3)
     with pytest.raises(SystemExit):  # a run trained on a third of the labels is not another seed of the same run
