@@ -94,18 +94,19 @@ class TrainConfig:
 
     def model_kwargs(self) -> dict[str, Any]:
         """The architecture configuration passed to ``get_model(self.arch, **kwargs)``."""
-        head = {"head_width": self.head_width} if self.head_width is not None else {}
+        # Options recorded only when not at their default, so that older model files still match.
+        optional = {"head_width": self.head_width} if self.head_width is not None else {}
         if self.readout_outlines != 1:
-            head["readout_outlines"] = self.readout_outlines
+            optional["readout_outlines"] = self.readout_outlines
         if self.arch == "asym":
             return {"width": self.width, "conditioning": self.conditioning,
                     "film_stages": list(self.film_stages), "dropout": self.dropout,
                     "region_pool_stages": list(self.region_pool_stages), "rim_readout": self.rim_readout,
-                    "readout_logit": self.readout_logit, "readout_cnr": self.readout_cnr, **head}
+                    "readout_logit": self.readout_logit, "readout_cnr": self.readout_cnr, **optional}
         if self.arch == "qsm_only":
             return {"width": self.width, "dropout": self.dropout, "region_pool_stages": list(self.region_pool_stages),
                     "rim_readout": self.rim_readout, "readout_logit": self.readout_logit,
-                    "readout_cnr": self.readout_cnr, **head}
+                    "readout_cnr": self.readout_cnr, **optional}
         if self.arch in ("rimnet", "qsmrimnet"):
             return {"width": self.width, "dropout": self.dropout}
         if self.arch == "early_fusion":
