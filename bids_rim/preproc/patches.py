@@ -61,7 +61,7 @@ def lesion_patch_grid(
     """
     if bbox is None:
         bbox = ndimage.find_objects((label_data == lesion_id).astype(np.int8))[0]
-    voxel_mm = np.linalg.norm(affine[:3, :3], axis=0)
+    voxel_mm = nib.affines.voxel_sizes(affine)
     base_spacing_mm = max(float(spacing_mm), float(voxel_mm.min()))
     offsets = np.arange(patch_size, dtype=np.float64) - (patch_size - 1) / 2.0
     grid = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"), axis=0).reshape(3, -1)
