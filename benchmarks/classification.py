@@ -88,6 +88,10 @@ METHOD_DESCRIPTIONS = {
                         "to the read-out what few rim+ lesions support)"),
     "asym_readout_outlines": ("variant: asym whose read-out also reads the lesion mask eroded and dilated by one "
                               "voxel (21 numbers instead of 7; readout_outlines=3)"),
+    "asym_head_penalty": ("variant: asym whose MLP head pays 0.1 · mean(head logit²) in fine-tuning, so the "
+                          "network stays near the regression it starts as unless the training lesions pay for "
+                          "the move (head_logit_penalty=0.1)"),
+    "asym_outlines_head_penalty": "variant: asym_head_penalty with the read-out of three outlines (readout_outlines=3)",
     "asym_no_flair": "ablation: no FLAIR (arch qsm_only: the asym QSM path, FLAIR ignored)",
     "early_fusion": "ablation: symmetric early fusion (MONAI ResNet-18 on stacked channels)",
     "rimnet": "baseline: RimNet-style two-branch CNN",
@@ -337,6 +341,8 @@ def method_config(method: str, settings: BenchmarkSettings):
         "asym_readout_fallback": {"readout_fallback": True},
         "asym_small_head": {"head_width": 8},
         "asym_readout_outlines": {"readout_outlines": 3},
+        "asym_head_penalty": {"head_logit_penalty": 0.1},
+        "asym_outlines_head_penalty": {"readout_outlines": 3, "head_logit_penalty": 0.1},
         "asym_no_flair": {"arch": "qsm_only"},
         "early_fusion": {"arch": "early_fusion"},
         "rimnet": {"arch": "rimnet"},

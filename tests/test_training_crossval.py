@@ -205,3 +205,35 @@ def test_readout_fallback_keeps_the_regression_unless_an_epoch_beats_it(toy, rea
     result = finetune(model, fit_patches, fit_labels, val_patches, val_labels, config, CPU, seed=0)
     assert result.best_epoch == (0 if readout_fallback else 2)
     assert np.isfinite(result.best_val_pr_auc)
+
+
+def _head_logit_rms(model: torch.nn.Module, patches: np.ndarray) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(model(torch.from_numpy(patches))["head_logit"].square().mean().sqrt())
+
+
+def test_head_logit_penalty_keeps_the_network_near_the_regression_it_starts_as(toy):
+    (fit_patches, fit_labels), (val_patches, val_labels) = _labelled_fit_and_validation(toy)
+    rms = {}
+    for penalty in (0.0, 0.1):
+        config = TrainConfig(width=4, batch_size=16, finetune_epochs=4, min_finetune_epochs=4, patch_size=16,
+                             head_logit_penalty=penalty)
+        torch.manual_seed(0)
+        model = get_model("asym", **config.model_kwargs())
+        result = finetune(model, fit_patches, fit_labels, val_patches, val_labels, config, CPU, seed=0)
+        assert result.best_epoch == 4
+        assert ("head_logit_sq" in result.history[-1]) is (penalty > 0)
+        rms[penalty] = _head_logit_rms(model, fit_patches)
+    assert rms[0.0] > 0.01  # unpenalised, the head moves the logit (0.03 in 4 toy epochs)
+    assert rms[0.1] < 0.25 * rms[0.0]  # penalised, it moves it 8 times less
+
+
+def test_head_logit_penalty_is_refused_for_networks_without_a_read_out_path(toy):
+    (fit_patches, fit_labels), (val_patches, val_labels) = _labelled_fit_and_validation(toy)
+    config = TrainConfig(arch="rimnet", width=4, batch_size=16, finetune_epochs=1, patch_size=16, head_logit_penalty=0.1)
+    with pytest.raises(ValueError, match="head_logit_penalty"):
+        finetune(get_model("rimnet", **config.model_kwargs()), fit_patches, fit_labels, val_patches, val_labels,
+                 config, CPU, seed=0)
+    with pytest.raises(ValueError, match="at least 0"):
+        TrainConfig(head_logit_penalty=-1.0)

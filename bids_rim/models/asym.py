@@ -207,14 +207,21 @@ class AsymQsmFlairNet(nn.Module):
                              head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Logits (B,) from embeddings: the MLP head (``head`` in its place, e.g. with dropout
         sampled) plus the linear read-out path, which has no dropout."""
-        logit = (head or self.head)(embedding).reshape(-1)
-        if self.readout_logit is not None:  # the read-out is the embedding's last numbers
-            logit = logit + self.readout_logit(embedding[:, -self.readout_logit.in_features :]).squeeze(1)
-        return logit
+        return self._plus_readout_path((head or self.head)(embedding).reshape(-1), embedding)
+
+    def _plus_readout_path(self, head_logit: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        if self.readout_logit is None:
+            return head_logit
+        # The read-out is the embedding's last numbers.
+        return head_logit + self.readout_logit(embedding[:, -self.readout_logit.in_features :]).squeeze(1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``logit`` (B,), ``embedding`` (B, embedding_dim) and ``head_logit`` (B,), the MLP head's
+        part of the logit (all of it without the linear read-out path)."""
         embedding = self.features(x)["embedding"]
-        return {"logit": self.logit_from_embedding(embedding), "embedding": embedding}
+        head_logit = self.head(embedding).reshape(-1)
+        return {"logit": self._plus_readout_path(head_logit, embedding), "embedding": embedding,
+                "head_logit": head_logit}
 
     def encode_qsm(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled QSM embedding without any FLAIR input (B, embedding_dim)."""

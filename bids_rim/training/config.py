@@ -45,6 +45,11 @@ class TrainConfig:
     # Hidden units of the asym/qsm_only MLP head; None = 4 * width (the layout of every model file
     # so far, which therefore does not record it).
     head_width: int | None = None
+    # Fine-tuning adds head_logit_penalty · mean(MLP head logit²) to the loss (asym and qsm_only):
+    # the convolutional features move the logit away from the linear read-out path only where the
+    # training lesions pay for it. 0.1 makes a shift of one logit unit on every lesion cost about
+    # what the focal loss of a coin flip does (0.087). Training-only: not in the model file's kwargs.
+    head_logit_penalty: float = 0.0
     early_fusion_widen_factor: float = 0.25
     radiomics_estimator: str = "random_forest"
     # self-supervised pretraining
@@ -89,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"unknown pretraining objective(s) {sorted(unknown)}; choose from {PRETRAIN_OBJECTIVES}")
         if self.loss not in ("focal", "weighted_bce"):
             raise ValueError(f"unknown loss {self.loss!r}; choose focal or weighted_bce")
+        if self.head_logit_penalty < 0:
+            raise ValueError(f"head_logit_penalty must be at least 0, got {self.head_logit_penalty}")
         if self.folds < 2:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
 

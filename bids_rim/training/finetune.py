@@ -1,8 +1,11 @@
 """Supervised fine-tuning: imbalance-aware loss + SupCon regulariser, early stopping, calibration.
 
-Loss per batch: ``L = L_cls + softplus(w) · SupCon(embedding, labels; τ)`` where ``L_cls`` is the
-focal loss or the class-weighted BCE, and ``w`` is either learned (starting at
-``softplus(w) = supcon_weight``, as the paper) or fixed. Batches are class-balanced draws; the
+Loss per batch: ``L = L_cls + softplus(w) · SupCon(embedding, labels; τ) + λ · mean(h²)`` where
+``L_cls`` is the focal loss or the class-weighted BCE, ``w`` is either learned (starting at
+``softplus(w) = supcon_weight``, as the paper) or fixed, and ``h`` is the MLP head's part of asym's
+logit, which the linear read-out path does not include (``λ = head_logit_penalty``, 0 by default:
+with λ > 0 the network stays near the logistic regression it starts as unless the training
+lesions pay for the move). Batches are class-balanced draws; the
 augmentations include a shift of FLAIR by up to ``flair_shift_voxels`` relative to QSM.
 Early stopping keeps the epoch with the best inner-validation PR AUC, among the epochs from
 ``min_finetune_epochs`` on (with 20–30 validation rim+ the PR AUC of one epoch is noisy, and a
@@ -107,6 +110,9 @@ class FinetuneObjective(nn.Module):
 
     def __init__(self, model: nn.Module, config: TrainConfig, positive_weight: float) -> None:
         super().__init__()
+        if config.head_logit_penalty > 0 and getattr(model, "readout_logit", None) is None:
+            raise ValueError(f"head_logit_penalty needs a network with a linear read-out path (asym, qsm_only); "
+                             f"{config.arch} has none")
         self.model = model
         self.config = config
         self.positive_weight = positive_weight
@@ -128,7 +134,18 @@ class FinetuneObjective(nn.Module):
         terms = {"classification": classification}
         if self.config.supcon_weight > 0:
             terms["supcon"] = losses.supcon_loss(out["embedding"], labels, self.config.supcon_temperature)
+        if self.config.head_logit_penalty > 0:
+            terms["head_logit_sq"] = out["head_logit"].square().mean()
         return terms
+
+    def total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss that is minimised: classification + weighted SupCon + head-logit penalty."""
+        loss = terms["classification"]
+        if "supcon" in terms:
+            loss = loss + self.supcon_weight() * terms["supcon"]
+        if "head_logit_sq" in terms:
+            loss = loss + self.config.head_logit_penalty * terms["head_logit_sq"]
+        return loss
 
 
 def finetune(
@@ -182,8 +199,7 @@ def finetune(
             batch = augment(torch.from_numpy(train_patches[mine])).to(device)
             labels = torch.as_tensor(train_labels[mine], device=device)
             terms = trainable(batch, labels)
-            weight = objective.supcon_weight()
-            loss = terms["classification"] + (weight * terms["supcon"] if "supcon" in terms else 0.0)
+            loss = objective.total_loss(terms)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
