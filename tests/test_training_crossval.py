@@ -6,12 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
 import bids_rim.training.crossval as crossval
 from bids_rim.models import get_model
+from bids_rim.models.asym import rim_readout_of_patches
 from bids_rim.training.config import TrainConfig
-from bids_rim.training.finetune import finetune, start_readout_path_from_logistic_regression
+from bids_rim.training.finetune import finetune, start_readout_path_from_logistic_regression, training_prior_bias
 from bids_rim.training.metrics import expected_calibration_error
 from bids_rim.training.prediction import predict_logits
 from bids_rim.training.toy import make_toy_patches
@@ -161,12 +163,16 @@ def test_radiomics_baseline_runs_in_the_same_harness(toy):
 def test_read_out_path_starts_from_a_logistic_regression_on_the_training_lesions():
     patches, meta = make_toy_patches(8, 8, patch_size=16, seed=2)
     labels = meta["label"].to_numpy().astype(int)
-    torch.manual_seed(0)
-    model = get_model("asym", width=4)
-    start_readout_path_from_logistic_regression(model, patches, labels, CPU)
-    logits = predict_logits(model, patches, CPU)[0]  # a fresh MLP head adds zero: the logits are the regression's
+    regression = LogisticRegression(max_iter=1000).fit(rim_readout_of_patches(patches), labels)
+    for shift in (0.0, 1.5):
+        torch.manual_seed(0)
+        model = get_model("asym", width=4)
+        start_readout_path_from_logistic_regression(model, patches, labels, CPU, taught_prior_shift=shift)
+        logits = predict_logits(model, patches, CPU)[0]  # a fresh MLP head adds zero: the logits are the regression's
+        # the plain (unweighted) regression, its intercept moved into the prior the batches present
+        np.testing.assert_allclose(logits, regression.decision_function(rim_readout_of_patches(patches)) - shift,
+                                   atol=1e-3)
     assert average_precision_score(labels, logits) > labels.mean() + 0.3
-    assert abs((logits > 0).mean() - 0.5) < 0.3  # classes weighted as balanced batches present them
 
 
 def _labelled_fit_and_validation(toy):
@@ -185,7 +191,8 @@ def test_fixed_read_out_path_stays_the_logistic_regression(toy, train_readout_lo
     torch.manual_seed(0)
     model = get_model("asym", **config.model_kwargs())
     regression = get_model("asym", **config.model_kwargs())
-    start_readout_path_from_logistic_regression(regression, fit_patches, fit_labels, CPU)
+    start_readout_path_from_logistic_regression(regression, fit_patches, fit_labels, CPU,
+                                                training_prior_bias(config, float(fit_labels.mean())))
     head_before = model.head[0].weight.detach().clone()
     result = finetune(model, fit_patches, fit_labels, val_patches, val_labels, config, CPU, seed=0)
     same_path = all(torch.equal(result.state_dict[f"readout_logit.{name}"], getattr(regression.readout_logit, name))
