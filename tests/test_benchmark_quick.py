@@ -74,6 +74,17 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     finite = statistics.dropna(subset=["estimate"])
     assert ((finite["estimate"] >= 0) & (finite["estimate"] <= 1)).all()
 
+    # The start of asym's read-out path, step by step; the first step reproduced the run's
+    # readout_logistic (checked, else it exits non-zero) and every method of the run follows.
+    started = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "readout_start.py"), str(out), "--work", str(tmp_path / "work"),
+         "--bootstrap", "20", "--out", str(out / "readout_start.md")],
+        capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert started.returncode == 0, started.stderr[-3000:]
+    rows = [line for line in (out / "readout_start.md").read_text().splitlines() if line.startswith("| ")][1:]  # less the header
+    assert len(rows) == 6 + len(QUICK_METHODS) - 1  # six steps; readout_logistic is the first of them
+    assert all(re.match(r"\| .+ \| [01]\.\d{3} \|", row) for row in rows)
+
 
 def _load_benchmark():
     spec = importlib.util.spec_from_file_location("classification_benchmark", REPO / "benchmarks" / "classification.py")
