@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from seed_spread import load_predictions, paired_difference, run_seeds  # the sibling script (benchmarks/)
+from seed_spread import load_predictions, paired_difference, run_seeds, write_page  # the sibling script (benchmarks/)
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
@@ -45,6 +45,7 @@ STEPS = {  # name: (fit on the fit patients only, class-balanced weights, Platt-
     "class-balanced, fit patients, Platt (asym before fine-tuning, until 12ee1f0)": (True, True, True),
     "plain, fit patients, Platt (asym before fine-tuning, since 12ee1f0)": (True, False, True),
 }
+REFERENCE_STEP = next(iter(STEPS))  # the run's readout_logistic, reproduced
 
 
 def start_probabilities(features: np.ndarray, labels: np.ndarray, fit: np.ndarray, validation: np.ndarray,
@@ -142,19 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     meta = pd.read_pickle(data / "meta.pkl").reset_index(drop=True)
     steps = step_predictions(np.asarray(patches), meta, run, args.outlines, split_seed, training_seed)
     key = ["participant_id", "lesion_id"]
-    reproduced = steps[steps["method"] == next(iter(STEPS))].merge(run[run["method"] == reference], on=key,
+    reproduced = steps[steps["method"] == REFERENCE_STEP].merge(run[run["method"] == reference], on=key,
                                                                    validate="one_to_one")
     if not np.allclose(reproduced["rim_probability_x"], reproduced["rim_probability_y"], atol=1e-4):
         parser.error(f"{args.work}: the reference regression does not reproduce the run's {reference}; "
                      "is it the run's --work folder?")
-    predictions = pd.concat([steps[steps["method"] != next(iter(STEPS))], run], ignore_index=True)
-    predictions["method"] = predictions["method"].replace(reference, next(iter(STEPS)))
+    predictions = pd.concat([steps[steps["method"] != REFERENCE_STEP], run], ignore_index=True)
+    predictions["method"] = predictions["method"].replace(reference, REFERENCE_STEP)
     command = "python benchmarks/readout_start.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = report(predictions, next(iter(STEPS)), args.bootstrap, split_seed, command)
-    if args.out:
-        args.out.write_text(text)
-    else:
-        sys.stdout.write(text)
+    write_page(report(predictions, REFERENCE_STEP, args.bootstrap, split_seed, command), args.out)
     return 0
 
 

@@ -168,12 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     if len({frozenset(s) for s in lesion_sets.values()}) != 1:
         parser.error("the runs scored different lesions: were they made on one --work folder?")
     command = "python benchmarks/seed_spread.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = spread_report(runs, pairs, args.bootstrap, seeds[0][0], seeds[0][2], command)
-    if args.out:
-        args.out.write_text(text)
+    write_page(spread_report(runs, pairs, args.bootstrap, seeds[0][0], seeds[0][2], command), args.out)
+    return 0
+
+
+def write_page(text: str, out: Path | None) -> None:
+    """The markdown page into ``out``, or onto standard output without one."""
+    if out:
+        out.write_text(text)
     else:
         sys.stdout.write(text)
-    return 0
 
 
 if __name__ == "__main__":

@@ -82,9 +82,9 @@ def start_readout_path_from_logistic_regression(model: nn.Module, patches: np.nd
     network then ranked lesions below that logistic regression alone (docs/training.md).
 
     The regression is the plain maximum-likelihood one, without class weights: on both 40-patient
-    benchmark cohorts class-balanced weights, which tilt the weights towards telling the typical
-    rim+ lesion from the typical rim− one rather than ranking the most rim-like lesions first, cost
-    its pooled PR AUC 0.03–0.04 (docs/training.md). Only its intercept moves, by
+    benchmark cohorts, with one and with three outlines, class-balanced weights cost its pooled
+    held-out PR AUC 0.03–0.08 (``benchmarks/readout_start.py``, docs/training.md). Only its
+    intercept moves, by
     ``−taught_prior_shift`` (:func:`training_prior_bias`), into the class prior that the loss and
     batches present to the network. No-op for other networks.
     """
