@@ -29,7 +29,7 @@ def n4_bias_correct(flair: nib.Nifti1Image, mask: nib.Nifti1Image | None = None,
     else:
         fit_region = np.asarray(mask.dataobj) > 0
     if shrink_factor is None:
-        zooms = np.linalg.norm(flair.affine[:3, :3], axis=0)
+        zooms = nib.affines.voxel_sizes(flair.affine)
         shrink_factor = max(1, int(round(FIT_VOXEL_MM / zooms.min())))
     image = to_ants(nib.Nifti1Image(data, flair.affine))
     ants_mask = to_ants(nib.Nifti1Image(fit_region.astype(np.float32), flair.affine))

@@ -76,7 +76,7 @@ def mask_from_magnitude(magnitude: nib.Nifti1Image, *, opening_mm: float = 4.0) 
     """
     data = np.asarray(magnitude.dataobj, dtype=np.float32)
     tissue = data > otsu_threshold(data[np.isfinite(data)])
-    zooms = np.linalg.norm(magnitude.affine[:3, :3], axis=0)
+    zooms = nib.affines.voxel_sizes(magnitude.affine)
     ball = _ellipsoid(np.maximum(np.round(opening_mm / zooms).astype(int), 1))
     core = largest_component_filled(ndimage.binary_erosion(tissue, structure=ball))
     brain = ndimage.binary_dilation(core, structure=ball) & ndimage.binary_fill_holes(tissue)

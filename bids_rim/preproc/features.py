@@ -25,7 +25,6 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .lesions import voxel_sizes_mm
 from .normalise import EDGE_MARGIN_MM, TissueClasses, brain_depth_mm, flair_tissue_classes, nawm_mask, nawm_median
 
 MIN_VENTRICLE_VOLUME_MM3 = 500.0
@@ -56,7 +55,7 @@ def ventricle_mask(
     ``classes`` and ``depth_mm`` (:func:`~bids_rim.preproc.normalise.brain_depth_mm`) may be
     passed when the caller has them already.
     """
-    zooms = voxel_sizes_mm(flair)
+    zooms = nib.affines.voxel_sizes(flair.affine)
     brain = np.asarray(brain_mask.dataobj) > 0
     data = np.asarray(flair.dataobj, dtype=np.float32)
     if classes is None:
@@ -101,7 +100,7 @@ def lesion_table(
     (``patch_spacing_mm``, ``flag_patch_rescaled``) come from :func:`extract_patches` and are
     merged on ``lesion_id`` by the caller.
     """
-    zooms = voxel_sizes_mm(qsm)
+    zooms = nib.affines.voxel_sizes(qsm.affine)
     voxel_mm3 = float(abs(np.linalg.det(qsm.affine[:3, :3])))
     qsm_ppm = np.asarray(qsm.dataobj, dtype=np.float64)
     flair = np.asarray(flair_on_qsm.dataobj, dtype=np.float64)

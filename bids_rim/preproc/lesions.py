@@ -45,11 +45,6 @@ def voxel_volume_mm3(img: nib.Nifti1Image) -> float:
     return float(abs(np.linalg.det(img.affine[:3, :3])))
 
 
-def voxel_sizes_mm(img: nib.Nifti1Image) -> np.ndarray:
-    """Voxel edge lengths in mm along the three array axes."""
-    return np.linalg.norm(img.affine[:3, :3], axis=0)
-
-
 def remove_small_components(mask: np.ndarray, min_voxels: float, structure: np.ndarray) -> np.ndarray:
     """Boolean mask without the connected components that have fewer than ``min_voxels`` voxels."""
     labels, count = ndimage.label(mask, structure=structure)
@@ -128,7 +123,7 @@ def label_lesions(
     if confluent_policy not in ("split", "merge"):
         raise ValueError(f"confluent_policy must be 'split' or 'merge', got {confluent_policy!r}")
     structure = _structure(connectivity)
-    zooms = voxel_sizes_mm(mask)
+    zooms = nib.affines.voxel_sizes(mask.affine)
     voxel_mm3 = voxel_volume_mm3(mask)
     min_voxels = min_volume_mm3 / voxel_mm3
     binary = np.asarray(mask.dataobj) > 0

@@ -124,7 +124,7 @@ def resample_isotropic(img: nib.Nifti1Image, spacing_mm: float) -> nib.Nifti1Ima
     voxel over 2.355, in input voxels); coarser axes (thick 2D slices) are interpolated
     linearly. Trilinear sampling; the FOV stays centred.
     """
-    zooms = np.linalg.norm(img.affine[:3, :3], axis=0)
+    zooms = nib.affines.voxel_sizes(img.affine)
     factors = spacing_mm / zooms
     data = np.asarray(img.dataobj, dtype=np.float32)
     sigma = np.sqrt(np.maximum(factors**2 - 1.0, 0.0)) / 2.355
