@@ -111,6 +111,21 @@ def test_rim_features_separate_rims_from_mimics(toy):
     assert coverage[rim].mean() > coverage[~rim].mean() + 0.3
 
 
+def test_qsmrimnet_standardises_each_rim_feature_across_lesions(toy):
+    # The volume (hundreds of voxels) and the QSM means (hundredths of a ppm) must reach the head
+    # on one scale, feature by feature. A norm across one lesion's features (the former
+    # LayerNorm) left every ppm feature varying by ~0.02 around a value set by the volume.
+    model = get_model("qsmrimnet", width=4).train()
+    features = rim_features(torch.from_numpy(toy[0]))
+    normalised = model.radiomics_norm(features).detach()
+    varying = features.std(0) > 0
+    assert varying[FEATURE_NAMES.index("qsm_shell_minus_core_ppm")]
+    torch.testing.assert_close(normalised[:, varying].std(0, unbiased=False),
+                               torch.ones(int(varying.sum())), atol=1e-2, rtol=0)
+    shell_contrast = FEATURE_NAMES.index("qsm_shell_minus_core_ppm")
+    assert torch.equal(normalised[:, shell_contrast].argsort(), features[:, shell_contrast].argsort())
+
+
 def test_radiomics_classifier_fits_and_ranks(toy):
     patches, meta = toy
     test_patches, test_meta = make_toy_patches(4, 6, patch_size=16, seed=4)

@@ -2,9 +2,10 @@
 
 Two residual branches (QSM with mask, FLAIR with mask) are concatenated after their stems and
 go through a shared residual trunk; the pooled image features are concatenated with the
-lesion's hand-crafted rim features (:mod:`bids_rim.models.rim_features`, standardised by a
-LayerNorm) before the MLP head. The original's learned minority oversampling is replaced by the
-harness's class-balanced sampler (``requires_oversampling`` tells the harness to keep it on).
+lesion's hand-crafted rim features (:mod:`bids_rim.models.rim_features`, each standardised
+across lesions by a BatchNorm) before the MLP head. The original's learned minority
+oversampling is replaced by the harness's class-balanced sampler (``requires_oversampling``
+tells the harness to keep it on).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class QsmRimNetStyle(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool3d(1)
         n_features = len(FEATURE_NAMES)
-        self.radiomics_norm = nn.LayerNorm(n_features)
+        # eps far below the variance of ppm features (~1e-4 ppm²; the default 1e-5 would damp them)
+        self.radiomics_norm = nn.BatchNorm1d(n_features, eps=1e-9)
         self.radiomics_projection = nn.Sequential(nn.Linear(n_features, 2 * width), nn.GELU())
         self.embedding_dim = 6 * width
         self.head = mlp_head(self.embedding_dim, 4 * width, dropout)
@@ -38,7 +40,11 @@ class QsmRimNetStyle(nn.Module):
         scaled = scale_inputs(x)
         image = torch.cat([self.qsm_stem(scaled[:, [0, 2]]), self.flair_stem(scaled[:, [1, 2]])], dim=1)
         image_embedding = self.pool(self.trunk(image)).flatten(1)
-        # Features in ppm are small numbers; the LayerNorm puts them on one scale per lesion.
+        # Each feature is standardised over the lesions (batch statistics in training, running
+        # ones at inference): the volume (hundreds of voxels) and the QSM means (hundredths of a
+        # ppm) differ by four orders of magnitude. A LayerNorm across one lesion's features, used
+        # until 2026-12-02, left the ppm features varying by ~0.02 around a value set by the volume,
+        # so the branch read little but the volume (docs/training.md).
         radiomic = self.radiomics_projection(self.radiomics_norm(rim_features(x)))
         embedding = torch.cat([image_embedding, radiomic], dim=1)
         return {"logit": self.head(embedding).squeeze(1), "embedding": embedding}
