@@ -126,6 +126,7 @@ class BenchmarkSettings:
     bootstrap_resamples: int
     training_seed: int | None = None  # None: ``seed``; the cohort, split and bootstrap always follow ``seed``
     label_one_in: int = 1  # K > 1: each fold keeps the rater labels of one in K of its training patients
+    lesion_outline: str = "given"  # the participant level's --lesion-outline
 
     @property
     def task_seed(self) -> int:
@@ -196,6 +197,8 @@ def check_work_folder(settings: BenchmarkSettings, work: Path) -> None:
     """Record what shapes the cohort and patches in ``work``; refuse to reuse a folder made differently."""
     shape = {"subjects": settings.subjects, "sites": settings.sites, "size": settings.size, "seed": settings.seed,
              "patch_size": settings.patch_size, "patch_spacing_mm": settings.patch_spacing_mm}
+    if settings.lesion_outline != "given":  # folders made before the option have no such key
+        shape["lesion_outline"] = settings.lesion_outline
     path = work / "benchmark_work.json"
     if path.exists() and json.loads(path.read_text()) != shape:
         raise ValueError(f"{work}: made for {json.loads(path.read_text())}, not {shape}; choose another --work")
@@ -231,7 +234,8 @@ def prepare_cohort(settings: BenchmarkSettings, execution: Execution, work: Path
                               "--no-inference", "--nprocs", str(execution.nprocs), "--omp-nthreads", "1",
                               "--seed", str(settings.seed),
                               "--patch-size", str(settings.patch_size),
-                              "--patch-spacing", str(settings.patch_spacing_mm)])
+                              "--patch-spacing", str(settings.patch_spacing_mm),
+                              "--lesion-outline", settings.lesion_outline])
         clock.record("participant level", wall, cpu)
         expected = sorted(p.name for p in bids_dir.glob("sub-*") if p.is_dir())
         done = {p.name for p in output_dir.glob("sub-*") if any(p.rglob("*_desc-lesions_patches.npz"))}
@@ -712,7 +716,9 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
         (f"- Settings: {settings.subjects} subjects, {settings.sites} sites, size `{settings.size}`, "
         f"{settings.folds}-fold patient-level cross-validation (one split for every method), patches "
         f"{settings.patch_size}³ at {settings.patch_spacing_mm} mm or the QSM's own voxel size where coarser, "
-        f"{settings.bootstrap_resamples} bootstrap resamples over patients."),
+        f"{settings.bootstrap_resamples} bootstrap resamples over patients"
+        + ("." if settings.lesion_outline == "given" else
+           "; lesion borders redrawn at half the FLAIR contrast (`--lesion-outline refined`).")),
         "",
         "## Labels",
         "",
@@ -1038,6 +1044,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, default=32, help="patch edge in voxels (default 32)")
     parser.add_argument("--patch-spacing", type=float, default=1.0,
                         help="patch voxel size in mm, or the QSM's own where coarser (default 1.0)")
+    parser.add_argument("--lesion-outline", choices=("given", "refined"), default="given",
+                        help="the participant level's --lesion-outline: the rater's borders as given, or redrawn "
+                             "at half the FLAIR contrast (default given)")
     parser.add_argument("--methods", default=",".join(ALL_METHODS),
                         help=f"comma-separated subset of: {', '.join(ALL_METHODS)}")
     parser.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples over patients")
@@ -1092,7 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
     LOGGER.propagate = False
     settings = BenchmarkSettings(args.subjects, args.sites, args.size, args.seed, args.folds, args.patch_size,
                                  args.patch_spacing, args.methods, args.quick, args.bootstrap, args.training_seed,
-                                 args.label_one_in)
+                                 args.label_one_in, args.lesion_outline)
     execution = Execution(args.jobs, args.nprocs, args.threads, args.device, args.time_budget)
     command = "python benchmarks/classification.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out_dir = args.out or RESULTS_DIR

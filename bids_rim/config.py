@@ -19,6 +19,7 @@ class LesionSettings:
     source: str = "auto"  # auto | mask | builtin
     min_volume_mm3: float = 14.1  # a sphere 3 mm across (NAIMS consensus)
     confluent_policy: str = "split"  # split | merge
+    outline: str = "given"  # given | refined (redrawn at half the FLAIR contrast)
     patch_size: int = 32  # voxels
     patch_spacing_mm: float = 1.0
     annotation_match_mm: float = 4.0  # max centroid distance to match a rim annotation

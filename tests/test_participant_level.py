@@ -137,16 +137,27 @@ def test_rerun_is_cached_and_byte_identical(participant_run: dict[str, Path]) ->
 
 
 @pytest.mark.slow
-def test_cli_as_a_user_types_it(small_cohort: Path, tmp_path: Path) -> None:
+def test_cli_as_a_user_types_it(small_cohort: Path, participant_run: dict[str, Path], tmp_path: Path) -> None:
+    """One subject with redrawn lesion borders: closer to the true outlines than the rater's."""
     executable = Path(sys.executable).with_name("bids_rim")
     completed = subprocess.run(
         [str(executable), str(small_cohort), str(tmp_path / "out"), "participant", "--participant-label", "sub-002",
          "-d", str(small_cohort / "derivatives" / "lesion_masks"), "-w", str(tmp_path / "work"),
-         "--no-inference", *FAST_OPTIONS],
+         "--lesion-outline", "refined", "--no-inference", *FAST_OPTIONS],
         capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert (tmp_path / "out" / "sub-002.html").is_file()
     assert not (tmp_path / "out" / "sub-001").exists()
+    refined, given = _session_files(tmp_path / "out", "002"), _session_files(participant_run["output"], "002")
+    assert json.loads(refined["dseg"].with_suffix("").with_suffix(".json").read_text())["LesionOutline"] == "refined"
+    assert json.loads(given["dseg"].with_suffix("").with_suffix(".json").read_text())["LesionOutline"] == "given"
+    truth = np.asarray(nib.load(small_cohort / "sourcedata" / "synth_truth"
+                                / "sub-002_ses-01_desc-truth_lesions.nii.gz").dataobj) > 0
+    dice = {}
+    for name, files in (("refined", refined), ("given", given)):
+        lesions = np.asarray(nib.load(files["dseg"]).dataobj) > 0
+        dice[name] = 2 * np.sum(lesions & truth) / (lesions.sum() + truth.sum())
+    assert dice["refined"] > dice["given"], dice
     help_text = subprocess.run([str(executable), "--help"], capture_output=True, text=True).stdout
     assert "--participant-label" in help_text and "--use-plugin" in help_text

@@ -216,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="confluent lesions: 'split' at distance-transform watersheds, or 'merge' into one lesion",
     )
     lesions.add_argument(
+        "--lesion-outline",
+        choices=["given", "refined"],
+        default="given",
+        help=(
+            "'given' keeps each lesion's border as the mask (or the built-in segmentation) draws it; "
+            "'refined' redraws it where FLAIR crosses half-way between the surrounding white matter "
+            "and the lesion (moving it by at most 2.5 mm), so that outlines do not depend on how "
+            "generously each rater drew"
+        ),
+    )
+    lesions.add_argument(
         "--patch-size",
         type=_positive_int,
         default=32,

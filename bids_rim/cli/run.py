@@ -108,6 +108,7 @@ def build_config(args: Namespace) -> RunConfig:
         source=args.lesion_source,
         min_volume_mm3=args.min_lesion_volume,
         confluent_policy=args.confluent_policy,
+        outline=args.lesion_outline,
         patch_size=args.patch_size,
         patch_spacing_mm=args.patch_spacing,
     )

@@ -60,6 +60,7 @@ class DerivativesSink(SimpleInterface):
 
         written: dict[str, str] = {}
         qsm_reference = _bids_uri(self.inputs.source_files["qsm"])
+        parameters = dict(self.inputs.parameters) if isdefined(self.inputs.parameters) else {}
         images = {
             "flair_on_qsm": (self.inputs.flair_on_qsm, target("FLAIR", ".nii.gz", space="QSM", desc="preproc"),
                              {"SkullStripped": False, "Description": "N4-corrected FLAIR resampled onto the "
@@ -68,7 +69,8 @@ class DerivativesSink(SimpleInterface):
                            {"Type": "Brain", "Description": f"Brain mask ({self.inputs.brain_mask_method})"}),
             "lesion_labels": (self.inputs.lesion_labels, target("dseg", ".nii.gz", space="QSM", desc="lesions"),
                               {"Description": "Lesion label map: 0 background, N the lesion with lesion_id N",
-                               "LesionSource": self.inputs.lesion_source}),
+                               "LesionSource": self.inputs.lesion_source,
+                               "LesionOutline": parameters.get("LesionOutline", "given")}),
         }
         for role, (source, path, metadata) in images.items():
             atomic_copy(Path(source), path)
@@ -82,7 +84,6 @@ class DerivativesSink(SimpleInterface):
 
         table = tidy_lesion_table(pd.read_csv(self.inputs.table, sep="\t", na_values="n/a"))
         table_path = target("table", ".tsv", desc="lesions")
-        parameters = dict(self.inputs.parameters) if isdefined(self.inputs.parameters) else {}
         warnings = list(self.inputs.warnings) if isdefined(self.inputs.warnings) else []
         atomic_write_tsv(table_path, table, lesion_table_sidecar(
             table, {"Sources": sources, "LesionSource": self.inputs.lesion_source,

@@ -193,6 +193,8 @@ class _LesionsInputSpec(BaseInterfaceInputSpec):
     lesion_mask = File(exists=True, desc="rater's mask on the QSM grid; built-in segmentation when absent")
     min_volume_mm3 = traits.Float(14.1, usedefault=True)
     confluent_policy = traits.Enum("split", "merge", usedefault=True)
+    refine_outline = traits.Bool(False, usedefault=True,
+                                 desc="redraw each lesion's border at half its FLAIR contrast")
 
 
 class _LesionsOutputSpec(TraitedSpec):
@@ -202,13 +204,18 @@ class _LesionsOutputSpec(TraitedSpec):
 
 
 class LabelLesions(SimpleInterface):
-    """Connected lesions with stable ids, from the given mask or the built-in segmentation."""
+    """Connected lesions with stable ids, from the given mask or the built-in segmentation.
+
+    With ``refine_outline`` each lesion's border is then redrawn on FLAIR (same ids; the
+    labelling table keeps the given outline's volume and centroid, which fixed the ids).
+    """
 
     input_spec = _LesionsInputSpec
     output_spec = _LesionsOutputSpec
 
     def _run_interface(self, runtime):
         from bids_rim.preproc.lesions import label_lesions, segment_lesions_flair
+        from bids_rim.preproc.outline import refine_lesion_outlines
 
         if isdefined(self.inputs.lesion_mask):
             mask = _load(self.inputs.lesion_mask)
@@ -221,6 +228,9 @@ class LabelLesions(SimpleInterface):
         labels, label_table = label_lesions(
             mask, min_volume_mm3=self.inputs.min_volume_mm3, confluent_policy=self.inputs.confluent_policy
         )
+        if self.inputs.refine_outline:
+            labels = refine_lesion_outlines(labels, _load(self.inputs.flair_on_qsm), _load(self.inputs.brain_mask),
+                                            min_volume_mm3=self.inputs.min_volume_mm3)
         table_path = os.path.join(runtime.cwd, "label_table.tsv")
         label_table.to_csv(table_path, sep="\t", index=False, lineterminator="\n")
         self._results.update(labels=_save(labels, runtime.cwd, "lesion_labels.nii.gz"), source=source,

@@ -107,7 +107,8 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
     register = pe.Node(RigidRegistration(seed=execution.seed), name="register_flair_to_qsm")
     resample_flair = pe.Node(ResampleToQSM(out_name="flair_on_qsm.nii.gz"), name="resample_flair")
     lesions = pe.Node(LabelLesions(min_volume_mm3=settings.min_volume_mm3,
-                                   confluent_policy=settings.confluent_policy), name="label_lesions")
+                                   confluent_policy=settings.confluent_policy,
+                                   refine_outline=settings.outline == "refined"), name="label_lesions")
     table = pe.Node(LesionTableAndPatches(seed=execution.seed, patch_size=settings.patch_size,
                                           patch_spacing_mm=settings.patch_spacing_mm), name="lesion_table")
     sources = {"flair": str(unit.flair), "qsm": str(unit.qsm)}
@@ -186,6 +187,7 @@ def _parameters(config: RunConfig) -> dict:
     return {
         "MinLesionVolume_mm3": settings.min_volume_mm3,
         "ConfluentPolicy": settings.confluent_policy,
+        "LesionOutline": settings.outline,
         "PatchSize_voxels": settings.patch_size,
         "PatchSpacing_mm": settings.patch_spacing_mm,
         "LesionSource": settings.source,
