@@ -342,3 +342,36 @@ def test_error_analysis_splits_the_errors_by_subgroup() -> None:
     assert result["auc|diffuse"] == 0.0 and result["called|diffuse"] == 1.0
     assert np.isnan(result["auc|calcification"])
     assert 0 < result["pr_auc|site1"] < 1 and 0 < result["pr_auc|site2"] < 1
+
+
+def test_compare_runs_pairs_one_method_across_two_participant_levels(tmp_path: Path) -> None:
+    from sklearn.metrics import average_precision_score
+
+    spec = importlib.util.spec_from_file_location("compare_runs", REPO / "benchmarks" / "compare_runs.py")
+    compare = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports its sibling seed_spread, as run from there
+    try:
+        spec.loader.exec_module(compare)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    rng = np.random.default_rng(5)
+    lesions = pd.DataFrame({"participant_id": np.repeat([f"sub-{i}" for i in range(10)], 8),
+                            "lesion_id": np.tile(np.arange(1, 9), 10)})
+    lesions["true_label"] = (rng.random(len(lesions)) < 0.3).astype(int)
+    lesions["fold"] = lesions["participant_id"].str[-1].astype(int) % 3 + 1
+    before = lesions.assign(method="a", rim_probability=rng.random(len(lesions)))
+    after = lesions.assign(method="a", rim_probability=lesions["true_label"] + rng.normal(0, 0.8, len(lesions)))
+    after.loc[after["participant_id"] == "sub-4", "fold"] = 3  # one patient tested in another fold
+    extra = after.iloc[:1].assign(lesion_id=99)  # a lesion only the second run scored
+    expected = (average_precision_score(after["true_label"], after["rim_probability"])
+                - average_precision_score(before["true_label"], before["rim_probability"]))
+    first = _write_run(tmp_path / "given", 2026, before)
+    second = _write_run(tmp_path / "refined", 2026, pd.concat([after, extra]))
+    out = tmp_path / "compare.md"
+    assert compare.main([str(first), str(second), "--methods", "a", "--bootstrap", "50", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"| a | 80 | {average_precision_score(before['true_label'], before['rim_probability']):.3f} |" in text
+    assert f"{expected:+.3f} [" in text
+    assert "| a | 0 | 1 | 0 | 1 |" in text  # before only, after only, true class differs, patients moved
+    with pytest.raises(SystemExit):  # a method one run lacks
+        compare.main([str(first), str(second), "--methods", "b"])
