@@ -10,6 +10,7 @@ unlabelled (NaN): self-supervised pretraining still uses them.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class TrainingSet:
     patches: np.ndarray
     meta: pd.DataFrame  # participant_id, session_id, site, lesion_id, label (1, 0 or NaN)
     spacing_mm: np.ndarray  # (N,) isotropic voxel size of each patch
+    lesion_outline: str = "given"  # the participant level's --lesion-outline (one for all sessions)
 
     @property
     def nominal_spacing_mm(self) -> float:
@@ -100,7 +102,7 @@ def load_training_set(
             raise InputError(f"{annotations_dir}: no *_desc-rim_annotations.tsv files found")
     sites = participants.set_index("participant_id")["site"] if "site" in participants else pd.Series(dtype=str)
 
-    all_patches, metas, spacings = [], [], []
+    all_patches, metas, spacings, outlines = [], [], [], {}
     for patch_file in sorted(output_dir.glob("sub-*/**/anat/sub-*_desc-lesions_patches.npz")):
         subject, session = _session_key(patch_file)
         table_file = patch_file.with_name(patch_file.name.replace("_patches.npz", "_table.tsv"))
@@ -125,9 +127,22 @@ def load_training_set(
         all_patches.append(patches)
         metas.append(meta)
         spacings.append(load_patch_spacing_mm(patch_file))
+        outlines.setdefault(_lesion_outline(table_file), patch_file.name)
     if not metas:
         raise InputError(f"{output_dir}: no participant-level patches found (run the participant level first)")
+    if len(outlines) > 1:
+        raise InputError(f"{output_dir}: sessions were processed with different --lesion-outline settings ("
+                         + ", ".join(f"{outline}: {name}" for outline, name in sorted(outlines.items()))
+                         + "); rerun the participant level with one setting")
     meta = pd.concat(metas, ignore_index=True)
     LOGGER.info("Training set: %d lesions of %d participants, %d labelled (%d rim+)", len(meta),
                 meta["participant_id"].nunique(), int(meta["label"].notna().sum()), int((meta["label"] == 1).sum()))
-    return TrainingSet(np.concatenate(all_patches, axis=0), meta, np.concatenate(spacings))
+    return TrainingSet(np.concatenate(all_patches, axis=0), meta, np.concatenate(spacings), next(iter(outlines)))
+
+
+def _lesion_outline(table_file: Path) -> str:
+    """The --lesion-outline a lesion table was made with (tables from before the option: given)."""
+    sidecar = table_file.with_suffix(".json")
+    if not sidecar.is_file():
+        return "given"
+    return json.loads(sidecar.read_text()).get("ProcessingParameters", {}).get("LesionOutline", "given")

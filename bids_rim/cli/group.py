@@ -63,7 +63,7 @@ def run_training(config: RunConfig) -> int:
     )
     result = train_rim_model(data.patches, data.meta, train_config, config.output_dir / "models",
                              resolve_device(config.execution.device), progress=True,
-                             synthetic=is_synthetic_dataset(config.bids_dir))
+                             synthetic=is_synthetic_dataset(config.bids_dir), lesion_outline=data.lesion_outline)
     if result.model_path is None:
         LOGGER.info("%s is a cross-validated baseline: no model file is written; metrics in %s",
                     settings.arch, result.fold_metrics_path)

@@ -70,6 +70,26 @@ def preflight(unit: SessionInputs, config: RunConfig) -> list[str]:
     return check_session_inputs(unit)
 
 
+def model_outline_warning(config: RunConfig) -> str | None:
+    """A warning when the model was trained on lesions outlined otherwise than this run outlines them.
+
+    Reads the model file once before any work, so that an unreadable one stops the run with its
+    one-line reason instead of failing every participant. Model files from before
+    ``--lesion-outline`` were trained on given outlines.
+    """
+    from bids_rim.training.checkpoint import load_checkpoint
+    from bids_rim.workflows.participant import bundled_model_path
+
+    if not config.run_inference:
+        return None
+    path = config.model_path or bundled_model_path()
+    trained = load_checkpoint(path)["training"].get("data", {}).get("lesion_outline", "given")
+    if trained == config.lesions.outline:
+        return None
+    return (f"{path.name} was trained on lesions with --lesion-outline {trained}, but this run uses "
+            f"{config.lesions.outline}: its probabilities may be off (use {trained}, or retrain the model)")
+
+
 def record_failure(output_dir: Path, subject: str, run_id: str, message: str) -> Path:
     """A text crash file for a participant that failed before its workflow started."""
     crash_dir = output_dir / f"sub-{subject}" / "log" / run_id
@@ -88,6 +108,7 @@ def run_participant_level(config: RunConfig) -> int:
     try:
         for space in config.output_spaces:  # fail before any work when a template is missing
             resolve_template(space)
+        outline_warning = model_outline_warning(config)
         layout = index_dataset(config.bids_dir, config.derivatives)
         units, unusable = collect_sessions(
             layout,
@@ -104,11 +125,13 @@ def run_participant_level(config: RunConfig) -> int:
     for subject, reason in unusable.items():
         failed[subject] = reason
         record_failure(config.output_dir, subject, run_id, reason)
+    if outline_warning:
+        LOGGER.warning("%s", outline_warning)
     warnings: dict[str, list[str]] = {}
     by_subject: dict[str, list[SessionInputs]] = defaultdict(list)
     for unit in units:
         try:
-            warnings[unit.name] = preflight(unit, config)
+            warnings[unit.name] = preflight(unit, config) + ([outline_warning] if outline_warning else [])
         except InputError as error:
             failed.setdefault(unit.subject, str(error))
             record_failure(config.output_dir, unit.subject, run_id, f"{unit.name}: {error}")

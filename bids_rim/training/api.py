@@ -84,11 +84,14 @@ def train_rim_model(
     device: torch.device,
     progress: bool = True,
     synthetic: bool = False,
+    lesion_outline: str = "given",
 ) -> TrainResult:
     """Cross-validate ``config.arch`` on ``patches``/``meta``, train the final ensemble, write everything.
 
     ``meta`` has one row per patch: participant_id, session_id, site, lesion_id, label (1, 0, NaN).
-    ``synthetic=True`` makes the model card say the data were simulated.
+    ``synthetic=True`` makes the model card say the data were simulated. ``lesion_outline`` is the
+    participant level's ``--lesion-outline`` of the patches; the model file records it, so that
+    inference can warn when lesions are outlined otherwise than in training.
     """
     patches = np.asarray(patches, dtype=np.float32)
     meta = meta.reset_index(drop=True)
@@ -111,7 +114,7 @@ def train_rim_model(
     deployed_threshold = choose_threshold(oof["rim_probability"].to_numpy(), oof["label"].to_numpy())
 
     out_dir = Path(out_dir)
-    summary = _data_summary(meta)
+    summary = {**_data_summary(meta), "lesion_outline": lesion_outline}
     if not context.is_main:
         return TrainResult(None, out_dir / f"{STEM}_modelcard.md", out_dir / f"{STEM}_foldmetrics.tsv", pooled, intervals,
                            cv.fold_metrics, crossval=cv)

@@ -106,6 +106,8 @@ def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[s
               f"{data_summary['n_rim_positive']} rim+, prevalence {_fmt(data_summary['prevalence'])})",
               f"- Patients: {data_summary['n_patients']} ({data_summary['n_labelled_patients']} with labels)",
               "- Sites: " + ", ".join(f"{site} ({n} lesions)" for site, n in data_summary["sites"].items()),
+              f"- Lesion outlines: {data_summary.get('lesion_outline', 'given')} (the participant level's "
+              "`--lesion-outline`; use the same setting with this model)",
               f"- Patches: {config['patch_size']}³ voxels at {float(config['patch_spacing_mm']):.3g} mm", "",
               "## Evaluation", "",
               f"{config['folds']}-fold cross-validation by patient (folds balanced in rim+ lesions, rim− lesions and sites). "
