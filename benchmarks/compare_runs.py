@@ -15,6 +15,7 @@ scored alone, and whether every patient was tested in the same fold in both runs
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         predictions, report = paired_runs(load_predictions(args.before), load_predictions(args.after), methods)
     except ValueError as error:
         parser.error(str(error))
-    command = "python benchmarks/compare_runs.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/compare_runs.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     write_page(comparison_page(predictions, report, methods, tuple(args.labels), args.bootstrap, seeds[0][0],
                                command), args.out)
     return 0
