@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 #: Fraction of the way from the surrounding white matter to the lesion where the border lies.
 HALF_CONTRAST = 0.5
@@ -91,13 +91,14 @@ def _refined_lesion(given: np.ndarray, labels: np.ndarray, flair: np.ndarray, br
     if ring.sum() < MIN_RING_VOXELS:
         return None
     background = float(np.median(flair[ring]))
-    noise_sd = 1.4826 * float(np.median(np.abs(flair[ring] - background)))
+    noise_sd = float(stats.median_abs_deviation(flair[ring], scale="normal"))
     lesion_level = float(np.percentile(flair[given], LESION_PERCENTILE))
     if lesion_level - background <= MIN_CONTRAST_SD * noise_sd:
         return None
     threshold = background + fraction * (lesion_level - background)
-    candidates = (given | ((outside_mm <= reach_mm) & claimed & ~others & brain)) & (flair > threshold)
+    candidates = (given | ((outside_mm <= reach_mm) & claimed & brain)) & (flair > threshold)
     pieces, _ = ndimage.label(candidates, structure=np.ones((3, 3, 3), dtype=bool))
     kept_ids = np.unique(pieces[given & candidates])
-    # Lesions are solid: a voxel enclosed by the outline is lesion even where noise dips below.
-    return ndimage.binary_fill_holes(np.isin(pieces, kept_ids[kept_ids > 0]))
+    # Lesions are solid: a voxel enclosed by the outline is lesion even where noise dips below
+    # (but never a voxel of another lesion the outline happens to enclose).
+    return ndimage.binary_fill_holes(np.isin(pieces, kept_ids[kept_ids > 0])) & ~others
