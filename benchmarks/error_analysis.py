@@ -15,6 +15,9 @@ synthetic truth (with the benchmark's own matcher) and splits the errors:
   model should see past them;
 - **sites**, which differ in QSM voxel size and noise.
 
+For the mimics it also gives each one's share of the false positives at the threshold and what
+rejecting it perfectly would be worth (the PR AUC with that mimic's lesions scored below all others).
+
 For each subgroup it gives a threshold-free ROC AUC (rim+ lesions of a CNR bin against every
 rim− lesion; every rim+ lesion against the rim− lesions of one mimic) and the share called
 rim+ at each fold's own threshold, all with patient-bootstrap 95 % intervals.
@@ -102,10 +105,17 @@ def subgroup_metrics(labels: np.ndarray, probabilities: np.ndarray, codes: np.nd
         group = positive & (codes[:, 0] == index)
         result[f"auc|{name}"] = auc(group, negative)
         result[f"called|{name}"] = float(called[group].mean()) if group.any() else float("nan")
+    false_positive = called & negative
     for index, name in enumerate(MIMICS):
         group = negative & (codes[:, 1] == index)
         result[f"auc|{name}"] = auc(positive, group)
         result[f"called|{name}"] = float(called[group].mean()) if group.any() else float("nan")
+        result[f"fp_share|{name}"] = (float((false_positive & group).sum() / false_positive.sum())
+                                      if false_positive.any() else float("nan"))
+        # What rejecting this mimic perfectly would be worth: its lesions scored below every other.
+        rejected = np.where(group, -1.0, probabilities)
+        result[f"pr_auc_rejected|{name}"] = (float(average_precision_score(labels, rejected))
+                                             if positive.any() and negative.any() else float("nan"))
     for index, name in enumerate(sites):
         at_site = codes[:, 2] == index
         has_both = positive[at_site].any() and negative[at_site].any()
@@ -298,6 +308,12 @@ def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], sourc
              "such a mimic):", "", *_table(results, "auc", list(MIMICS), sizes), "",
              "Share called rim+ at each fold's own threshold (false-positive rate within the group):", "",
              *_table(results, "called", list(MIMICS), sizes), "",
+             "Share of all false positives at the threshold that carry each mimic:", "",
+             *_table(results, "fp_share", list(MIMICS), sizes), "",
+             "What each mimic costs: the pooled PR AUC if that mimic's lesions were all scored below every "
+             "other lesion, the rest unchanged (an upper bound of what rejecting that mimic is worth; compare "
+             "with the PR AUC of all lesions under Sites):", "",
+             *_table(results, "pr_auc_rejected", list(MIMICS), sizes), "",
              "## Sites", "", "PR AUC within each site (rim+ of lesions):", "",
              *_table(results, "pr_auc", ["all lesions", *sites], sizes), ""]
     if outline is not None:

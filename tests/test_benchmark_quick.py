@@ -342,6 +342,12 @@ def test_error_analysis_splits_the_errors_by_subgroup() -> None:
     assert result["auc|diffuse"] == 0.0 and result["called|diffuse"] == 1.0
     assert np.isnan(result["auc|calcification"])
     assert 0 < result["pr_auc|site1"] < 1 and 0 < result["pr_auc|site2"] < 1
+    # both false positives at 0.5 are the diffuse lesions; rejecting them leaves the ranking
+    # 0.9+ 0.8+ 0.04 0.035+ 0.03 0.025+ …: precision 1, 1, 3/4, 4/6 at the four rims
+    assert result["fp_share|diffuse"] == 1.0 and result["fp_share|none"] == 0.0
+    assert result["pr_auc_rejected|diffuse"] == pytest.approx((1 + 1 + 3 / 4 + 4 / 6) / 4)
+    assert result["pr_auc_rejected|none"] < result["pr_auc_rejected|diffuse"]
+    assert result["pr_auc_rejected|calcification"] == result["pr_auc|all lesions"]  # nothing to reject
 
 
 def test_compare_runs_pairs_one_method_across_two_participant_levels(tmp_path: Path) -> None:
