@@ -69,11 +69,11 @@ LABEL org.opencontainers.image.title="bids_rim" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=templates /opt/templateflow /opt/templateflow
 # The package (its dependencies are the layer above; `pip check` proves none is missing), with
-# the bundled model as package data. The build stops here if the model did not come along.
+# the bundled models as package data. The build stops here if one did not come along.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
     pip install --no-deps /tmp/wheels/bids_rim-*.whl \
     && pip check \
-    && python -c "from bids_rim.workflows.participant import bundled_model_path as p; assert p().is_file(), f'{p()}: bundled model missing from the package'" \
+    && python -c "from bids_rim.workflows.participant import BUNDLED_MODELS, bundled_model_path as p; missing = [str(p(o)) for o in BUNDLED_MODELS if not p(o).is_file()]; assert not missing, f'{missing}: bundled model missing from the package'" \
     && bids_rim --version
 USER 1000:1000
 WORKDIR /home/bids_rim

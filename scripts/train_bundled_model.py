@@ -2,12 +2,14 @@
 
     python scripts/train_bundled_model.py [--subjects 40] [--size small] [--seed 2026] [--workdir DIR]
         [--participant-label sub-001 ...] [--folds 5] [--pretrain-epochs 15] [--finetune-epochs 30]
+        [--lesion-outline given|refined]
 
 Steps (each is the product's own command, as a user would run it):
 1. ``bids_rim-synth`` writes a multi-site cohort at ``realistic`` difficulty;
 2. ``bids_rim ... participant --no-inference`` cuts the lesion patches;
 3. ``bids_rim ... group --train`` pretrains, cross-validates and fine-tunes the asymmetric model;
-4. the model file and its model card are copied into ``bids_rim/data/``.
+4. the model file and its model card are copied into ``bids_rim/data/``, under the name of the
+   bundled model for that ``--lesion-outline`` (``BUNDLED_MODELS``).
 
 The model is trained on synthetic data only: it demonstrates the pipeline and is a starting
 point for fine-tuning on annotated local data, not a research-grade classifier.
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from bids_rim.cli.run import main as bids_rim_main
 from bids_rim.synth import generate_cohort
+from bids_rim.workflows.participant import BUNDLED_MODELS
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "bids_rim" / "data"
 
@@ -38,6 +41,8 @@ def main() -> int:
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--patch-spacing", type=float, default=1.0)
     parser.add_argument("--workdir", type=Path, default=Path("bundled_model_work"))
+    parser.add_argument("--lesion-outline", choices=sorted(BUNDLED_MODELS), default="given",
+                        help="train on lesion outlines as given or redrawn on FLAIR (the participant level's option)")
     parser.add_argument("--participant-label", nargs="+", default=[],
                         help="process and train on these subjects of the cohort only (time-boxed runs)")
     args = parser.parse_args()
@@ -51,7 +56,8 @@ def main() -> int:
     code = bids_rim_main(common + ["participant", "-d", str(bids_dir / "derivatives" / "lesion_masks"),
                                    "--work-dir", str(root / "work"), "--no-inference", "--nprocs", "2",
                                    "--omp-nthreads", "1", "--patch-size", str(args.patch_size),
-                                   "--patch-spacing", str(args.patch_spacing), "--seed", str(args.seed)]
+                                   "--patch-spacing", str(args.patch_spacing), "--seed", str(args.seed),
+                                   "--lesion-outline", args.lesion_outline]
                        + (["--participant-label", *args.participant_label] if args.participant_label else []))
     if code:
         return code
@@ -63,11 +69,10 @@ def main() -> int:
     if code:
         return code
     models = output_dir / "models"
-    model = next(models.glob("*_model.pt"))
-    shutil.copyfile(model, DATA_DIR / "bids_rim_default_model.pt")
-    shutil.copyfile(next(models.glob("*_modelcard.md")), DATA_DIR / "bids_rim_default_modelcard.md")
-    print(f"Bundled model written to {DATA_DIR / 'bids_rim_default_model.pt'} "
-          f"({(DATA_DIR / 'bids_rim_default_model.pt').stat().st_size / 1e6:.1f} MB)")
+    bundled = DATA_DIR / BUNDLED_MODELS[args.lesion_outline]
+    shutil.copyfile(next(models.glob("*_model.pt")), bundled)
+    shutil.copyfile(next(models.glob("*_modelcard.md")), bundled.with_name(bundled.name.replace("_model.pt", "_modelcard.md")))
+    print(f"Bundled model written to {bundled} ({bundled.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

@@ -106,3 +106,22 @@ def test_unwritable_output_is_refused(dataset: Path, tmp_path: Path) -> None:
     args = build_parser().parse_args([str(dataset), str(blocker / "out"), "participant"])
     with pytest.raises(OutputError, match="not writable"):
         check_output_dir(build_config(args))
+
+
+@pytest.mark.parametrize("outline", ["given", "refined"])
+def test_each_lesion_outline_runs_the_bundled_model_trained_on_it(dataset: Path, tmp_path: Path, outline: str) -> None:
+    """Without --model, --lesion-outline picks the bundled model trained on outlines drawn that way:
+    no mismatch warning, and the sidecars name that model."""
+    from bids_rim.cli.participant import model_outline_warning
+    from bids_rim.training.checkpoint import load_checkpoint
+    from bids_rim.workflows.participant import BUNDLED_MODELS, _parameters, bundled_model_path
+
+    choices = next(action.choices for action in build_parser()._actions if action.dest == "lesion_outline")
+    assert set(choices) == set(BUNDLED_MODELS)
+    config = build_config(parse_arguments(build_parser(), [str(dataset), str(tmp_path / "o"), "participant",
+                                                           "--lesion-outline", outline]))
+    path = bundled_model_path(outline)
+    assert load_checkpoint(path)["training"].get("data", {}).get("lesion_outline", "given") == outline
+    assert model_outline_warning(config) is None
+    assert _parameters(config)["Model"] == BUNDLED_MODELS[outline]
+    assert path.with_name(path.name.replace("_model.pt", "_modelcard.md")).is_file()

@@ -148,9 +148,10 @@ def test_templates_fetched_at_build_time_and_never_at_run_time(instructions: lis
     assert "MNI152NLin2009cAsym" in instructions[_index(instructions, "ARG", r"^TEMPLATE_SPACES=")].arguments
 
 
-def test_build_stops_without_the_bundled_model(instructions: list[Instruction]) -> None:
+def test_build_stops_without_a_bundled_model(instructions: list[Instruction]) -> None:
     install = instructions[_index(instructions, "RUN", r"pip install --no-deps .*bids_rim-\*\.whl")].arguments
     assert "bundled_model_path" in install and "is_file()" in install and "pip check" in install
+    assert "for o in BUNDLED_MODELS" in install  # every bundled model, one per --lesion-outline
     assert "data/*" in PYPROJECT["tool"]["setuptools"]["package-data"]["bids_rim"]
 
 
@@ -232,6 +233,7 @@ def test_build_context_holds_what_copy_needs_and_nothing_heavy(instructions: lis
     for source in copied:
         assert in_build_context(source + ("/__init__.py" if (ROOT / source).is_dir() else "")), source
     assert in_build_context("bids_rim/data/bids_rim_default_model.pt")
+    assert in_build_context("bids_rim/data/bids_rim_refined_outline_model.pt")
     for heavy in (".venv/bin/python", ".git/HEAD", "tests/test_containers.py", "work/bids_rim_wf/x",
                   "bids_rim/__pycache__/run.cpython-311.pyc", "demo/bids/participants.tsv",
                   "bids_rim.egg-info/PKG-INFO", "scripts/train_bundled_model.py", "benchmarks/results/a.tsv"):

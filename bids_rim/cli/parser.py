@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=_existing_file,
         metavar="FILE",
-        help="a bids_rim model file (default: the bundled model, trained on synthetic data only)",
+        help=("a bids_rim model file (default: the bundled model trained on the outlines that "
+              "--lesion-outline names; both bundled models were trained on synthetic data only)"),
     )
     model.add_argument(
         "--no-inference",

@@ -82,7 +82,7 @@ def model_outline_warning(config: RunConfig) -> str | None:
 
     if not config.run_inference:
         return None
-    path = config.model_path or bundled_model_path()
+    path = config.model_path or bundled_model_path(config.lesions.outline)
     trained = load_checkpoint(path)["training"].get("data", {}).get("lesion_outline", "given")
     if trained == config.lesions.outline:
         return None

@@ -28,10 +28,17 @@ from bids_rim.interfaces.preproc import (
 )
 from bids_rim.interfaces.reports import ParticipantReport
 
+BUNDLED_MODELS = {"given": "bids_rim_default_model.pt", "refined": "bids_rim_refined_outline_model.pt"}
 
-def bundled_model_path() -> Path:
-    """The model shipped inside the package (trained on synthetic data only)."""
-    return Path(__file__).resolve().parent.parent / "data" / "bids_rim_default_model.pt"
+
+def bundled_model_path(lesion_outline: str = "given") -> Path:
+    """The model shipped inside the package for lesions outlined as ``--lesion-outline`` says.
+
+    Both were trained on synthetic data only, the same cohort and settings, one on the lesion
+    outlines as given and one on outlines redrawn on FLAIR: a model reads the lesion's edge
+    layer, so it must see outlines drawn the way it was trained on.
+    """
+    return Path(__file__).resolve().parent.parent / "data" / BUNDLED_MODELS[lesion_outline]
 
 
 def init_bids_rim_wf(config: RunConfig, units_by_subject: dict[str, list[SessionInputs]], *, run_id: str,
@@ -162,7 +169,7 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
         ])
     final_table = (table, "table")
     if config.run_inference:
-        model_path = config.model_path or bundled_model_path()
+        model_path = config.model_path or bundled_model_path(config.lesions.outline)
         infer = pe.Node(RimInference(model=str(model_path), device=execution.device,
                                      num_threads=execution.omp_nthreads),
                         name="rim_inference", n_procs=execution.omp_nthreads)
@@ -192,7 +199,7 @@ def _parameters(config: RunConfig) -> dict:
         "PatchSpacing_mm": settings.patch_spacing_mm,
         "LesionSource": settings.source,
         "Seed": config.execution.seed,
-        "Model": str(config.model_path or bundled_model_path().name) if config.run_inference else None,
+        "Model": str(config.model_path or bundled_model_path(config.lesions.outline).name) if config.run_inference else None,
         "bids_rim_version": __version__,
     }
 
