@@ -109,16 +109,22 @@ def report(predictions: pd.DataFrame, reference: str, n_resamples: int, seed: in
              f"the reference (`{reference}`; patient-bootstrap 95 % CI, {n_resamples} resamples). The steps are "
              "logistic regressions on the rim read-out (see the script's docstring); the methods are the run's.", "",
              "| regression step or method | pooled PR AUC | per fold | minus the reference [95 % CI] |",
-             "|---|---|---|---|"]
-    for method in [*STEPS, *(m for m in predictions["method"].unique() if m not in STEPS)]:
+             "|---|---|---|---|", *report_rows(predictions, list(STEPS), reference, n_resamples, seed)]
+    return "\n".join(lines) + "\n"
+
+
+def report_rows(predictions: pd.DataFrame, first: list[str], reference: str, n_resamples: int, seed: int) -> list[str]:
+    """Table rows: the ``first`` methods, then the rest; pooled and per-fold PR AUC, paired with ``reference``."""
+    rows = []
+    for method in [*first, *(m for m in predictions["method"].unique() if m not in first)]:
         part = predictions[predictions["method"] == method]
         folds = " / ".join(f"{average_precision_score(f['true_label'], f['rim_probability']):.3f}"
                            for _, f in part.groupby("fold"))
         pooled = average_precision_score(part["true_label"], part["rim_probability"])
         difference = "" if method == reference else "{:+.3f} [{:+.3f}, {:+.3f}]".format(
             *paired_difference(predictions, method, reference, n_resamples, seed))
-        lines.append(f"| {method} | {pooled:.3f} | {folds} | {difference} |")
-    return "\n".join(lines) + "\n"
+        rows.append(f"| {method} | {pooled:.3f} | {folds} | {difference} |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
