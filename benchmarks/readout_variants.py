@@ -18,6 +18,9 @@ two contrast-to-noise ratios; network units of 20 ppb):
 - the positive part of the core level added (a term for "brighter than NAWM");
 - absolute ring−core and its CNR added (non-monotone in the ring);
 - gradient-boosted trees (depth 3) on the same seven numbers instead of the regression;
+- the QSM profile from the border inwards: medians of the lesion's first, second and third
+  one-voxel layers and of the rest (a smaller lesion repeats its innermost layer), and their
+  three successive differences, added (rising inwards for a diffuse lesion, falling for a rim);
 - simulated diffuse negatives: 300 rater-rim− patches of the training patients with a uniform
   5–45 ppb added inside the lesion mask (blurred by 0.7 voxel, about what the reconstruction
   does to an edge), added to the training set as rim−.
@@ -62,6 +65,8 @@ FEATURE_VARIANTS: dict[str, Features] = {
     "+ abs(ring−core) and abs(its CNR)": lambda x: np.column_stack([x, np.abs(x[:, 3]), np.abs(x[:, 6])]),
 }
 BOOSTED = "gradient-boosted trees (depth 3) on the seven numbers"
+PROFILE = "+ the profile of four layers inwards"
+N_LAYERS = 4
 SIMULATED = f"+ {N_SIMULATED} simulated diffuse negatives"
 
 
@@ -75,6 +80,33 @@ def simulated_diffuse(patches: np.ndarray, rows: np.ndarray, rng: np.random.Gene
     return rim_readout_of_patches(copies).astype(float)
 
 
+def layer_profile(patches: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """(N, 2 · N_LAYERS − 1): median QSM (network units) of each one-voxel layer inwards, the last one
+    the rest of the lesion, then the differences of successive layers."""
+    import torch
+
+    from bids_rim.models.blocks import _cross_erode, scale_inputs
+
+    medians = []
+    for start in range(0, len(patches), batch_size):
+        batch = torch.from_numpy(np.array(patches[start : start + batch_size], dtype=np.float32))
+        qsm, remaining = scale_inputs(batch)[:, :1], (batch[:, 2:3] > 0.5).float()
+        layers = []
+        for _ in range(N_LAYERS - 1):
+            inner = _cross_erode(remaining)
+            layers.append(remaining - inner)
+            remaining = inner
+        layers.append(remaining)
+        for layer in layers:
+            values = torch.where(layer > 0.5, qsm, torch.full_like(qsm, float("nan"))).flatten(1)
+            medians.append(values.nanmedian(dim=1).values.numpy())
+    per_layer = np.stack([np.concatenate(medians[i::N_LAYERS]) for i in range(N_LAYERS)], axis=1).astype(float)
+    for j in range(1, N_LAYERS):  # a lesion without a deeper layer repeats its innermost one
+        per_layer[:, j] = np.where(np.isnan(per_layer[:, j]), per_layer[:, j - 1], per_layer[:, j])
+    per_layer = np.nan_to_num(per_layer)  # an empty mask reads as the NAWM level, as the read-out does
+    return np.column_stack([per_layer, -np.diff(per_layer, axis=1)])
+
+
 def variant_predictions(patches: np.ndarray, meta: pd.DataFrame, run: pd.DataFrame, split_seed: int,
                         seed: int) -> pd.DataFrame:
     """Every variant's out-of-fold probabilities on the run's test lesions (the run's folds)."""
@@ -82,6 +114,7 @@ def variant_predictions(patches: np.ndarray, meta: pd.DataFrame, run: pd.DataFra
     from bids_rim.training.crossval import patient_folds
 
     readout = rim_readout_of_patches(patches).astype(float)
+    profile = np.column_stack([readout, layer_profile(patches)])
     labels = meta["label"].to_numpy(dtype=float)
     patients = meta["participant_id"].to_numpy()
     rng = np.random.default_rng(seed)
@@ -105,6 +138,8 @@ def variant_predictions(patches: np.ndarray, meta: pd.DataFrame, run: pd.DataFra
         boosted = HistGradientBoostingClassifier(max_depth=3, learning_rate=0.05, max_iter=200, random_state=seed)
         boosted.fit(readout[train], y)
         rows.append(tested.assign(method=BOOSTED, rim_probability=boosted.predict_proba(readout[test])[:, 1]))
+        model = LogisticRegression(max_iter=1000).fit(profile[train], y)
+        rows.append(tested.assign(method=PROFILE, rim_probability=model.predict_proba(profile[test])[:, 1]))
         extra = simulated[~np.isin(patients[chosen], folds[fold - 1])]  # training patients' lesions only
         model = LogisticRegression(max_iter=1000).fit(np.vstack([readout[train], extra]),
                                                       np.concatenate([y, np.zeros(len(extra), dtype=int)]))
@@ -139,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     predictions = pd.concat([variants[variants["method"] != REFERENCE_VARIANT], run], ignore_index=True)
     predictions["method"] = predictions["method"].replace(REFERENCE, REFERENCE_VARIANT)
     command = "python benchmarks/readout_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    order = [*FEATURE_VARIANTS, BOOSTED, SIMULATED]
+    order = [*FEATURE_VARIANTS, BOOSTED, PROFILE, SIMULATED]
     lines = ["# Classification benchmark: variants of the read-out regression (diffuse paramagnetic lesions)", "",
              f"Command: `{command}`", "",
              "Pooled out-of-fold PR AUC against the true class, per fold, and the paired difference from "

@@ -86,14 +86,14 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     assert all(re.match(r"\| .+ \| [01]\.\d{3} \|", row) for row in rows)
 
     # Variants of that regression against diffuse mimics: the reference reproduced (checked, else it
-    # exits non-zero), five variants, then the run's other methods.
+    # exits non-zero), six variants, then the run's other methods.
     varied = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "readout_variants.py"), str(out), "--work", str(tmp_path / "work"),
          "--bootstrap", "20", "--out", str(out / "readout_variants.md")],
         capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert varied.returncode == 0, varied.stderr[-3000:]
     rows = [line for line in (out / "readout_variants.md").read_text().splitlines() if line.startswith("| ")][1:]
-    assert len(rows) == 6 + len(QUICK_METHODS) - 1
+    assert len(rows) == 7 + len(QUICK_METHODS) - 1
     assert all(re.match(r"\| [^|]+ \| [01]\.\d{3} \|", row) for row in rows)
 
 
