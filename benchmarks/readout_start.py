@@ -127,6 +127,36 @@ def report_rows(predictions: pd.DataFrame, first: list[str], reference: str, n_r
     return rows
 
 
+def load_run(parser: argparse.ArgumentParser, results: Path, work: Path, reference: str
+             ) -> tuple[int, int, pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """A fully labelled run holding ``reference``: its split and training seeds, predictions, and
+    its work folder's lesion metadata and patches (a one-line parser error otherwise)."""
+    split_seed, training_seed, label_one_in = run_seeds(results)
+    if label_one_in != 1:
+        parser.error(f"{results}: a run with --label-one-in {label_one_in}; only fully labelled runs are supported")
+    run = load_predictions(results)
+    if reference not in set(run["method"]):
+        parser.error(f"{results}: the run has no {reference}; run classification.py with it")
+    data = work / "training_data"
+    patches = np.asarray(np.load(data / "patches.npy", mmap_mode="r"))
+    return split_seed, training_seed, run, pd.read_pickle(data / "meta.pkl").reset_index(drop=True), patches
+
+
+def with_reproduced_reference(parser: argparse.ArgumentParser, work: Path, computed: pd.DataFrame, computed_name: str,
+                              run: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The run's predictions plus ``computed``, once ``computed_name`` reproduces the run's ``reference``
+    to 1e-4 (else a parser error: wrong work folder or folds); the reference is renamed ``computed_name``."""
+    key = ["participant_id", "lesion_id"]
+    reproduced = computed[computed["method"] == computed_name].merge(run[run["method"] == reference], on=key,
+                                                                     validate="one_to_one")
+    if not np.allclose(reproduced["rim_probability_x"], reproduced["rim_probability_y"], atol=1e-4):
+        parser.error(f"{work}: the reference regression does not reproduce the run's {reference}; "
+                     "is it the run's --work folder?")
+    predictions = pd.concat([computed[computed["method"] != computed_name], run], ignore_index=True)
+    predictions["method"] = predictions["method"].replace(reference, computed_name)
+    return predictions
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="a classification.py --out folder holding the read-out reference")
@@ -137,25 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000, help="patient bootstrap resamples (default 1000)")
     parser.add_argument("--out", type=Path, help="markdown file to write (default: print)")
     args = parser.parse_args(argv)
-    split_seed, training_seed, label_one_in = run_seeds(args.results)
-    if label_one_in != 1:
-        parser.error(f"{args.results}: a run with --label-one-in {label_one_in}; only fully labelled runs are supported")
-    run = load_predictions(args.results)
     reference = REFERENCES[args.outlines]
-    if reference not in set(run["method"]):
-        parser.error(f"{args.results}: the run has no {reference}; run classification.py with it")
-    data = args.work / "training_data"
-    patches = np.load(data / "patches.npy", mmap_mode="r")
-    meta = pd.read_pickle(data / "meta.pkl").reset_index(drop=True)
-    steps = step_predictions(np.asarray(patches), meta, run, args.outlines, split_seed, training_seed)
-    key = ["participant_id", "lesion_id"]
-    reproduced = steps[steps["method"] == REFERENCE_STEP].merge(run[run["method"] == reference], on=key,
-                                                                   validate="one_to_one")
-    if not np.allclose(reproduced["rim_probability_x"], reproduced["rim_probability_y"], atol=1e-4):
-        parser.error(f"{args.work}: the reference regression does not reproduce the run's {reference}; "
-                     "is it the run's --work folder?")
-    predictions = pd.concat([steps[steps["method"] != REFERENCE_STEP], run], ignore_index=True)
-    predictions["method"] = predictions["method"].replace(reference, REFERENCE_STEP)
+    split_seed, training_seed, run, meta, patches = load_run(parser, args.results, args.work, reference)
+    steps = step_predictions(patches, meta, run, args.outlines, split_seed, training_seed)
+    predictions = with_reproduced_reference(parser, args.work, steps, REFERENCE_STEP, run, reference)
     command = "python benchmarks/readout_start.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_page(report(predictions, REFERENCE_STEP, args.bootstrap, split_seed, command), args.out)
     return 0

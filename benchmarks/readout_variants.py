@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from readout_start import report_rows  # the sibling script (benchmarks/)
+from readout_start import load_run, report_rows, with_reproduced_reference  # the sibling script (benchmarks/)
 from scipy import ndimage
-from seed_spread import load_predictions, run_seeds, write_page
+from seed_spread import write_page
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
@@ -155,24 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated negatives and the trees (default 0)")
     parser.add_argument("--out", type=Path, help="markdown file to write (default: print)")
     args = parser.parse_args(argv)
-    split_seed, _, label_one_in = run_seeds(args.results)
-    if label_one_in != 1:
-        parser.error(f"{args.results}: a run with --label-one-in {label_one_in}; only fully labelled runs are supported")
-    run = load_predictions(args.results)
-    if REFERENCE not in set(run["method"]):
-        parser.error(f"{args.results}: the run has no {REFERENCE}; run classification.py with it")
-    data = args.work / "training_data"
-    meta = pd.read_pickle(data / "meta.pkl").reset_index(drop=True)
-    variants = variant_predictions(np.asarray(np.load(data / "patches.npy", mmap_mode="r")), meta, run, split_seed,
-                                   args.seed)
-    key = ["participant_id", "lesion_id"]
-    reproduced = variants[variants["method"] == REFERENCE_VARIANT].merge(run[run["method"] == REFERENCE], on=key,
-                                                                         validate="one_to_one")
-    if not np.allclose(reproduced["rim_probability_x"], reproduced["rim_probability_y"], atol=1e-4):
-        parser.error(f"{args.work}: the reference regression does not reproduce the run's {REFERENCE}; "
-                     "is it the run's --work folder?")
-    predictions = pd.concat([variants[variants["method"] != REFERENCE_VARIANT], run], ignore_index=True)
-    predictions["method"] = predictions["method"].replace(REFERENCE, REFERENCE_VARIANT)
+    split_seed, _, run, meta, patches = load_run(parser, args.results, args.work, REFERENCE)
+    variants = variant_predictions(patches, meta, run, split_seed, args.seed)
+    predictions = with_reproduced_reference(parser, args.work, variants, REFERENCE_VARIANT, run, REFERENCE)
     command = "python benchmarks/readout_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
     order = [*FEATURE_VARIANTS, BOOSTED, PROFILE, SIMULATED]
     lines = ["# Classification benchmark: variants of the read-out regression (diffuse paramagnetic lesions)", "",
