@@ -50,6 +50,10 @@ class TrainConfig:
     # training lesions pay for it. 0.1 makes a shift of one logit unit on every lesion cost about
     # what the focal loss of a coin flip does (0.087). Training-only: not in the model file's kwargs.
     head_logit_penalty: float = 0.0
+    # Probability that a rim− patch of a fine-tuning batch is made diffusely paramagnetic (a
+    # uniform 5–45 ppb inside its lesion, bids_rim.training.augment); the start regression of the
+    # read-out path also sees that share of rim− lesions so altered. Training-only.
+    simulated_diffuse_fraction: float = 0.0
     early_fusion_widen_factor: float = 0.25
     radiomics_estimator: str = "random_forest"
     # self-supervised pretraining
@@ -96,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"unknown loss {self.loss!r}; choose focal or weighted_bce")
         if self.head_logit_penalty < 0:
             raise ValueError(f"head_logit_penalty must be at least 0, got {self.head_logit_penalty}")
+        if not 0.0 <= self.simulated_diffuse_fraction <= 1.0:
+            raise ValueError(f"simulated_diffuse_fraction must be within [0, 1], got {self.simulated_diffuse_fraction}")
         if self.folds < 2:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
 

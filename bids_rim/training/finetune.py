@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from bids_rim.errors import InputError
 from bids_rim.models.asym import rim_readout_of_patches
 from bids_rim.training import losses
-from bids_rim.training.augment import PatchAugmenter
+from bids_rim.training.augment import DIFFUSE_OFFSET_PPM, PatchAugmenter, add_diffuse_paramagnetism
 from bids_rim.training.batching import balanced_batches, shuffled_batches
 from bids_rim.training.calibration import (
     calibrated,
@@ -69,6 +69,21 @@ class FinetuneResult:
 
 def _inverse_softplus(value: float) -> float:
     return math.log(math.expm1(value))
+
+
+def with_simulated_diffuse(patches: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """``patches`` and ``labels`` plus diffusely paramagnetic copies of ``fraction`` of the rim−
+    lesions (drawn without replacement, offsets from ``DIFFUSE_OFFSET_PPM``), labelled rim−."""
+    negatives = np.flatnonzero(labels == 0)
+    count = int(round(fraction * len(negatives)))
+    if count == 0:
+        return patches, labels
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(negatives, size=count, replace=False))
+    copies = np.stack([add_diffuse_paramagnetism(patches[row], rng.uniform(*DIFFUSE_OFFSET_PPM)) for row in chosen])
+    return (np.concatenate([np.asarray(patches, dtype=np.float32), copies]),
+            np.concatenate([labels, np.zeros(count, dtype=labels.dtype)]))
 
 
 @torch.inference_mode()
@@ -176,7 +191,9 @@ def finetune(
         raise InputError(f"{description}: the fine-tuning set has {len(train_labels)} labelled lesion(s); "
                          "at least two are needed to form a batch")
     if not config.init_from:  # a model given to fine-tune keeps its own read-out path
-        start_readout_path_from_logistic_regression(model, train_patches, train_labels, device,
+        start_patches, start_labels = with_simulated_diffuse(train_patches, train_labels,
+                                                             config.simulated_diffuse_fraction, seed)
+        start_readout_path_from_logistic_regression(model, start_patches, start_labels, device,
                                                     training_prior_bias(config, float(train_labels.mean())))
     if getattr(model, "readout_logit", None) is not None:
         model.readout_logit.requires_grad_(config.train_readout_logit)
@@ -185,7 +202,8 @@ def finetune(
     trainable = wrap(objective, context, device)
     optimiser = torch.optim.AdamW(objective.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    augment = PatchAugmenter(seed + 1000 * context.rank, config.flair_shift_voxels, config.qsm_noise_std_ppm)
+    augment = PatchAugmenter(seed + 1000 * context.rank, config.flair_shift_voxels, config.qsm_noise_std_ppm,
+                             config.simulated_diffuse_fraction)
     val_has_both = len(np.unique(val_labels)) == 2
 
     best_score, best_epoch, best_state, stale = -np.inf, 0, copy.deepcopy(model.state_dict()), 0
@@ -204,7 +222,7 @@ def finetune(
             batches = shuffled_batches(len(train_labels), config.batch_size, generator)
         for batch_indices in batches:
             mine = local_slice(batch_indices, context).numpy()
-            batch = augment(torch.from_numpy(train_patches[mine])).to(device)
+            batch = augment(torch.from_numpy(train_patches[mine]), train_labels[mine]).to(device)
             labels = torch.as_tensor(train_labels[mine], device=device)
             terms = trainable(batch, labels)
             loss = objective.total_loss(terms)
