@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from readout_start import load_run, report_rows, with_reproduced_reference  # the sibling script (benchmarks/)
-from scipy import ndimage
 from seed_spread import write_page
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -46,8 +45,6 @@ from sklearn.linear_model import LogisticRegression
 REFERENCE = "readout_logistic"
 REFERENCE_VARIANT = "the read-out regression (the reference, reproduced)"
 N_SIMULATED = 300
-SIMULATED_PPM = (0.005, 0.045)
-EDGE_BLUR_VOXELS = 0.7
 
 Features = Callable[[np.ndarray], np.ndarray]
 
@@ -71,12 +68,12 @@ SIMULATED = f"+ {N_SIMULATED} simulated diffuse negatives"
 
 
 def simulated_diffuse(patches: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Copies of ``rows`` of ``patches`` with a uniform paramagnetic offset inside the lesion mask."""
+    """Read-out of copies of ``rows`` of ``patches`` with a uniform paramagnetic offset inside the
+    lesion mask (the training augmentation ``simulated_diffuse_fraction`` makes the same copies)."""
     from bids_rim.models.asym import rim_readout_of_patches
+    from bids_rim.training.augment import DIFFUSE_OFFSET_PPM, add_diffuse_paramagnetism
 
-    copies = np.array(patches[rows], dtype=np.float32)
-    for patch in copies:
-        patch[0] += rng.uniform(*SIMULATED_PPM) * ndimage.gaussian_filter(patch[2], EDGE_BLUR_VOXELS)
+    copies = np.stack([add_diffuse_paramagnetism(patches[row], rng.uniform(*DIFFUSE_OFFSET_PPM)) for row in rows])
     return rim_readout_of_patches(copies).astype(float)
 
 
