@@ -23,9 +23,9 @@ from monai.transforms import Compose, RandAxisFlip, RandGaussianNoise, RandRotat
 from scipy import ndimage
 
 QSM_NOISE_STD_PPM = 0.003
-# Diffuse iron in a lesion without a rim: +5 to +45 ppb over the whole lesion (uniform draw). QSM
-# studies of non-rim lesions report iso- to hyperintense lesions up to a few tens of ppb; the upper
-# end reaches the brightest rims (rims 15–50 ppb), so that brightness alone cannot say "rim".
+# Diffuse iron in a lesion without a rim: +5 to +45 ppb over the whole lesion (uniform draw), a
+# margin on both sides of the synthetic cohort's diffuse lesions (10–40 ppb, bids_rim.synth.params)
+# that reaches the brightest rims (15–50 ppb), so that brightness alone cannot say "rim".
 DIFFUSE_OFFSET_PPM = (0.005, 0.045)
 DIFFUSE_EDGE_BLUR_VOXELS = 0.7  # Gaussian SD: about what dipole inversion and resampling do to an edge
 
