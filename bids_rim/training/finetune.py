@@ -88,7 +88,8 @@ def with_simulated_diffuse(patches: np.ndarray, labels: np.ndarray, fraction: fl
 
 @torch.inference_mode()
 def start_readout_path_from_logistic_regression(model: nn.Module, patches: np.ndarray, labels: np.ndarray,
-                                                device: torch.device, taught_prior_shift: float = 0.0) -> None:
+                                                device: torch.device, taught_prior_shift: float = 0.0,
+                                                simulated_diffuse_fraction: float = 0.0, seed: int = 0) -> None:
     """Set asym's linear read-out path to a logistic regression fitted on the training lesions.
 
     With Adam's steps of about ``lr`` per update, read-out weights that start at zero need thousands
@@ -101,10 +102,13 @@ def start_readout_path_from_logistic_regression(model: nn.Module, patches: np.nd
     held-out PR AUC 0.03–0.08 (``benchmarks/readout_start.py``, docs/training.md). Only its
     intercept moves, by
     ``−taught_prior_shift`` (:func:`training_prior_bias`), into the class prior that the loss and
-    batches present to the network. No-op for other networks.
+    batches present to the network. With ``simulated_diffuse_fraction`` the regression also sees
+    that share of the rim− lesions made diffusely paramagnetic (:func:`with_simulated_diffuse`,
+    seeded by ``seed``). No-op for other networks.
     """
     if getattr(model, "readout_logit", None) is None or len(np.unique(labels)) < 2:
         return
+    patches, labels = with_simulated_diffuse(patches, labels, simulated_diffuse_fraction, seed)
     features = rim_readout_of_patches(patches, device, noise_normalised=model.rim_readout.noise_normalised,
                                       outlines=model.rim_readout.outlines)
     regression = LogisticRegression(C=1.0, max_iter=1000).fit(features, labels)
@@ -191,10 +195,9 @@ def finetune(
         raise InputError(f"{description}: the fine-tuning set has {len(train_labels)} labelled lesion(s); "
                          "at least two are needed to form a batch")
     if not config.init_from:  # a model given to fine-tune keeps its own read-out path
-        start_patches, start_labels = with_simulated_diffuse(train_patches, train_labels,
-                                                             config.simulated_diffuse_fraction, seed)
-        start_readout_path_from_logistic_regression(model, start_patches, start_labels, device,
-                                                    training_prior_bias(config, float(train_labels.mean())))
+        start_readout_path_from_logistic_regression(model, train_patches, train_labels, device,
+                                                    training_prior_bias(config, float(train_labels.mean())),
+                                                    config.simulated_diffuse_fraction, seed)
     if getattr(model, "readout_logit", None) is not None:
         model.readout_logit.requires_grad_(config.train_readout_logit)
     n_positive = max(int(train_labels.sum()), 1)
