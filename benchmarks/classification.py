@@ -96,7 +96,10 @@ METHOD_DESCRIPTIONS = {
                                "paramagnetic (uniform 5–45 ppb inside the lesion), the start regression likewise "
                                "(simulated_diffuse_fraction=0.25)"),
     "asym_no_flair": "ablation: no FLAIR (arch qsm_only: the asym QSM path, FLAIR ignored)",
-    "early_fusion": "ablation: symmetric early fusion (MONAI ResNet-18 on stacked channels)",
+    "asym_early_fusion": ("ablation: symmetric early fusion (conditioning input_stack: [qsm, flair, mask] stacked "
+                          "into asym's QSM stem, no FLAIR conditioning; same trunk, read-out, pretraining and SupCon)"),
+    "early_fusion": ("baseline: an off-the-shelf early-fusion network (MONAI 3D ResNet-18, widened 0.25, on the "
+                     "stacked channels; no read-out, no pretraining)"),
     "rimnet": "baseline: RimNet-style two-branch CNN",
     "qsmrimnet": "baseline: QSMRim-Net-style CNN with radiomic rim features",
     "radiomics": "baseline: hand-crafted rim features + random forest",
@@ -352,6 +355,7 @@ def method_config(method: str, settings: BenchmarkSettings):
         "asym_outlines_head_penalty": {"readout_outlines": 3, "head_logit_penalty": 0.1},
         "asym_simulated_diffuse": {"simulated_diffuse_fraction": 0.25},
         "asym_no_flair": {"arch": "qsm_only"},
+        "asym_early_fusion": {"conditioning": "input_stack"},
         "early_fusion": {"arch": "early_fusion"},
         "rimnet": {"arch": "rimnet"},
         "qsmrimnet": {"arch": "qsmrimnet"},
@@ -634,7 +638,7 @@ def interpretation(table: pd.DataFrame) -> str:
             sentences.append(f"asym is {delta:+.3f} PR AUC from a logistic regression on its own rim read-out "
                              f"numbers: that is what its learned QSM/FLAIR features add.")
         ablations = ("asym_no_pretrain", "asym_pretrain_masked", "asym_pretrain_cross_modal", "asym_no_supcon",
-                     "asym_no_flair", "early_fusion")
+                     "asym_no_flair", "asym_early_fusion")
         for ablation in ablations:
             if ablation in methods:
                 delta = ours - _value(table, ablation, "pr_auc")

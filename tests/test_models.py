@@ -77,6 +77,30 @@ def test_asym_mid_features_are_those_of_the_full_pass(film_stages, toy):
     assert conditioned_at_mid != torch.allclose(model.mid_features(batch), model.mid_features(changed_flair))
 
 
+def test_asym_input_stack_is_early_fusion_in_the_same_trunk(toy):
+    """The symmetric early-fusion ablation: FLAIR enters the QSM stem as a channel, nothing is
+    conditioned, and everything after the stem is asym's; encode_qsm sees FLAIR as normal white
+    matter (0 in network units), so cross-modal pretraining still predicts a FLAIR-free target."""
+    torch.manual_seed(0)
+    stacked = get_model("asym", width=4, conditioning="input_stack", film_stages=(0, 1)).eval()
+    default = get_model("asym", width=4)
+    assert stacked.qsm_stem[0].in_channels == 3 and default.qsm_stem[0].in_channels == 2
+    assert len(stacked.conditioners) == 0 and stacked.film_stages == ()
+    assert stacked.embedding_dim == default.embedding_dim
+    stacked_shapes = {n: p.shape for n, p in stacked.named_parameters() if not n.startswith(("qsm_stem.0", "conditioners"))}
+    default_shapes = {n: p.shape for n, p in default.named_parameters() if not n.startswith(("qsm_stem.0", "conditioners"))}
+    assert stacked_shapes == default_shapes
+    batch = torch.from_numpy(toy[0][:3])
+    changed_flair = batch.clone()
+    changed_flair[:, 1] *= 2
+    assert not torch.allclose(stacked.features(batch)["embedding"], stacked.features(changed_flair)["embedding"])
+    torch.testing.assert_close(stacked.encode_qsm(batch), stacked.encode_qsm(changed_flair))
+    normal_white_matter = batch.clone()
+    normal_white_matter[:, 1] = 1.0  # FLAIR in NAWM units
+    torch.testing.assert_close(stacked.encode_qsm(batch), stacked.features(normal_white_matter)["embedding"])
+    torch.testing.assert_close(stacked.mid_features(changed_flair), stacked.features(changed_flair)["mid"])
+
+
 def test_qsm_only_ignores_flair(toy):
     model = get_model("qsm_only", width=4).eval()
     torch.nn.init.normal_(model.head[-1].weight, std=0.5)  # a fresh head's last layer is zero

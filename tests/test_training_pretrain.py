@@ -19,11 +19,13 @@ def toy():
     return make_toy_patches(8, 8, patch_size=16, seed=0)[0]
 
 
-def _spread_history(patches, objectives, seed, batch_size=32, region_pool_stages=(0, 1), rim_readout=True):
+def _spread_history(patches, objectives, seed, batch_size=32, region_pool_stages=(0, 1), rim_readout=True,
+                    conditioning="film_spatial"):
     torch.manual_seed(seed)
-    model = get_model("asym", width=4, region_pool_stages=region_pool_stages, rim_readout=rim_readout)
+    model = get_model("asym", width=4, region_pool_stages=region_pool_stages, rim_readout=rim_readout,
+                      conditioning=conditioning)
     config = TrainConfig(width=4, batch_size=batch_size, pretrain_epochs=6, pretrain_objectives=objectives, patch_size=16,
-                         region_pool_stages=region_pool_stages, rim_readout=rim_readout)
+                         region_pool_stages=region_pool_stages, rim_readout=rim_readout, conditioning=conditioning)
     return pretrain(model, patches, config, CPU, seed=seed)
 
 
@@ -45,8 +47,11 @@ def test_plain_mse_collapses_and_predictor_with_variance_does_not(toy, seed):
     assert guarded[-1] >= guarded[0] and guarded[-1] > 1.3 * mse[-1], f"guarded {guarded} vs MSE {mse}"
 
 
-def test_every_objective_logs_its_term_and_the_collapse_statistic(toy):
-    history = _spread_history(toy, ("predictor", "variance", "infonce", "masked"), 0, batch_size=16)
+@pytest.mark.parametrize("conditioning", ["film_spatial", "input_stack"])
+def test_every_objective_logs_its_term_and_the_collapse_statistic(toy, conditioning):
+    # input_stack (the symmetric early-fusion ablation) pretrains with the same objectives as asym.
+    history = _spread_history(toy, ("predictor", "variance", "infonce", "masked"), 0, batch_size=16,
+                              conditioning=conditioning)
     assert len(history) == 6
     for row in history:
         assert {"loss", "predictor", "variance", "infonce", "masked", "qsm_embedding_std"} <= set(row)

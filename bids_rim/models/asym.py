@@ -11,6 +11,9 @@ Layout for a patch of P³ voxels (channels ``qsm_ppm, flair_nawm, lesion_mask``)
 
 ``cond`` is the conditioning chosen by ``conditioning`` (spatial FiLM by default) at the stages in
 ``film_stages`` (0 = mid resolution P/2, 1 = P/4). With ``conditioning="none"`` FLAIR is ignored.
+``conditioning="input_stack"`` is the symmetric early-fusion ablation: ``[qsm, flair, mask]`` enter
+the QSM stem together and nothing is conditioned; the trunk, pools, read-out and heads stay the
+same, so that comparing it with the default measures the asymmetry alone.
 The lesion mask goes to both stems: it tells each branch where the lesion edge is. The FLAIR
 stem is a light one (patchify + depthwise conv): FLAIR only conditions.
 
@@ -83,7 +86,8 @@ class AsymQsmFlairNet(nn.Module):
 
     Args:
         width: channels of the stems; the trunk uses 2× and 4× this.
-        conditioning: one of ``film_spatial``, ``film_channel``, ``gated_xattn``, ``none``.
+        conditioning: one of ``film_spatial``, ``film_channel``, ``gated_xattn``, ``none``, or
+            ``input_stack`` (FLAIR stacked with QSM at the input; ``film_stages`` is then ignored).
         film_stages: stages where FLAIR conditions QSM (subset of ``(0, 1)``).
         dropout: dropout before the last layer of the head (also used for MC dropout).
         region_pool_stages: stages whose features are region-pooled (whole patch, edge band, core):
@@ -119,7 +123,8 @@ class AsymQsmFlairNet(nn.Module):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"unknown conditioning {conditioning!r}; choose one of {CONDITIONINGS}")
-        stages = tuple(sorted({int(s) for s in film_stages})) if conditioning != "none" else ()
+        self.stacks_flair = conditioning == "input_stack"
+        stages = tuple(sorted({int(s) for s in film_stages})) if conditioning not in ("none", "input_stack") else ()
         if any(s not in (0, 1) for s in stages):
             raise ValueError(f"film_stages must be a subset of (0, 1), got {film_stages}")
         pooled = tuple(sorted({int(s) for s in region_pool_stages}))
@@ -134,7 +139,7 @@ class AsymQsmFlairNet(nn.Module):
         self.rim_readout = RimReadout(readout_cnr, readout_outlines) if rim_readout else None
         readout_size = self.rim_readout.n_features if self.rim_readout is not None else 0
         self.embedding_dim = sum(3 * width * 2**s for s in pooled) + (0 if 2 in pooled else 4 * width) + readout_size
-        self.qsm_stem = stem(2, width)
+        self.qsm_stem = stem(3 if self.stacks_flair else 2, width)
         self.qsm_block1 = PreActResBlock(width, 2 * width, stride=2, squeeze_excite=True)
         self.qsm_block2 = PreActResBlock(2 * width, 4 * width, stride=2, squeeze_excite=True)
         self.flair_stem = light_stem(2, width)
@@ -153,9 +158,17 @@ class AsymQsmFlairNet(nn.Module):
         # Projects the pooled FLAIR stem features to the embedding size, for cross-modal pretraining.
         self.flair_projection = nn.Linear(2 * width if self.flair_block1 is not None else width, self.embedding_dim)
 
-    @staticmethod
-    def _qsm_input(scaled: torch.Tensor) -> torch.Tensor:
-        return torch.cat([scaled[:, QSM : QSM + 1], scaled[:, MASK : MASK + 1]], dim=1)
+    def _qsm_input(self, scaled: torch.Tensor, with_flair: bool) -> torch.Tensor:
+        """The QSM stem's input: ``[qsm, mask]``, or ``[qsm, flair, mask]`` when FLAIR is stacked.
+
+        Without ``with_flair`` a stacked FLAIR is set to 0, normal white matter in network units:
+        the QSM-only embedding that cross-modal pretraining predicts from FLAIR.
+        """
+        if not self.stacks_flair:
+            return torch.cat([scaled[:, QSM : QSM + 1], scaled[:, MASK : MASK + 1]], dim=1)
+        flair = scaled[:, FLAIR : FLAIR + 1]
+        return torch.cat([scaled[:, QSM : QSM + 1], flair if with_flair else torch.zeros_like(flair),
+                          scaled[:, MASK : MASK + 1]], dim=1)
 
     @staticmethod
     def _flair_input(scaled: torch.Tensor) -> torch.Tensor:
@@ -168,9 +181,10 @@ class AsymQsmFlairNet(nn.Module):
             features.append(self.flair_block1(features[0]))
         return features
 
-    def _mid(self, scaled: torch.Tensor, flair: list[torch.Tensor]) -> torch.Tensor:
-        """QSM stem features at P/2, conditioned by ``flair[0]`` where stage 0 is conditioned."""
-        mid = self.qsm_stem(self._qsm_input(scaled))
+    def _mid(self, scaled: torch.Tensor, flair: list[torch.Tensor], condition: bool = True) -> torch.Tensor:
+        """QSM stem features at P/2, conditioned by ``flair[0]`` where stage 0 is conditioned (or
+        with FLAIR in the stem's input when it is stacked and ``condition``)."""
+        mid = self.qsm_stem(self._qsm_input(scaled, with_flair=condition))
         if "0" in self.conditioners and flair:
             mid = self.conditioners["0"](mid, flair[0])
         return mid
@@ -189,7 +203,7 @@ class AsymQsmFlairNet(nn.Module):
         """Intermediate features: ``mid`` (conditioned QSM at P/2) and ``embedding`` (pooled)."""
         scaled = scale_inputs(x)
         flair = self._flair_features(scaled) if condition and self.film_stages else []
-        mid = self._mid(scaled, flair)
+        mid = self._mid(scaled, flair, condition)
         quarter = self.qsm_block1(mid)
         if "1" in self.conditioners and flair:
             quarter = self.conditioners["1"](quarter, flair[1])

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CONDITIONINGS = ("film_spatial", "film_channel", "gated_xattn", "none")
+# ``input_stack`` is symmetric early fusion, the ablation of the asymmetry: FLAIR is stacked
+# with QSM at the input of the QSM path (the network does it; there is no module for it here).
+CONDITIONINGS = ("film_spatial", "film_channel", "gated_xattn", "none", "input_stack")
 
 
 class SpatialFiLM(nn.Module):
