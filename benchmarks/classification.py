@@ -406,10 +406,19 @@ def without_labels_of(meta: pd.DataFrame, patients) -> pd.DataFrame:
 
 
 def save_training_data(patches: np.ndarray, meta: pd.DataFrame, evaluable: np.ndarray, folder: Path) -> Path:
-    """Patches (``.npy``, memory-mapped by the workers) and lesion table, written once for every task."""
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "patches.npy", patches)
-    meta.assign(evaluable=evaluable).to_pickle(folder / "meta.pkl")
+    """Patches (``.npy``, memory-mapped by the workers) and lesion table, written once for every task.
+
+    Both are written atomically: the workers of another run on the same work folder keep reading
+    the files they opened (the same content, as the work folder fixes the cohort).
+    """
+    from bids_rim.bidsio.derivatives import atomic_write_with
+
+    def write_patches(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:  # a path would get ".npy" appended
+            np.save(handle, patches)
+
+    atomic_write_with(folder / "patches.npy", write_patches)
+    atomic_write_with(folder / "meta.pkl", meta.assign(evaluable=evaluable).to_pickle)
     return folder
 
 

@@ -203,6 +203,22 @@ def test_label_one_in_k_withholds_training_labels_only() -> None:
     assert not np.allclose(changed.loc[first, "rim_probability"], scored.loc[first, "rim_probability"])
 
 
+def test_training_data_is_replaced_atomically_under_a_reader(tmp_path: Path) -> None:
+    """A second run on the same work folder rewrites patches.npy while the first run's workers
+    have it memory-mapped: they must keep reading whole, unchanged patches."""
+    from bids_rim.training.toy import make_toy_patches
+
+    benchmark = _load_benchmark()
+    patches, meta = make_toy_patches(4, 4, patch_size=8, seed=5)
+    folder = benchmark.save_training_data(patches, meta, np.ones(len(meta), bool), tmp_path)
+    reading = np.load(folder / "patches.npy", mmap_mode="r")
+    benchmark.save_training_data(patches + 1.0, meta, np.zeros(len(meta), bool), tmp_path)
+    np.testing.assert_array_equal(reading, patches)
+    np.testing.assert_array_equal(np.load(folder / "patches.npy"), patches + 1.0)
+    assert not pd.read_pickle(folder / "meta.pkl")["evaluable"].any()
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.pkl", "patches.npy"]
+
+
 def test_fold_task_pretrains_on_withheld_patients_without_their_labels(tmp_path: Path, monkeypatch) -> None:
     """A task with withheld patients hands train_member their lesions (for pretraining) without labels."""
     import bids_rim.training.crossval as crossval

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,17 +78,26 @@ def _temporary_sibling(path: Path) -> Path:
     return Path(name)
 
 
-def atomic_write_bytes(path: Path, content: bytes) -> Path:
-    """Write bytes to ``path`` atomically (a temporary sibling, then ``os.replace``)."""
+def atomic_write_with(path: Path, write: Callable[[Path], None]) -> Path:
+    """Let ``write`` fill a temporary sibling of ``path``, then move it into place (``os.replace``).
+
+    Readers never see a half-written file, and one that has the old file open or memory-mapped
+    keeps reading the old content until it reopens.
+    """
     path = Path(path)
     temporary = _temporary_sibling(path)
     try:
-        temporary.write_bytes(content)
+        write(temporary)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_bytes(path: Path, content: bytes) -> Path:
+    """Write bytes to ``path`` atomically (a temporary sibling, then ``os.replace``)."""
+    return atomic_write_with(path, lambda temporary: temporary.write_bytes(content))
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -97,14 +107,7 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_copy(source: Path, path: Path) -> Path:
     """Copy ``source`` to ``path`` atomically (content only: reruns give identical files)."""
-    temporary = _temporary_sibling(path)
-    try:
-        shutil.copyfile(source, temporary)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return atomic_write_with(path, lambda temporary: shutil.copyfile(source, temporary))
 
 
 def atomic_write_json(path: Path, content: dict[str, Any]) -> Path:
