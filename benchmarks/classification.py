@@ -133,6 +133,7 @@ class BenchmarkSettings:
     training_seed: int | None = None  # None: ``seed``; the cohort, split and bootstrap always follow ``seed``
     label_one_in: int = 1  # K > 1: each fold keeps the rater labels of one in K of its training patients
     lesion_outline: str = "given"  # the participant level's --lesion-outline
+    qsm_noise_scale: float = 1.0  # ≠ 1 only for a noise study: the sites' QSM noise is scaled
 
     @property
     def task_seed(self) -> int:
@@ -189,6 +190,8 @@ def generate(settings: BenchmarkSettings, bids_dir: Path, jobs: int) -> dict:
 
     options = {"n_subjects": settings.subjects, "n_sites": settings.sites, "difficulty": "realistic",
                "size": settings.size, "seed": settings.seed, "progress": False}
+    if settings.qsm_noise_scale != 1.0:
+        options["qsm_noise_scale"] = settings.qsm_noise_scale
     parallel = "jobs" in inspect.signature(generate_cohort).parameters
     if parallel:
         options["jobs"] = jobs
@@ -205,6 +208,8 @@ def check_work_folder(settings: BenchmarkSettings, work: Path) -> None:
              "patch_size": settings.patch_size, "patch_spacing_mm": settings.patch_spacing_mm}
     if settings.lesion_outline != "given":  # folders made before the option have no such key
         shape["lesion_outline"] = settings.lesion_outline
+    if settings.qsm_noise_scale != 1.0:
+        shape["qsm_noise_scale"] = settings.qsm_noise_scale
     path = work / "benchmark_work.json"
     if path.exists() and json.loads(path.read_text()) != shape:
         raise ValueError(f"{work}: made for {json.loads(path.read_text())}, not {shape}; choose another --work")
@@ -718,7 +723,8 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
     above = ece_above_interval(table)
     header = "| method | " + " | ".join(HEADLINE_METRICS) + " | time (s) |"
     paper_sized = (settings.subjects, settings.sites, settings.size, settings.folds, settings.patch_size,
-                   settings.label_one_in, set(settings.methods)) == (88, 3, "full", 5, 32, 1, set(ALL_METHODS))
+                   settings.label_one_in, settings.qsm_noise_scale, set(settings.methods)
+                   ) == (88, 3, "full", 5, 32, 1, 1.0, set(ALL_METHODS))
     lines = [
         f"# Classification benchmark{' (QUICK: CI smoke run, numbers meaningless)' if settings.quick else ''}",
         "",
@@ -736,6 +742,9 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
         f"{settings.bootstrap_resamples} bootstrap resamples over patients"
         + ("." if settings.lesion_outline == "given" else
            "; lesion borders redrawn at half the FLAIR contrast (`--lesion-outline refined`).")),
+        *([] if settings.qsm_noise_scale == 1.0 else
+          [(f"- **NOISE STUDY, NOT A BENCHMARK**: every site's QSM noise is scaled by {settings.qsm_noise_scale:g} "
+            "(`--qsm-noise-scale`); the cohort is otherwise the same draw as at the realistic noise.")]),
         "",
         "## Labels",
         "",
@@ -1064,6 +1073,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lesion-outline", choices=("given", "refined"), default="given",
                         help="the participant level's --lesion-outline: the rater's borders as given, or redrawn "
                              "at half the FLAIR contrast (default given)")
+    parser.add_argument("--qsm-noise-scale", type=float, default=1.0, metavar="FACTOR",
+                        help="a noise study, not a benchmark: multiply every site's QSM noise by FACTOR (same cohort "
+                             "draw otherwise), to measure how much of a method's distance to the oracle is noise "
+                             "(default 1)")
     parser.add_argument("--methods", default=",".join(ALL_METHODS),
                         help=f"comma-separated subset of: {', '.join(ALL_METHODS)}")
     parser.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples over patients")
@@ -1094,6 +1107,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.patch_size, args.patch_spacing, args.bootstrap = 16, 2.0, min(args.bootstrap, 100)
     if min(args.jobs, args.threads, args.nprocs or 1, args.label_one_in) < 1:
         parser.error("--jobs, --threads, --nprocs and --label-one-in must be at least 1")
+    if not args.qsm_noise_scale > 0:
+        parser.error(f"--qsm-noise-scale must be > 0, got {args.qsm_noise_scale}")
     args.methods = methods
     args.nprocs = args.nprocs or max(2, args.jobs)
     return args
@@ -1118,7 +1133,7 @@ def main(argv: list[str] | None = None) -> int:
     LOGGER.propagate = False
     settings = BenchmarkSettings(args.subjects, args.sites, args.size, args.seed, args.folds, args.patch_size,
                                  args.patch_spacing, args.methods, args.quick, args.bootstrap, args.training_seed,
-                                 args.label_one_in, args.lesion_outline)
+                                 args.label_one_in, args.lesion_outline, args.qsm_noise_scale)
     execution = Execution(args.jobs, args.nprocs, args.threads, args.device, args.time_budget)
     command = "python benchmarks/classification.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out_dir = args.out or RESULTS_DIR

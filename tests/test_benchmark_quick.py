@@ -408,3 +408,19 @@ def test_compare_runs_pairs_one_method_across_two_participant_levels(tmp_path: P
     assert "| a | 0 | 1 | 0 | 1 |" in text  # before only, after only, true class differs, patients moved
     with pytest.raises(SystemExit):  # a method one run lacks
         compare.main([str(first), str(second), "--methods", "b"])
+
+
+def test_noise_study_option_is_checked_recorded_and_never_mixed_with_a_realistic_folder(tmp_path: Path) -> None:
+    benchmark = _load_benchmark()
+    assert benchmark.parse_args(["--quick", "--out", str(tmp_path), "--qsm-noise-scale", "0.1"]).qsm_noise_scale == 0.1
+    failed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "classification.py"), "--qsm-noise-scale", "0"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    assert failed.returncode == 2 and "--qsm-noise-scale must be > 0" in failed.stderr
+    realistic = benchmark.BenchmarkSettings(8, 2, "small", 1, 2, 16, 2.0, ("asym",), True, 20)
+    quiet = benchmark.BenchmarkSettings(8, 2, "small", 1, 2, 16, 2.0, ("asym",), True, 20, qsm_noise_scale=0.1)
+    work = tmp_path / "work"
+    work.mkdir()
+    benchmark.check_work_folder(realistic, work)
+    with pytest.raises(ValueError, match="choose another --work"):
+        benchmark.check_work_folder(quiet, work)
+    assert "qsm_noise_scale" not in (work / "benchmark_work.json").read_text()

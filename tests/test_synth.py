@@ -240,3 +240,31 @@ def test_drawn_rim_counts_follow_the_issue_prevalence():
     assert 0.08 <= rim.sum() / total.sum() <= 0.12
     assert 0.42 <= np.mean(rim >= 1) <= 0.58
     assert 0.15 <= np.mean(rim >= 4) <= 0.27
+
+
+def test_qsm_noise_scale_changes_the_noise_and_nothing_else(tmp_path):
+    """A noise study's cohort is the same draw as the realistic one, only with less QSM noise:
+    same lesions and labels, and images that differ by the same noise, scaled."""
+    scales = (1.0, 0.5, 0.25)
+    summaries = {scale: generate_cohort(tmp_path / str(scale), n_subjects=1, size="small", seed=6, progress=False,
+                                        qsm_noise_scale=scale) for scale in scales}
+    truth = {scale: pd.read_csv(tmp_path / str(scale) / "sourcedata" / "synth_truth" / "sub-001_ses-01_truth.tsv",
+                                sep="\t") for scale in scales}
+    same = ["lesion_id", "class", "volume_mm3", "rim_contrast_ppb", "core_contrast_ppb", "confounder",
+            "shell_minus_core_ppb", "rim_shell_minus_core_ppb", "rater_missed", "x_mm"]
+    pd.testing.assert_frame_equal(truth[1.0][same], truth[0.25][same])
+    # The oracle's noise SD is that of a median difference, not linear in the noise, but it falls.
+    assert (truth[0.25]["contrast_noise_sd_ppb"] < truth[1.0]["contrast_noise_sd_ppb"]).mean() > 0.8
+    qsm = {scale: nib.load(next((tmp_path / str(scale)).glob("sub-001/ses-01/anat/*_Chimap.nii.gz"))).get_fdata()
+           for scale in scales}
+    brain = qsm[1.0] != 0
+    # 0.5 and 0.25 of the same noise, each plus a constant (the CSF reference moves with the noise)
+    half_noise, quarter_noise = qsm[1.0] - qsm[0.5], qsm[0.5] - qsm[0.25]
+    assert 0.001 < np.std(half_noise[brain]) < 0.02  # ppm
+    assert np.std(half_noise[brain] - 2 * quarter_noise[brain]) < 1e-3 * np.std(half_noise[brain])
+    assert summaries[0.25].qsm_noise_scale == 0.25 and summaries[1.0].qsm_noise_scale == 1.0
+    assert summaries[0.25].sites[0]["qsm_noise_ppb"] == pytest.approx(0.25 * summaries[1.0].sites[0]["qsm_noise_ppb"])
+    assert "noise study" in (tmp_path / "0.25" / "README").read_text()
+    assert "noise study" in summaries[0.25].format() and "noise study" not in summaries[1.0].format()
+    with pytest.raises(ValueError, match="noise scale must be > 0"):
+        generate_cohort(tmp_path / "bad", n_subjects=1, size="small", qsm_noise_scale=0.0, progress=False)

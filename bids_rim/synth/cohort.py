@@ -18,7 +18,7 @@ from .anatomy import SMALL_CROP_MNI, draw_subject_anatomy
 from .bids_writer import write_json, write_nifti, write_tsv
 from .lesions import draw_lesions
 from .oracle import lesion_rim_cnr, oracle_pr_auc
-from .params import get_params
+from .params import get_params, with_qsm_noise_scaled
 from .population import draw_participant, draw_sites
 from .rater import missed_lesions, rater_mask, rater_rim_label
 from .session import qsm_spacing, simulate_session
@@ -61,6 +61,7 @@ class CohortSummary:
     seconds_per_session: float
     prl_count_model: dict = field(default_factory=dict)
     sites: list[dict] = field(default_factory=list)
+    qsm_noise_scale: float = 1.0  # 1 unless the sites' QSM noise was scaled for a noise study
 
     def format(self) -> str:
         """Human-readable summary printed by the CLI."""
@@ -75,13 +76,19 @@ class CohortSummary:
                 f"  confounders: {mimics}\n"
                 f"  oracle PR AUC (reader-like ceiling) {self.oracle_pr_auc:.3f};"
                 f" plain image shell-minus-core PR AUC {self.image_contrast_pr_auc:.3f}\n"
-                f"  {self.seconds_per_session:.1f} s per session")
+                f"  {self.seconds_per_session:.1f} s per session"
+                + ("" if self.qsm_noise_scale == 1.0 else
+                   f"\n  QSM noise scaled by {self.qsm_noise_scale:g} (a noise study, not a benchmark cohort)"))
 
 
 def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_sessions: int = 1,
                     difficulty: str = "realistic", size: str = "full", seed: int = 0,
-                    progress: bool = True, jobs: int = 1) -> CohortSummary:
+                    progress: bool = True, jobs: int = 1, qsm_noise_scale: float = 1.0) -> CohortSummary:
     """Write a synthetic MS cohort (raw BIDS + derivatives + truth) to ``out_dir``.
+
+    ``qsm_noise_scale`` multiplies the sites' QSM noise (:func:`with_qsm_noise_scaled`): a
+    diagnostic of how much a method loses to noise, recorded in the summary; 1 for every cohort
+    that is benchmarked.
 
     ``jobs`` > 1 simulates subjects in that many worker processes, 0 in one per usable CPU (at
     most one per subject; see :func:`worker_count`). Every subject draws from its own seed
@@ -95,6 +102,8 @@ def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_session
         raise ValueError(f"{out_dir}: size must be 'full' or 'small', not {size!r}")
     jobs = worker_count(jobs, n_subjects, size)
     params = get_params(difficulty)
+    if qsm_noise_scale != 1.0:
+        params = with_qsm_noise_scaled(params, qsm_noise_scale)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root_seq = np.random.SeedSequence(seed)
@@ -125,9 +134,9 @@ def generate_cohort(out_dir, *, n_subjects: int = 8, n_sites: int = 2, n_session
             bar.update(1)
     bar.close()
     elapsed = (time.perf_counter() - started) / (n_subjects * n_sessions)
-    _write_dataset_files(out, participants, params)
+    _write_dataset_files(out, participants, params, qsm_noise_scale)
     summary = _summarise(out, participants, truth_rows, params, sites, size, seed, n_sessions,
-                         elapsed)
+                         elapsed, qsm_noise_scale)
     write_json(out / "sourcedata" / "synth_truth" / "cohort_summary.json",
                {k: v for k, v in asdict(summary).items() if k not in ("out_dir", "seconds_per_session")})
     return summary
@@ -266,13 +275,13 @@ def _write_session(out: Path, person, subject, lesions, veins, params, size, ses
     return rows
 
 
-def _write_dataset_files(out: Path, participants, params) -> None:
+def _write_dataset_files(out: Path, participants, params, qsm_noise_scale: float) -> None:
     write_json(out / "dataset_description.json", dataset_description("raw", __version__))
     write_json(out / "derivatives" / "lesion_masks" / "dataset_description.json",
                dataset_description("lesion_masks", __version__))
     write_json(out / "derivatives" / "rim_annotations" / "dataset_description.json",
                dataset_description("rim_annotations", __version__))
-    (out / "README").write_text(readme_text(params.difficulty))
+    (out / "README").write_text(readme_text(params.difficulty, qsm_noise_scale))
     # BIDS has no suffix for a per-lesion table: the annotation TSVs are legitimately non-standard
     (out / "derivatives" / "rim_annotations" / ".bidsignore").write_text("*_desc-rim_annotations.*\n")
     table = pd.DataFrame([{"participant_id": p.participant_id, "site": p.site.label, "age": p.age,
@@ -282,8 +291,8 @@ def _write_dataset_files(out: Path, participants, params) -> None:
     write_json(out / "participants.json", participants_sidecar())
 
 
-def _summarise(out, participants, truth_rows, params, sites, size, seed, n_sessions, elapsed
-               ) -> CohortSummary:
+def _summarise(out, participants, truth_rows, params, sites, size, seed, n_sessions, elapsed,
+               qsm_noise_scale) -> CohortSummary:
     truth = pd.DataFrame(truth_rows, columns=truth_columns())
     first = truth[truth["session_id"] == "ses-01"]
     rim = first["class"] == "rim+"
@@ -309,4 +318,4 @@ def _summarise(out, participants, truth_rows, params, sites, size, seed, n_sessi
                          "site_coefs": {s.label: model.site_coefs[s.index % len(model.site_coefs)]
                                         for s in sites},
                          "dispersion_size": model.dispersion_size},
-        sites=[asdict(s) for s in sites])
+        sites=[asdict(s) for s in sites], qsm_noise_scale=qsm_noise_scale)

@@ -187,3 +187,16 @@ def get_params(difficulty: str = "realistic") -> SynthParams:
     for group, changes in DIFFICULTY_CHANGES[difficulty].items():
         params = replace(params, **{group: replace(getattr(params, group), **changes)})
     return replace(params, difficulty=difficulty)
+
+
+def with_qsm_noise_scaled(params: SynthParams, factor: float) -> SynthParams:
+    """``params`` with every site's QSM noise range multiplied by ``factor`` (> 0).
+
+    For studies of how much a method loses to noise, not for benchmarks: everything else, the
+    random draws included, stays as it is, so the same seed gives the same cohort at another
+    noise level.
+    """
+    if not factor > 0:
+        raise ValueError(f"QSM noise scale must be > 0, got {factor}")
+    low, high = params.sites.qsm_noise_ppb
+    return replace(params, sites=replace(params.sites, qsm_noise_ppb=(low * factor, high * factor)))

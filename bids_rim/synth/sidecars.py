@@ -92,9 +92,11 @@ def truth_columns() -> list[str]:
             "observed_rim_cnr", "rater_missed", "rater_rim", "x_mm", "y_mm", "z_mm"]
 
 
-def readme_text(difficulty: str) -> str:
+def readme_text(difficulty: str, qsm_noise_scale: float = 1.0) -> str:
     return ("Synthetic multiple sclerosis cohort made by bids_rim-synth "
             f"(difficulty {difficulty}).\n"
+            + ("" if qsm_noise_scale == 1.0 else
+               f"QSM noise scaled by {qsm_noise_scale:g} for a noise study: not a benchmark cohort.\n") +
             "QSM (Chimap, ppm), GRE magnitude and FLAIR per session; rater lesion masks and rim\n"
             "annotations under derivatives/; the ground truth under sourcedata/synth_truth/.\n"
             "Nothing here comes from a real person.\n")
