@@ -335,6 +335,10 @@ def test_interpretation_says_when_the_goal_is_missed() -> None:
                          + [{"method": "asym", "metric": "prevalence", "estimate": 0.1, "ci_low": 0.1, "ci_high": 0.1}])
     text = benchmark.interpretation(table)
     assert "best baseline is radiomics" in text and "is NOT met" in text and "0.300 above asym" in text
+    # A noise study reports the same differences but judges no goal: its cohort is not the benchmark's.
+    studied = benchmark.interpretation(table, noise_study=True)
+    assert "noise study" in studied and "best baseline is radiomics" in studied and "0.300 above asym" in studied
+    assert "goal" not in studied.replace("goals are not judged", "")
 
 
 def test_ece_interval_above_its_estimate_is_named() -> None:
