@@ -17,6 +17,7 @@ import numpy as np
 
 from bids_rim.errors import InputError
 from bids_rim.preproc.antsio import from_ants, to_ants
+from bids_rim.preproc.registration import ants_random_seed
 
 #: Template resolution used for normalisation (TemplateFlow ``res-02``: 2 mm).
 TEMPLATE_RESOLUTION = 2
@@ -72,8 +73,17 @@ def register_to_template(
     else to a temporary folder that antspyx makes and never removes. ITK's thread count is
     process-wide (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, see :mod:`bids_rim.preproc.antsio`),
     so it is not an argument here.
+
+    Reproducible: antspyx (0.6) ignores a ``random_seed`` argument of ``ants.registration`` and
+    reads the seed of its random metric sampling only from its global configuration, so until
+    2026-12-03 every run sampled differently (affine entries differed by a few per cent between
+    two runs on the same inputs, and a test subject landed outside the template brain now and
+    then). The seed (``seed + 1``, as ANTs takes 0 for "from the clock") is set there for this call
+    and restored afterwards; ``ants.set_ants_deterministic`` would also reseed numpy's global
+    generator.
     """
     import ants
+    import ants.config
 
     outprefix = {}
     if work_dir is not None:
@@ -86,11 +96,15 @@ def register_to_template(
     if template_mask is not None:
         fixed_data = fixed_data * (np.asarray(template_mask.dataobj) > 0)
     fixed = nib.Nifti1Image(fixed_data, template.affine)
-    result = ants.registration(
-        fixed=to_ants(fixed), moving=to_ants(moving), type_of_transform="SyN",
-        aff_metric="mattes", syn_metric="mattes", reg_iterations=(40, 20, 0), random_seed=int(seed),
-        **outprefix,
-    )
+    previous_seed = ants.config._random_seed
+    ants.config._random_seed = ants_random_seed(seed)
+    try:
+        result = ants.registration(
+            fixed=to_ants(fixed), moving=to_ants(moving), type_of_transform="SyN",
+            aff_metric="mattes", syn_metric="mattes", reg_iterations=(40, 20, 0), **outprefix,
+        )
+    finally:
+        ants.config._random_seed = previous_seed
     return list(result["fwdtransforms"])
 
 
