@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 
 import nibabel as nib
@@ -100,6 +102,27 @@ def test_frequency_maps_in_template_space(cohort, tmp_path, monkeypatch):
     html = result.report.read_text()
     assert "space-MNI152NLin2009cAsym_desc-frequency_plot.png" in html
     assert (cohort.output_dir / "group" / "figures" / "space-MNI152NLin2009cAsym_desc-frequency_plot.png").is_file()
+
+
+def test_frequency_maps_leave_out_a_failed_normalisation(cohort, caplog):
+    """sub-002's sidecar says its lesions fell outside the template brain: both maps go without it."""
+    write_template_masks(cohort, ["sub-001", "sub-002", "sub-003"])
+    space = "MNI152NLin2009cAsym"
+    for participant, share in (("sub-001", 0.97), ("sub-002", 0.41)):
+        sidecar = cohort.output_dir / participant / "anat" / f"{participant}_space-{space}_desc-lesions_mask.json"
+        sidecar.write_text(json.dumps({"LesionShareInsideTemplateBrain": share}))
+    with caplog.at_level(logging.WARNING, logger="bids_rim.group"):
+        result = run_group_level(cohort.bids_dir, cohort.output_dir, progress=False)
+    maps = {item.desc: item for item in result.frequency_maps}
+    assert maps["lesions"].n_patients == 2 and maps["rim"].n_patients == 2
+    lesion_frequency = nib.load(maps["lesions"].path).get_fdata()
+    assert lesion_frequency[5, 7, 7] == 0.5 and lesion_frequency[6, 7, 7] == 0.5  # sub-001 and sub-003 alone
+    left_out = f"sub-002/anat/sub-002_space-{space}_desc-lesions_mask.nii.gz"
+    for item in maps.values():
+        sidecar = json.loads(item.path.with_name(item.path.name.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["LeftOut"] == [left_out] and not any("sub-002" in source for source in sidecar["Sources"])
+    assert left_out in result.report.read_text()
+    assert any("sub-002" in record.getMessage() and "0.41" in record.getMessage() for record in caplog.records)
 
 
 def test_template_masks_on_different_grids_are_refused(cohort):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -125,6 +126,11 @@ def test_lesion_maps_in_template_space(small_cohort: Path, templateflow_home: Pa
     assert lesions.sum() > 0
     inside = (np.asarray(template_mask.dataobj) > 0)[lesions].mean()
     assert inside > 0.9, f"only {inside:.0%} of lesion voxels fall inside the template brain"
+    # The product's own quality check agrees, and a passed check adds no warning.
+    sidecar = json.loads((anat / f"sub-001_ses-01_space-{SPACE}_desc-lesions_mask.json").read_text())
+    assert sidecar["LesionShareInsideTemplateBrain"] == pytest.approx(inside)
+    table_sidecar = json.loads((anat / "sub-001_ses-01_desc-lesions_table.json").read_text())
+    assert not any("normalisation" in warning for warning in table_sidecar["Warnings"])
 
 
 def test_missing_template_gives_a_clear_error(small_cohort: Path, tmp_path: Path) -> None:

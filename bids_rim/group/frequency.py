@@ -4,14 +4,19 @@ With ``--output-spaces SPACE`` the participant level writes, per session,
 ``sub-X_[ses-Y_]space-SPACE_desc-lesions_mask.nii.gz`` and ``..._desc-rim_mask.nii.gz``. The
 frequency map of a space is the voxel-wise share of patients whose mask covers the voxel
 (one session per patient, as in the other patient-level statistics). Masks are read one at a
-time into a running sum, so memory does not grow with the number of patients.
+time into a running sum, so memory does not grow with the number of patients. A session whose
+normalisation failed its quality check (``LesionShareInsideTemplateBrain`` in the lesion mask's
+sidecar below :data:`~bids_rim.preproc.normalisation_qc.MIN_LESION_SHARE_INSIDE_BRAIN`) is left
+out of both maps of that space, and named in their sidecars.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -20,7 +25,9 @@ import numpy as np
 
 from bids_rim.bidsio.derivatives import atomic_write_json
 from bids_rim.errors import InputError
+from bids_rim.preproc.normalisation_qc import MIN_LESION_SHARE_INSIDE_BRAIN
 
+LOGGER = logging.getLogger("bids_rim.group")
 MASK_PATTERN = re.compile(r"_space-(?P<space>[A-Za-z0-9]+)_desc-(?P<desc>lesions|rim)_mask\.nii\.gz$")
 MAP_DESCRIPTIONS = {"lesions": "lesion frequency: share of patients with a lesion in the voxel",
                     "rim": "PRL frequency: share of patients with a rim+ lesion (model label) in the voxel"}
@@ -35,20 +42,48 @@ class FrequencyMap:
     desc: str  # "lesions" or "rim"
     path: Path
     n_patients: int
+    left_out: tuple[str, ...] = field(default=())  # lesion masks whose normalisation failed its check
 
 
-def find_template_masks(output_dir: Path, sessions: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[Path]]:
-    """``{(space, desc): [mask, ...]}`` for the given (participant_id, session_id or "n/a") pairs."""
+def failed_normalisation(lesion_mask: Path) -> float | None:
+    """The lesion share inside the template brain when it is below the threshold, else None.
+
+    Read from the mask's sidecar; a mask without the check (older outputs) is not judged.
+    """
+    sidecar = lesion_mask.with_name(lesion_mask.name.replace(".nii.gz", ".json"))
+    try:
+        share = json.loads(sidecar.read_text()).get("LesionShareInsideTemplateBrain")
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise InputError(f"{sidecar}: not a JSON object ({error})") from error
+    if share is None or share >= MIN_LESION_SHARE_INSIDE_BRAIN:
+        return None
+    return float(share)
+
+
+def find_template_masks(output_dir: Path, sessions: Iterable[tuple[str, str]]
+                        ) -> tuple[dict[tuple[str, str], list[Path]], dict[str, list[Path]]]:
+    """The usable masks ``{(space, desc): [mask, ...]}`` of the given (participant_id, session_id
+    or "n/a") pairs, and per space the lesion masks left out because their normalisation failed."""
     found: dict[tuple[str, str], list[Path]] = {}
+    left_out: dict[str, list[Path]] = {}
     for participant, session in sessions:
         folder = output_dir / participant / ("" if session in (None, "n/a") else session) / "anat"
         if not folder.is_dir():
             continue
-        for path in sorted(folder.glob(f"{participant}_*_mask.nii.gz")):
-            match = MASK_PATTERN.search(path.name)
-            if match is not None:
-                found.setdefault((match["space"], match["desc"]), []).append(path)
-    return found
+        masks = [(path, MASK_PATTERN.search(path.name)) for path in sorted(folder.glob(f"{participant}_*_mask.nii.gz"))]
+        failed = {match["space"] for path, match in masks
+                  if match is not None and match["desc"] == "lesions" and failed_normalisation(path) is not None}
+        for path, match in masks:
+            if match is None:
+                continue
+            if match["space"] in failed:
+                if match["desc"] == "lesions":
+                    left_out.setdefault(match["space"], []).append(path)
+                continue
+            found.setdefault((match["space"], match["desc"]), []).append(path)
+    return found, left_out
 
 
 def frequency_image(masks: list[Path]) -> nib.Nifti1Image:
@@ -69,7 +104,13 @@ def frequency_image(masks: list[Path]) -> nib.Nifti1Image:
 def write_frequency_maps(output_dir: Path, sessions: Iterable[tuple[str, str]]) -> list[FrequencyMap]:
     """Write ``group/space-S_desc-{lesionfreq,prlfreq}_map.nii.gz`` (+ .json) for every space found."""
     written = []
-    for (space, desc), masks in sorted(find_template_masks(output_dir, sessions).items()):
+    found, left_out = find_template_masks(output_dir, sessions)
+    for space, masks in left_out.items():
+        for mask in masks:
+            LOGGER.warning("%s: left out of the %s frequency maps, its normalisation failed its quality check "
+                           "(lesion share inside the template brain %.2f)", mask, space, failed_normalisation(mask))
+    for (space, desc), masks in sorted(found.items()):
+        skipped = tuple(mask.relative_to(output_dir).as_posix() for mask in left_out.get(space, []))
         path = output_dir / "group" / f"space-{space}_desc-{MAP_NAMES[desc]}_map.nii.gz"
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp.nii.gz")
@@ -80,8 +121,11 @@ def write_frequency_maps(output_dir: Path, sessions: Iterable[tuple[str, str]]) 
             "Units": "fraction of patients",
             "NPatients": len(masks),
             "Sources": [mask.relative_to(output_dir).as_posix() for mask in masks],
+            "LeftOut": list(skipped),
+            "LeftOutDescription": ("sessions whose normalisation failed its quality check (lesion share inside "
+                                   f"the template brain below {MIN_LESION_SHARE_INSIDE_BRAIN})"),
         })
-        written.append(FrequencyMap(space, desc, path, len(masks)))
+        written.append(FrequencyMap(space, desc, path, len(masks), skipped))
     return written
 
 

@@ -6,6 +6,7 @@ It runs last in a session's workflow, so a session that failed earlier writes no
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,9 @@ from nipype.interfaces.base import (
 
 from bids_rim.bidsio.derivatives import atomic_copy, atomic_write_json, atomic_write_tsv, derivative_path
 from bids_rim.bidsio.sidecars import lesion_table_sidecar, tidy_lesion_table
+from bids_rim.preproc.normalisation_qc import MIN_LESION_SHARE_INSIDE_BRAIN
+
+LOGGER = logging.getLogger("bids_rim.participant")
 
 
 class _SinkInputSpec(BaseInterfaceInputSpec):
@@ -36,8 +40,10 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     table = File(exists=True, mandatory=True)
     patches = File(exists=True, mandatory=True)
     parameters = traits.Dict(desc="processing parameters recorded in the table's sidecar")
-    warnings = traits.List(traits.Str)
-    template_maps = traits.List(traits.Dict, desc="{space, desc, path} of template-space masks")
+    warnings = traits.List(traits.Str, desc="the session's warnings from the checks before the run")
+    template_maps = traits.List(traits.Dict, desc="{space, desc, path, lesion_share_inside_brain} of "
+                                                  "template-space masks")
+    template_warnings = traits.List(traits.Str, desc="warnings of the normalisations' quality checks")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -84,7 +90,8 @@ class DerivativesSink(SimpleInterface):
 
         table = tidy_lesion_table(pd.read_csv(self.inputs.table, sep="\t", na_values="n/a"))
         table_path = target("table", ".tsv", desc="lesions")
-        warnings = list(self.inputs.warnings) if isdefined(self.inputs.warnings) else []
+        warnings = [*(self.inputs.warnings if isdefined(self.inputs.warnings) else []),
+                    *(self.inputs.template_warnings if isdefined(self.inputs.template_warnings) else [])]
         atomic_write_tsv(table_path, table, lesion_table_sidecar(
             table, {"Sources": sources, "LesionSource": self.inputs.lesion_source,
                     "ProcessingParameters": parameters, "Warnings": warnings}))
@@ -109,8 +116,18 @@ class DerivativesSink(SimpleInterface):
                 atomic_write_json(path.with_name(path.name.replace(".nii.gz", ".json")), {
                     "Description": f"{descriptions[item['desc']]} in {item['space']} space (antspyx affine + SyN "
                                    "of FLAIR to the template T1w; nearest neighbour)",
-                    "Sources": sources, "Type": "ROI"})
+                    "Sources": sources, "Type": "ROI",
+                    "LesionShareInsideTemplateBrain": item.get("lesion_share_inside_brain"),
+                    "LesionShareInsideTemplateBrainDescription": (
+                        "quality check of the normalisation: share of the lesion voxels in template space that "
+                        "lie inside the template's brain mask (null: no lesion voxel or no template mask); "
+                        f"below {MIN_LESION_SHARE_INSIDE_BRAIN} the session is warned about and the group "
+                        "level's frequency maps leave it out")})
                 written[f"{item['space']}_{item['desc']}"] = str(path)
+                share = item.get("lesion_share_inside_brain")
+                if item["desc"] == "lesions" and share is not None and share < MIN_LESION_SHARE_INSIDE_BRAIN:
+                    LOGGER.warning("%s: only %.0f%% of the lesion voxels lie inside the %s brain mask; the "
+                                   "normalisation looks wrong", path, 100 * share, item["space"])
         written["qsm"] = self.inputs.source_files["qsm"]  # the report shows the untouched input QSM
         self._results["out_files"] = written
         return runtime

@@ -302,11 +302,13 @@ class _TemplateMapsInputSpec(BaseInterfaceInputSpec):
 
 
 class _TemplateMapsOutputSpec(TraitedSpec):
-    maps = traits.List(traits.Dict, desc="{space, desc, path} of each map written")
+    maps = traits.List(traits.Dict, desc="{space, desc, path, lesion_share_inside_brain} of each map written")
+    warnings = traits.List(traits.Str, desc="one per space whose normalisation failed its quality check")
 
 
 class TemplateMaps(SimpleInterface):
-    """Lesion and rim+ lesion masks in each requested template space (affine + SyN)."""
+    """Lesion and rim+ lesion masks in each requested template space (affine + SyN), with the
+    quality check of each normalisation: the share of lesion voxels inside the template brain."""
 
     input_spec = _TemplateMapsInputSpec
     output_spec = _TemplateMapsOutputSpec
@@ -314,6 +316,7 @@ class TemplateMaps(SimpleInterface):
     def _run_interface(self, runtime):
         import pandas as pd
 
+        from bids_rim.preproc.normalisation_qc import lesion_share_inside_brain, normalisation_warning
         from bids_rim.preproc.template_space import (
             apply_to_template,
             register_to_template,
@@ -327,16 +330,23 @@ class TemplateMaps(SimpleInterface):
         if "rim_label" in table:
             rim_ids = table.loc[table["rim_label"] == 1, "lesion_id"].to_numpy()
             masks["rim"] = np.isin(label_data, rim_ids)
-        maps = []
+        maps, warnings = [], []
         for space in self.inputs.spaces:
             t1w_path, mask_path = resolve_template(space)
             template = nib.load(t1w_path)
             template_mask = nib.load(mask_path) if mask_path else None
             transforms = register_to_template(flair, brain, template, template_mask, seed=self.inputs.seed,
                                               work_dir=Path(runtime.cwd) / f"to_{space}")
-            for desc, mask in masks.items():
-                moved = apply_to_template(nib.Nifti1Image(mask.astype(np.uint8), labels.affine), template, transforms)
-                maps.append({"space": space, "desc": desc,
-                             "path": _save(moved, runtime.cwd, f"{space}_{desc}_mask.nii.gz")})
-        self._results["maps"] = maps
+            moved = {desc: apply_to_template(nib.Nifti1Image(mask.astype(np.uint8), labels.affine), template,
+                                             transforms)
+                     for desc, mask in masks.items()}
+            share = None if template_mask is None else lesion_share_inside_brain(
+                np.asarray(moved["lesions"].dataobj), np.asarray(template_mask.dataobj))
+            warning = normalisation_warning(space, share)
+            if warning is not None:
+                warnings.append(warning)  # the sink logs it beside the file it concerns
+            for desc, image in moved.items():
+                maps.append({"space": space, "desc": desc, "lesion_share_inside_brain": share,
+                             "path": _save(image, runtime.cwd, f"{space}_{desc}_mask.nii.gz")})
+        self._results.update(maps=maps, warnings=warnings)
         return runtime

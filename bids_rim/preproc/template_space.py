@@ -5,6 +5,7 @@ T1w brain with antspyx, affine then SyN (mutual information, so the FLAIR/T1w co
 difference is no obstacle); lesion and rim masks follow with nearest-neighbour interpolation.
 Templates come from TemplateFlow and are never downloaded at run time: a template that is not
 in ``TEMPLATEFLOW_HOME`` is an error that says how to pre-fetch it.
+Each normalisation is checked afterwards (:mod:`bids_rim.preproc.normalisation_qc`).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import pandas as pd
 from bids_rim.group.aggregate import ParticipantProblem
 from bids_rim.group.frequency import FrequencyMap, template_background
 from bids_rim.group.stats import PRL_COUNT_THRESHOLD, CountModelResult
+from bids_rim.preproc.normalisation_qc import MIN_LESION_SHARE_INSIDE_BRAIN
 from bids_rim.reports import figures
 
 plt = figures.plt
@@ -220,8 +221,10 @@ def write_group_report(output_dir: Path, *, lesions: pd.DataFrame, subjects: pd.
         threshold=PRL_COUNT_THRESHOLD,
         frequency=[{"space": space, "figure": f"group/figures/space-{space}_desc-frequency_plot.png",
                     "maps": [{"desc": item.desc, "path": item.path.relative_to(output_dir).as_posix(),
-                              "n": item.n_patients} for item in frequency_maps if item.space == space]}
+                              "n": item.n_patients} for item in frequency_maps if item.space == space],
+                    "left_out": next((list(item.left_out) for item in frequency_maps if item.space == space), [])}
                    for space in spaces],
+        min_share_inside_brain=MIN_LESION_SHARE_INSIDE_BRAIN,
     )
     report = output_dir / "group.html"
     figures.atomic_write_bytes(report, html.encode("utf-8"))

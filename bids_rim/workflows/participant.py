@@ -184,7 +184,7 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
             (brain_mask, template_maps, [("out_file", "brain_mask")]),
             (lesions, template_maps, [("labels", "labels")]),
             (final_table[0], template_maps, [(final_table[1], "table")]),
-            (template_maps, sink, [("maps", "template_maps")]),
+            (template_maps, sink, [("maps", "template_maps"), ("warnings", "template_warnings")]),
         ])
     return workflow
 
