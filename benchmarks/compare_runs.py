@@ -1,10 +1,13 @@
-"""Two classification runs that differ in the participant level, method by method, on the same lesions.
+"""Two classification runs compared method by method, on the lesions both scored.
 
     python benchmarks/compare_runs.py BEFORE AFTER --methods asym,readout_logistic --out compare.md
 
-BEFORE and AFTER are the ``--out`` folders of two ``classification.py`` runs on one cohort with
-one split seed whose participant levels differ (for instance ``--lesion-outline given`` and
-``refined`` on two ``--work`` folders made from the same cohort). ``seed_spread.py`` cannot pair
+BEFORE and AFTER are the ``--out`` folders of two ``classification.py`` runs with one split seed
+that differ in their participant level (for instance ``--lesion-outline given`` and ``refined``
+on two ``--work`` folders made from the same cohort), their noise (``--qsm-noise-scale``) or the
+cohort's size: the generator draws each subject from its own seed, so the cohort of 88 patients
+begins with the 40 of a 40-patient cohort of the same seed, and a run on the larger cohort
+trains every fold on more patients. ``seed_spread.py`` cannot pair
 them: it joins runs only when a shared method gives the same probabilities. Here a method's
 two runs are paired on the lesions both scored (same participant and lesion id, same true
 class), and for each method the page gives both pooled PR AUCs and the paired difference
@@ -56,8 +59,8 @@ def comparison_page(predictions: pd.DataFrame, report: dict, methods: list[str],
                     n_resamples: int, split_seed: int, command: str) -> str:
     """Markdown: per method, PR AUC before and after on the paired lesions and the paired difference."""
     scores = pooled_pr_auc(predictions)
-    lines = ["# Classification benchmark: two participant levels compared", "", f"Command: `{command}`", "",
-             f"Before: {labels[0]}. After: {labels[1]}. Same cohort and split seed ({split_seed}); each method is "
+    lines = ["# Classification benchmark: two runs compared", "", f"Command: `{command}`", "",
+             f"Before: {labels[0]}. After: {labels[1]}. Same split seed ({split_seed}); each method is "
              "scored on the lesions both runs scored with the same true class. Pooled out-of-fold PR AUC against "
              f"the true class, and the paired difference after − before (patient bootstrap, {n_resamples} "
              "resamples, 95 % CI):", "",

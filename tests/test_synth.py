@@ -127,6 +127,17 @@ def test_same_seed_gives_same_bytes_serial_or_parallel(tmp_path):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
 
 
+def test_a_larger_cohort_begins_with_the_smaller_one_of_the_same_seed(tmp_path):
+    """Each subject draws from its own seed (and its site from its number), so the benchmark can
+    pair a 40-patient run with the first 40 patients of an 88-patient run of the same seed."""
+    for name, n_subjects in (("two", 2), ("three", 3)):
+        generate_cohort(tmp_path / name, n_subjects=n_subjects, n_sites=3, size="small", seed=3, progress=False)
+    two, three = _digest(tmp_path / "two"), _digest(tmp_path / "three")
+    subject_files = [name for name in two if "sub-" in name]  # images, sidecars, annotations and truth
+    assert len(subject_files) > 10 and all(three[name] == two[name] for name in subject_files)
+    assert any(name.startswith("sub-003/") for name in three)
+
+
 def test_jobs_zero_means_one_worker_per_usable_cpu_and_never_more_than_subjects(monkeypatch):
     from bids_rim.synth import cohort
     from bids_rim.synth.cohort import usable_cpus, worker_count
