@@ -25,7 +25,7 @@ import numpy as np
 
 from bids_rim.bidsio.derivatives import atomic_write_json
 from bids_rim.errors import InputError
-from bids_rim.preproc.normalisation_qc import MIN_LESION_SHARE_INSIDE_BRAIN
+from bids_rim.preproc.normalisation_qc import MIN_LESION_SHARE_INSIDE_BRAIN, normalisation_failed
 
 LOGGER = logging.getLogger("bids_rim.group")
 MASK_PATTERN = re.compile(r"_space-(?P<space>[A-Za-z0-9]+)_desc-(?P<desc>lesions|rim)_mask\.nii\.gz$")
@@ -57,9 +57,7 @@ def failed_normalisation(lesion_mask: Path) -> float | None:
         return None
     except (json.JSONDecodeError, AttributeError) as error:
         raise InputError(f"{sidecar}: not a JSON object ({error})") from error
-    if share is None or share >= MIN_LESION_SHARE_INSIDE_BRAIN:
-        return None
-    return float(share)
+    return float(share) if normalisation_failed(share) else None
 
 
 def find_template_masks(output_dir: Path, sessions: Iterable[tuple[str, str]]

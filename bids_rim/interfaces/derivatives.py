@@ -22,7 +22,7 @@ from nipype.interfaces.base import (
 
 from bids_rim.bidsio.derivatives import atomic_copy, atomic_write_json, atomic_write_tsv, derivative_path
 from bids_rim.bidsio.sidecars import lesion_table_sidecar, tidy_lesion_table
-from bids_rim.preproc.normalisation_qc import MIN_LESION_SHARE_INSIDE_BRAIN
+from bids_rim.preproc.normalisation_qc import MIN_LESION_SHARE_INSIDE_BRAIN, normalisation_warning
 
 LOGGER = logging.getLogger("bids_rim.participant")
 
@@ -124,10 +124,9 @@ class DerivativesSink(SimpleInterface):
                         f"below {MIN_LESION_SHARE_INSIDE_BRAIN} the session is warned about and the group "
                         "level's frequency maps leave it out")})
                 written[f"{item['space']}_{item['desc']}"] = str(path)
-                share = item.get("lesion_share_inside_brain")
-                if item["desc"] == "lesions" and share is not None and share < MIN_LESION_SHARE_INSIDE_BRAIN:
-                    LOGGER.warning("%s: only %.0f%% of the lesion voxels lie inside the %s brain mask; the "
-                                   "normalisation looks wrong", path, 100 * share, item["space"])
+                warning = normalisation_warning(item["space"], item.get("lesion_share_inside_brain"))
+                if item["desc"] == "lesions" and warning is not None:
+                    LOGGER.warning("%s: %s", path, warning)
         written["qsm"] = self.inputs.source_files["qsm"]  # the report shows the untouched input QSM
         self._results["out_files"] = written
         return runtime

@@ -31,9 +31,14 @@ def lesion_share_inside_brain(lesions_in_template: np.ndarray, template_brain: n
     return float((np.asarray(template_brain) > 0)[lesions].sum() / total)
 
 
+def normalisation_failed(share: float | None) -> bool:
+    """Whether a lesion share inside the template brain fails the check (None, nothing to judge, passes)."""
+    return share is not None and share < MIN_LESION_SHARE_INSIDE_BRAIN
+
+
 def normalisation_warning(space: str, share: float | None) -> str | None:
     """The warning for a normalisation whose lesion share inside the brain is too low, else None."""
-    if share is None or share >= MIN_LESION_SHARE_INSIDE_BRAIN:
+    if not normalisation_failed(share):
         return None
     return (f"normalisation to {space} looks wrong: only {share:.0%} of the lesion voxels fall inside the template "
             f"brain (expected >= {MIN_LESION_SHARE_INSIDE_BRAIN:.0%}); check the {space} masks before using them, "
