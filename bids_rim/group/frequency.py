@@ -61,26 +61,26 @@ def failed_normalisation(lesion_mask: Path) -> float | None:
 
 
 def find_template_masks(output_dir: Path, sessions: Iterable[tuple[str, str]]
-                        ) -> tuple[dict[tuple[str, str], list[Path]], dict[str, list[Path]]]:
+                        ) -> tuple[dict[tuple[str, str], list[Path]], dict[str, list[tuple[Path, float]]]]:
     """The usable masks ``{(space, desc): [mask, ...]}`` of the given (participant_id, session_id
-    or "n/a") pairs, and per space the lesion masks left out because their normalisation failed."""
+    or "n/a") pairs, and per space the lesion masks left out (with their lesion share inside the
+    template brain) because their normalisation failed its check."""
     found: dict[tuple[str, str], list[Path]] = {}
-    left_out: dict[str, list[Path]] = {}
+    left_out: dict[str, list[tuple[Path, float]]] = {}
     for participant, session in sessions:
         folder = output_dir / participant / ("" if session in (None, "n/a") else session) / "anat"
         if not folder.is_dir():
             continue
-        masks = [(path, MASK_PATTERN.search(path.name)) for path in sorted(folder.glob(f"{participant}_*_mask.nii.gz"))]
-        failed = {match["space"] for path, match in masks
-                  if match is not None and match["desc"] == "lesions" and failed_normalisation(path) is not None}
+        masks = [(path, match) for path in sorted(folder.glob(f"{participant}_*_mask.nii.gz"))
+                 if (match := MASK_PATTERN.search(path.name)) is not None]
+        failed: set[str] = set()  # spaces whose normalisation failed for this session
         for path, match in masks:
-            if match is None:
-                continue
-            if match["space"] in failed:
-                if match["desc"] == "lesions":
-                    left_out.setdefault(match["space"], []).append(path)
-                continue
-            found.setdefault((match["space"], match["desc"]), []).append(path)
+            if match["desc"] == "lesions" and (share := failed_normalisation(path)) is not None:
+                failed.add(match["space"])
+                left_out.setdefault(match["space"], []).append((path, share))
+        for path, match in masks:
+            if match["space"] not in failed:
+                found.setdefault((match["space"], match["desc"]), []).append(path)
     return found, left_out
 
 
@@ -104,11 +104,11 @@ def write_frequency_maps(output_dir: Path, sessions: Iterable[tuple[str, str]]) 
     written = []
     found, left_out = find_template_masks(output_dir, sessions)
     for space, masks in left_out.items():
-        for mask in masks:
+        for mask, share in masks:
             LOGGER.warning("%s: left out of the %s frequency maps, its normalisation failed its quality check "
-                           "(lesion share inside the template brain %.2f)", mask, space, failed_normalisation(mask))
+                           "(lesion share inside the template brain %.2f)", mask, space, share)
     for (space, desc), masks in sorted(found.items()):
-        skipped = tuple(mask.relative_to(output_dir).as_posix() for mask in left_out.get(space, []))
+        skipped = tuple(mask.relative_to(output_dir).as_posix() for mask, _ in left_out.get(space, []))
         path = output_dir / "group" / f"space-{space}_desc-{MAP_NAMES[desc]}_map.nii.gz"
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp.nii.gz")
