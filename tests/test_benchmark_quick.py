@@ -96,6 +96,18 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     assert len(rows) == 7 + len(QUICK_METHODS) - 1
     assert all(re.match(r"\| [^|]+ \| [01]\.\d{3} \|", row) for row in rows)
 
+    # asym's first fold retrained with a look at its test lesions after every epoch: the retrained
+    # member reproduces the run's probabilities (checked, else it exits 1), epochs 0 to the last.
+    traced = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "finetune_trace.py"), str(out), "--work", str(tmp_path / "work"),
+         "--folds", "1", "--out", str(out / "finetune_trace.md")],
+        capture_output=True, text=True, env=environment, cwd=REPO, timeout=300, check=False)
+    assert traced.returncode == 0, traced.stderr[-3000:]
+    trace = (out / "finetune_trace.md").read_text()
+    assert "(reproduced)" in trace and (out / "finetune_trace.png").stat().st_size > 0
+    epochs = [int(n) for n in re.findall(r"^\| (\d+)(?: \(kept\))? \|", trace, re.MULTILINE)]
+    assert epochs[0] == 0 and epochs == list(range(len(epochs))) and len(epochs) >= 2
+
 
 def _load_benchmark():
     spec = importlib.util.spec_from_file_location("classification_benchmark", REPO / "benchmarks" / "classification.py")

@@ -214,6 +214,29 @@ def test_readout_fallback_keeps_the_regression_unless_an_epoch_beats_it(toy, rea
     assert np.isfinite(result.best_val_pr_auc)
 
 
+def test_after_epoch_looks_at_the_start_and_every_epoch_and_changes_nothing(toy):
+    (fit_patches, fit_labels), (val_patches, val_labels) = _labelled_fit_and_validation(toy)
+    config = TrainConfig(width=4, batch_size=16, finetune_epochs=3, min_finetune_epochs=1, patch_size=16)
+    states, seen = [], []
+
+    def look(epoch: int, model: torch.nn.Module) -> None:
+        seen.append((epoch, predict_logits(model, val_patches, CPU)[0]))
+
+    for after_epoch in (None, look):
+        torch.manual_seed(0)
+        model = get_model("asym", **config.model_kwargs())
+        states.append(finetune(model, fit_patches, fit_labels, val_patches, val_labels, config, CPU, seed=0,
+                               after_epoch=after_epoch).state_dict)
+    assert [epoch for epoch, _ in seen] == [0, 1, 2, 3]
+    assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])  # looking changed nothing
+    # Epoch 0 is the starting point: the logistic regression on the read-out, the head adding nothing.
+    regression = get_model("asym", **config.model_kwargs())
+    start_readout_path_from_logistic_regression(regression, fit_patches, fit_labels, CPU,
+                                                training_prior_bias(config, float(fit_labels.mean())))
+    np.testing.assert_allclose(seen[0][1], predict_logits(regression, val_patches, CPU)[0], atol=1e-5)
+    assert not np.allclose(seen[1][1], seen[0][1])
+
+
 def _head_logit_rms(model: torch.nn.Module, patches: np.ndarray) -> float:
     model.eval()
     with torch.no_grad():

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from bids_rim.errors import InputError
 from bids_rim.models import get_model, is_neural
@@ -51,6 +53,7 @@ class FoldModel:
     estimator: object | None = None
     bias: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time of "pretrain" and "finetune"
+    best_epoch: int = 0  # the fine-tuning epoch kept by early stopping (0: the starting point)
 
 
 @dataclass
@@ -152,8 +155,12 @@ def train_member(
     context: DistContext = DistContext(),
     progress: bool = False,
     name: str = "",
+    after_finetune_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> FoldModel:
-    """Pretrain and fine-tune one model on ``train_patients`` only (the caller's test patients excluded)."""
+    """Pretrain and fine-tune one model on ``train_patients`` only (the caller's test patients excluded).
+
+    ``after_finetune_epoch`` is handed to :func:`finetune` as its ``after_epoch`` (a diagnostic look).
+    """
     in_train = meta["participant_id"].isin(train_patients).to_numpy()
     labelled = in_train & meta["label"].notna().to_numpy()
     labelled_meta = meta[labelled]
@@ -184,11 +191,13 @@ def train_member(
         stage_seconds["pretrain"] = time.perf_counter() - started
         started = time.perf_counter()
     result = finetune(model, patches[fit_rows], labels[fit_rows], patches[val_rows], labels[val_rows], config, device,
-                      seed=seed + 1, context=context, progress=progress, description=f"finetune {name}".strip())
+                      seed=seed + 1, context=context, progress=progress, description=f"finetune {name}".strip(),
+                      after_epoch=after_finetune_epoch)
     stage_seconds["finetune"] = time.perf_counter() - started
     LOGGER.info("%s: %s", name or "model", ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in stage_seconds.items()))
     return FoldModel(result.state_dict, result.temperature, result.threshold, pretrain_patients, fit_patients,
-                     val_patients, pretrain_history, result.history, bias=result.bias, stage_seconds=stage_seconds)
+                     val_patients, pretrain_history, result.history, bias=result.bias, stage_seconds=stage_seconds,
+                     best_epoch=result.best_epoch)
 
 
 def member_probabilities(member: FoldModel, config: TrainConfig, patches: np.ndarray, device: torch.device) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -187,8 +188,15 @@ def finetune(
     context: DistContext = DistContext(),
     progress: bool = False,
     description: str = "finetune",
+    after_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune ``model`` in place (it ends with the best epoch's weights) and calibrate it."""
+    """Fine-tune ``model`` in place (it ends with the best epoch's weights) and calibrate it.
+
+    ``after_epoch(epoch, model)``, if given, is called with the starting point (epoch 0) and after
+    each epoch's validation, before early stopping decides: a diagnostic look (e.g. the test
+    lesions' PR AUC epoch by epoch in ``benchmarks/finetune_trace.py``) that must leave the model
+    and the random streams as it found them.
+    """
     train_labels = np.asarray(train_labels).astype(int)
     val_labels = np.asarray(val_labels).astype(int)
     if len(train_labels) < 2:
@@ -213,6 +221,8 @@ def finetune(
     if config.readout_fallback and getattr(model, "readout_logit", None) is not None and val_has_both:
         start_logits = predict_logits(model, val_patches, device)[0]
         best_score = all_ranks_agree(float(average_precision_score(val_labels, start_logits)), context)
+    if after_epoch is not None:
+        after_epoch(0, model)
     first_eligible = min(config.min_finetune_epochs, config.finetune_epochs)
     history: list[dict[str, float]] = []
     epochs = tqdm(range(config.finetune_epochs), desc=description, disable=not (progress and context.is_main), leave=False)
@@ -243,6 +253,8 @@ def finetune(
         # Without both classes in validation, early stopping falls back on the validation loss.
         score = all_ranks_agree(row["val_pr_auc"] if val_has_both else -val_loss, context)
         history.append(row)
+        if after_epoch is not None:
+            after_epoch(epoch + 1, model)
         # Warm-up epochs are neither kept nor counted towards the patience.
         if epoch + 1 >= first_eligible and score > best_score:
             best_score, best_epoch, best_state, stale = score, epoch + 1, copy.deepcopy(model.state_dict()), 0

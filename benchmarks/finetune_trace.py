@@ -1,0 +1,209 @@
+"""How does fine-tuning move a network's ranking of the test lesions, epoch by epoch? A diagnostic
+retrain of chosen folds of one benchmark run.
+
+    python benchmarks/finetune_trace.py RESULTS_DIR --work WORK --folds 1 4 [--method asym]
+        [--jobs 2] [--out finetune_trace.md]
+
+RESULTS_DIR is the ``--out`` of one ``classification.py`` run that holds ``--method`` and WORK its
+``--work`` folder. Each chosen fold is trained again exactly as the run trained it (the run's
+split, training seed, configuration and fold seed, through ``train_member``), with a look after
+each fine-tuning epoch (``finetune(after_epoch=...)``) at the fold's test lesions: their PR AUC
+against the TRUE class for the whole logit, for asym's linear read-out path alone and for its MLP
+head alone. Epoch 0 is the starting point: after pretraining, with the read-out path set to the
+logistic regression on the fit patients' read-out and the head's last layer at zero.
+
+The look never feeds back: early stopping still sees only the inner-validation patients, and the
+final member's test probabilities must equal the run's to 1e-4 (checked; else the page says so
+and the script exits with 1, as the trace would then not be of the run's training). The test
+PR AUC of one epoch is for understanding only; choosing an epoch by it would be test-set tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from seed_spread import load_predictions, run_seeds, write_page  # the sibling script (benchmarks/)
+from sklearn.metrics import average_precision_score
+
+REPRODUCTION_TOLERANCE = 1e-4
+QUICK_TITLE = "(QUICK:"  # how classification.py titles the page of a --quick run (tiny models and epochs)
+TRACE_COLUMNS = {"test_pr_auc": "logit", "test_pr_auc_readout_path": "read-out path",
+                 "test_pr_auc_head": "MLP head"}
+
+
+def test_pr_aucs(model, patches: np.ndarray, true_labels: np.ndarray) -> dict[str, float]:
+    """PR AUC of the test lesions for the whole logit, the linear read-out path and the MLP head.
+
+    Eval mode, no gradient, no random numbers drawn: the training that follows is unchanged.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, heads = [], []
+    with torch.inference_mode():
+        for start in range(0, len(patches), 64):
+            out = model(torch.as_tensor(np.ascontiguousarray(patches[start : start + 64]), dtype=torch.float32,
+                                        device=device))
+            logits.append(out["logit"].float().cpu().numpy())
+            heads.append(out.get("head_logit", out["logit"]).float().cpu().numpy())
+    model.train(was_training)
+    logit, head = np.concatenate(logits), np.concatenate(heads)
+    return {"test_pr_auc": average_precision_score(true_labels, logit),
+            "test_pr_auc_readout_path": average_precision_score(true_labels, logit - head),
+            "test_pr_auc_head": average_precision_score(true_labels, head)}
+
+
+def trace_fold(fold: int, test_patients: list[str], config, data_folder: Path, true_labels: pd.Series,
+               threads: int) -> dict:
+    """Retrain one fold as ``classification.run_fold_task`` does, looking at the test lesions after each epoch."""
+    from classification import _worker_setup  # the sibling script: same threads and determinism
+
+    from bids_rim.training.crossval import member_probabilities, train_member
+    from bids_rim.training.inference import resolve_device
+
+    _worker_setup(threads)
+    device = resolve_device("cpu")
+    patches = np.load(data_folder / "patches.npy", mmap_mode="r")
+    meta = pd.read_pickle(data_folder / "meta.pkl")
+    patients = meta["participant_id"].to_numpy()
+    rows = np.flatnonzero(np.isin(patients, test_patients) & meta["evaluable"].to_numpy())
+    key = pd.MultiIndex.from_frame(meta.iloc[rows][["participant_id", "lesion_id"]])
+    labels = true_labels.reindex(key).to_numpy(dtype=float)
+    if np.isnan(labels).any():
+        raise ValueError(f"fold {fold}: {int(np.isnan(labels).sum())} test lesion(s) have no prediction in the run")
+    test_patches = np.asarray(patches[rows])
+    trace: list[dict[str, float]] = []
+
+    def look(epoch: int, model) -> None:
+        trace.append({"fold": fold, "epoch": epoch, **test_pr_aucs(model, test_patches, labels)})
+
+    member = train_member(patches, meta.drop(columns="evaluable"), sorted(set(patients) - set(test_patients)), config,
+                          device, seed=config.seed + 100 * fold, name=f"trace fold {fold}", after_finetune_epoch=look)
+    history = pd.DataFrame(member.finetune_history)[["epoch", "loss", "val_pr_auc"]].astype({"epoch": int})
+    table = pd.DataFrame(trace).merge(history.assign(fold=fold), on=["fold", "epoch"], how="left")
+    probabilities = member_probabilities(member, config, test_patches, device)
+    return {"fold": fold, "trace": table, "best_epoch": member.best_epoch,
+            "predictions": pd.DataFrame({"participant_id": key.get_level_values(0), "lesion_id": key.get_level_values(1),
+                                         "traced_probability": probabilities})}
+
+
+def reproduction_gap(result: dict, run: pd.DataFrame, method: str) -> float:
+    """Largest difference between the retrained member's test probabilities and the run's."""
+    ran = run[(run["method"] == method) & (run["fold"] == result["fold"])]
+    joined = result["predictions"].merge(ran, on=["participant_id", "lesion_id"], validate="one_to_one")
+    if len(joined) != len(ran):
+        return float("inf")
+    return float(np.abs(joined["traced_probability"] - joined["rim_probability"]).max())
+
+
+def fold_section(result: dict, gap: float) -> list[str]:
+    """Markdown for one fold: the epochs, the kept one marked, and whether the run was reproduced."""
+    trace, best = result["trace"], result["best_epoch"]
+    start, kept = trace.iloc[0], trace[trace["epoch"] == best].iloc[0]
+    peak = trace.loc[trace["test_pr_auc"].idxmax()]
+    lines = [f"## Fold {result['fold']}", "",
+             f"Kept epoch {best} (inner validation); test PR AUC {start['test_pr_auc']:.3f} at the start, "
+             f"{kept['test_pr_auc']:.3f} at the kept epoch, highest {peak['test_pr_auc']:.3f} at epoch "
+             f"{int(peak['epoch'])}. Retrained member against the run: largest probability difference {gap:.1e} "
+             f"({'reproduced' if gap <= REPRODUCTION_TOLERANCE else 'NOT reproduced: this is not the run training'}).",
+             "", "| epoch | train loss | inner-val PR AUC (rater) | " + " | ".join(
+                 f"test PR AUC, {name}" for name in TRACE_COLUMNS.values()) + " |",
+             "|---|---|---|" + "---|" * len(TRACE_COLUMNS)]
+    for row in trace.itertuples(index=False):
+        marker = " (kept)" if row.epoch == best else ""
+        train = "" if np.isnan(row.loss) else f"{row.loss:.4f}"
+        val = "" if np.isnan(row.val_pr_auc) else f"{row.val_pr_auc:.3f}"
+        lines.append(f"| {row.epoch}{marker} | {train} | {val} | " + " | ".join(
+            f"{getattr(row, column):.3f}" for column in TRACE_COLUMNS) + " |")
+    return [*lines, ""]
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Inner-validation and test PR AUC against the epoch, one panel per fold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False, sharey=True)
+    for axis, result in zip(axes[0], results, strict=True):
+        trace = result["trace"]
+        axis.plot(trace["epoch"], trace["val_pr_auc"], "o-", ms=3, label="inner validation (rater labels)")
+        for column, name in TRACE_COLUMNS.items():
+            axis.plot(trace["epoch"], trace[column], "-", label=f"test, {name} (true class)")
+        axis.axvline(result["best_epoch"], color="grey", ls=":", label="kept epoch")
+        axis.set(title=f"fold {result['fold']}", xlabel="fine-tuning epoch (0 = start)")
+    axes[0][0].set_ylabel("PR AUC")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a classification.py --out folder holding --method")
+    parser.add_argument("--work", type=Path, required=True, help="that run's --work folder")
+    parser.add_argument("--folds", type=int, nargs="+", required=True, help="the run's folds (1-based) to retrain")
+    parser.add_argument("--method", default="asym", help="a network method of the run (default asym)")
+    parser.add_argument("--jobs", type=int, default=1, help="folds retrained at once, one torch thread each")
+    parser.add_argument("--out", type=Path, help="markdown file to write (default: print); the plot goes beside it")
+    args = parser.parse_args(argv)
+
+    from classification import BenchmarkSettings, method_config
+
+    from bids_rim.training.crossval import patient_folds
+
+    split_seed, training_seed, label_one_in = run_seeds(args.results)
+    if label_one_in != 1:
+        parser.error(f"{args.results}: a run with --label-one-in {label_one_in}; only fully labelled runs are supported")
+    run = load_predictions(args.results)
+    if args.method not in set(run["method"]):
+        parser.error(f"{args.results}: the run has no {args.method}")
+    n_folds = int(run["fold"].max())
+    if not set(args.folds) <= set(range(1, n_folds + 1)):
+        parser.error(f"--folds must lie within 1..{n_folds}, got {args.folds}")
+    work = json.loads((args.work / "benchmark_work.json").read_text())
+    settings = BenchmarkSettings(subjects=work["subjects"], sites=work["sites"], size=work["size"], seed=split_seed,
+                                 folds=n_folds, patch_size=work["patch_size"],
+                                 patch_spacing_mm=work["patch_spacing_mm"], methods=(args.method,),
+                                 quick=QUICK_TITLE in (args.results / "classification.md").read_text().split("\n", 1)[0],
+                                 bootstrap_resamples=0, training_seed=training_seed)
+    config = method_config(args.method, settings)
+    data_folder = args.work / "training_data"
+    meta = pd.read_pickle(data_folder / "meta.pkl")
+    folds = patient_folds(meta.drop(columns="evaluable"), n_folds, split_seed)
+    true_labels = run[run["method"] == args.method].set_index(["participant_id", "lesion_id"])["true_label"]
+    tasks = [(fold, folds[fold - 1], config, data_folder, true_labels, 1) for fold in args.folds]
+    if args.jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(tasks))) as pool:
+            results = pool.starmap(trace_fold, tasks)
+    else:
+        results = [trace_fold(*task) for task in tasks]
+
+    gaps = [reproduction_gap(result, run, args.method) for result in results]
+    command = "python benchmarks/finetune_trace.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = [f"# Fine-tuning traced epoch by epoch: {args.method}", "", f"Command: `{command}`", "",
+             f"Run: `{args.results}` (split seed {split_seed}, training seed {training_seed}, {n_folds} folds). "
+             "Test PR AUC is per fold, on the fold's evaluable test lesions against their true class, from "
+             "raw logits (calibration does not change a fold's ranking). It is a diagnostic: nothing in "
+             "training saw it.", ""]
+    for result, gap in zip(results, gaps, strict=True):
+        lines += fold_section(result, gap)
+    if args.out is not None:
+        plot(results, args.out.with_suffix(".png"))
+        lines.append(f"![PR AUC by epoch]({args.out.with_suffix('.png').name})")
+    write_page("\n".join(lines) + "\n", args.out)
+    return 0 if max(gaps) <= REPRODUCTION_TOLERANCE else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
