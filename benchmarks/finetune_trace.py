@@ -6,11 +6,16 @@ retrain of chosen folds of one benchmark run.
 
 RESULTS_DIR is the ``--out`` of one ``classification.py`` run that holds ``--method`` and WORK its
 ``--work`` folder. Each chosen fold is trained again exactly as the run trained it (the run's
-split, training seed, configuration and fold seed, through ``train_member``), with a look after
-each fine-tuning epoch (``finetune(after_epoch=...)``) at the fold's test lesions: their PR AUC
+split, training seed, configuration and fold seed, through ``train_member``), keeping a copy of
+the weights after each fine-tuning epoch (``finetune(after_epoch=...)``); each copy is then looked
+at on the fold's test lesions: their PR AUC
 against the TRUE class for the whole logit, for asym's linear read-out path alone and for its MLP
-head alone. Epoch 0 is the starting point: after pretraining, with the read-out path set to the
+head alone, and the inner-validation PR AUC (rater labels) that early stopping judged by. Epoch 0 is
+the starting point: after pretraining, with the read-out path set to the
 logistic regression on the fit patients' read-out and the head's last layer at zero.
+
+Each fold also says which epoch ``readout_fallback`` (the start weighed against every eligible
+epoch on the inner validation) would have kept: the rule replayed on the traced scores.
 
 The look never feeds back: early stopping still sees only the inner-validation patients, and the
 final member's test probabilities must equal the run's to 1e-4 (checked; else the page says so
@@ -37,14 +42,10 @@ TRACE_COLUMNS = {"test_pr_auc": "logit", "test_pr_auc_readout_path": "read-out p
                  "test_pr_auc_head": "MLP head"}
 
 
-def test_pr_aucs(model, patches: np.ndarray, true_labels: np.ndarray) -> dict[str, float]:
-    """PR AUC of the test lesions for the whole logit, the linear read-out path and the MLP head.
-
-    Eval mode, no gradient, no random numbers drawn: the training that follows is unchanged.
-    """
+def logits_and_heads(model, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The whole logit and the MLP head's part of it (all of it for networks without a read-out path)."""
     import torch
 
-    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     logits, heads = [], []
@@ -54,18 +55,33 @@ def test_pr_aucs(model, patches: np.ndarray, true_labels: np.ndarray) -> dict[st
                                         device=device))
             logits.append(out["logit"].float().cpu().numpy())
             heads.append(out.get("head_logit", out["logit"]).float().cpu().numpy())
-    model.train(was_training)
-    logit, head = np.concatenate(logits), np.concatenate(heads)
-    return {"test_pr_auc": average_precision_score(true_labels, logit),
-            "test_pr_auc_readout_path": average_precision_score(true_labels, logit - head),
-            "test_pr_auc_head": average_precision_score(true_labels, head)}
+    return np.concatenate(logits), np.concatenate(heads)
+
+
+def look_at(model, test_patches: np.ndarray, test_labels: np.ndarray, val_patches: np.ndarray,
+            val_labels: np.ndarray) -> dict[str, float]:
+    """Inner-validation PR AUC (rater labels) and the test PR AUCs (true class) of one epoch's weights."""
+    logit, head = logits_and_heads(model, test_patches)
+    return {"val_pr_auc": average_precision_score(val_labels, logits_and_heads(model, val_patches)[0]),
+            "test_pr_auc": average_precision_score(test_labels, logit),
+            "test_pr_auc_readout_path": average_precision_score(test_labels, logit - head),
+            "test_pr_auc_head": average_precision_score(test_labels, head)}
 
 
 def trace_fold(fold: int, test_patients: list[str], config, data_folder: Path, true_labels: pd.Series,
                threads: int) -> dict:
-    """Retrain one fold as ``classification.run_fold_task`` does, looking at the test lesions after each epoch."""
+    """Retrain one fold as ``classification.run_fold_task`` does, keeping the weights of every epoch,
+    then look at each: its inner-validation and test PR AUCs.
+
+    The weights are copied during training and looked at afterwards, so training runs exactly as
+    in the benchmark; the inner-validation PR AUC recomputed from them must equal the one training
+    recorded (checked), which also checks that the copies are the weights training judged.
+    """
+    import copy
+
     from classification import _worker_setup  # the sibling script: same threads and determinism
 
+    from bids_rim.models import get_model
     from bids_rim.training.crossval import member_probabilities, train_member
     from bids_rim.training.inference import resolve_device
 
@@ -80,17 +96,25 @@ def trace_fold(fold: int, test_patients: list[str], config, data_folder: Path, t
     if np.isnan(labels).any():
         raise ValueError(f"fold {fold}: {int(np.isnan(labels).sum())} test lesion(s) have no prediction in the run")
     test_patches = np.asarray(patches[rows])
-    trace: list[dict[str, float]] = []
-
-    def look(epoch: int, model) -> None:
-        trace.append({"fold": fold, "epoch": epoch, **test_pr_aucs(model, test_patches, labels)})
-
+    states: list[dict] = []
     member = train_member(patches, meta.drop(columns="evaluable"), sorted(set(patients) - set(test_patients)), config,
-                          device, seed=config.seed + 100 * fold, name=f"trace fold {fold}", after_finetune_epoch=look)
-    history = pd.DataFrame(member.finetune_history)[["epoch", "loss", "val_pr_auc"]].astype({"epoch": int})
-    table = pd.DataFrame(trace).merge(history.assign(fold=fold), on=["fold", "epoch"], how="left")
+                          device, seed=config.seed + 100 * fold, name=f"trace fold {fold}",
+                          after_finetune_epoch=lambda epoch, model: states.append(copy.deepcopy(model.state_dict())))
+    val_rows = np.flatnonzero(np.isin(patients, member.validation_participants) & meta["label"].notna().to_numpy())
+    val_patches, val_labels = np.asarray(patches[val_rows]), meta["label"].to_numpy()[val_rows].astype(int)
+    model = get_model(config.arch, **config.model_kwargs()).to(device)
+    looks = []
+    for epoch, state in enumerate(states):
+        model.load_state_dict(state)
+        looks.append({"fold": fold, "epoch": epoch, **look_at(model, test_patches, labels, val_patches, val_labels)})
+    trace = pd.DataFrame(looks)
+    history = pd.DataFrame(member.finetune_history)
+    recorded = history["val_pr_auc"].to_numpy()
+    if not np.allclose(trace["val_pr_auc"].to_numpy()[1:], recorded, atol=1e-6):
+        raise RuntimeError(f"fold {fold}: the inner-validation PR AUC of the copied weights differs from training's")
+    trace["loss"] = np.concatenate([[np.nan], history["loss"].to_numpy()])
     probabilities = member_probabilities(member, config, test_patches, device)
-    return {"fold": fold, "trace": table, "best_epoch": member.best_epoch,
+    return {"fold": fold, "trace": trace, "best_epoch": member.best_epoch,
             "predictions": pd.DataFrame({"participant_id": key.get_level_values(0), "lesion_id": key.get_level_values(1),
                                          "traced_probability": probabilities})}
 
@@ -104,15 +128,36 @@ def reproduction_gap(result: dict, run: pd.DataFrame, method: str) -> float:
     return float(np.abs(joined["traced_probability"] - joined["rim_probability"]).max())
 
 
-def fold_section(result: dict, gap: float) -> list[str]:
-    """Markdown for one fold: the epochs, the kept one marked, and whether the run was reproduced."""
+def fallback_epoch(result: dict, config) -> int:
+    """The epoch ``readout_fallback`` would have kept, replayed on the traced inner-validation scores.
+
+    With the fall-back the start (epoch 0) enters early stopping with its own score; nothing else
+    changes (scoring the start draws no random numbers), so training follows the same epochs and
+    stops no later (its best score is never below the run's). The replay of the rule without the
+    start must give the run's own kept epoch (checked).
+    """
+    from bids_rim.training.early_stopping import replay
+
+    scores = result["trace"]["val_pr_auc"].to_numpy()
+    first_eligible = min(config.min_finetune_epochs, config.finetune_epochs)
+    if replay(scores[1:], first_eligible, config.patience) != result["best_epoch"] and not config.readout_fallback:
+        raise RuntimeError(f"fold {result['fold']}: the replayed rule does not keep the run's epoch {result['best_epoch']}")
+    return replay(scores[1:], first_eligible, config.patience, start_score=float(scores[0]))
+
+
+def fold_section(result: dict, gap: float, config) -> list[str]:
+    """Markdown for one fold: the epochs, the kept one marked, what the fall-back to the start would
+    have kept, and whether the run was reproduced."""
     trace, best = result["trace"], result["best_epoch"]
     start, kept = trace.iloc[0], trace[trace["epoch"] == best].iloc[0]
     peak = trace.loc[trace["test_pr_auc"].idxmax()]
+    fallback = fallback_epoch(result, config)
     lines = [f"## Fold {result['fold']}", "",
              f"Kept epoch {best} (inner validation); test PR AUC {start['test_pr_auc']:.3f} at the start, "
              f"{kept['test_pr_auc']:.3f} at the kept epoch, highest {peak['test_pr_auc']:.3f} at epoch "
-             f"{int(peak['epoch'])}. Retrained member against the run: largest probability difference {gap:.1e} "
+             f"{int(peak['epoch'])}. With `readout_fallback` (replayed) epoch {fallback} would be kept: test PR AUC "
+             f"{trace.loc[trace['epoch'] == fallback, 'test_pr_auc'].iloc[0]:.3f}. Retrained member against the run: "
+             f"largest probability difference {gap:.1e} "
              f"({'reproduced' if gap <= REPRODUCTION_TOLERANCE else 'NOT reproduced: this is not the run training'}).",
              "", "| epoch | train loss | inner-val PR AUC (rater) | " + " | ".join(
                  f"test PR AUC, {name}" for name in TRACE_COLUMNS.values()) + " |",
@@ -120,8 +165,7 @@ def fold_section(result: dict, gap: float) -> list[str]:
     for row in trace.itertuples(index=False):
         marker = " (kept)" if row.epoch == best else ""
         train = "" if np.isnan(row.loss) else f"{row.loss:.4f}"
-        val = "" if np.isnan(row.val_pr_auc) else f"{row.val_pr_auc:.3f}"
-        lines.append(f"| {row.epoch}{marker} | {train} | {val} | " + " | ".join(
+        lines.append(f"| {row.epoch}{marker} | {train} | {row.val_pr_auc:.3f} | " + " | ".join(
             f"{getattr(row, column):.3f}" for column in TRACE_COLUMNS) + " |")
     return [*lines, ""]
 
@@ -197,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
              "raw logits (calibration does not change a fold's ranking). It is a diagnostic: nothing in "
              "training saw it.", ""]
     for result, gap in zip(results, gaps, strict=True):
-        lines += fold_section(result, gap)
+        lines += fold_section(result, gap, config)
     if args.out is not None:
         plot(results, args.out.with_suffix(".png"))
         lines.append(f"![PR AUC by epoch]({args.out.with_suffix('.png').name})")

@@ -13,6 +13,7 @@ import bids_rim.training.crossval as crossval
 from bids_rim.models import get_model
 from bids_rim.models.asym import rim_readout_of_patches
 from bids_rim.training.config import TrainConfig
+from bids_rim.training.early_stopping import replay
 from bids_rim.training.finetune import finetune, start_readout_path_from_logistic_regression, training_prior_bias
 from bids_rim.training.metrics import expected_calibration_error
 from bids_rim.training.prediction import predict_logits
@@ -235,6 +236,29 @@ def test_after_epoch_looks_at_the_start_and_every_epoch_and_changes_nothing(toy)
                                                 training_prior_bias(config, float(fit_labels.mean())))
     np.testing.assert_allclose(seen[0][1], predict_logits(regression, val_patches, CPU)[0], atol=1e-5)
     assert not np.allclose(seen[1][1], seen[0][1])
+
+
+@pytest.mark.parametrize("lr", [0.0, 1e-3])
+def test_replayed_early_stopping_keeps_what_the_readout_fallback_keeps(toy, lr):
+    """What ``readout_fallback`` would keep can be told from a run without it (benchmarks/finetune_trace.py)."""
+    (fit_patches, fit_labels), (val_patches, val_labels) = _labelled_fit_and_validation(toy)
+    scores = []
+
+    def look(epoch: int, model: torch.nn.Module) -> None:
+        scores.append(average_precision_score(val_labels, predict_logits(model, val_patches, CPU)[0]))
+
+    kept = {}
+    for fallback in (False, True):
+        config = TrainConfig(width=4, batch_size=16, finetune_epochs=5, min_finetune_epochs=2, patience=2,
+                             patch_size=16, lr=lr, readout_fallback=fallback)
+        torch.manual_seed(0)
+        model = get_model("asym", **config.model_kwargs())
+        kept[fallback] = finetune(model, fit_patches, fit_labels, val_patches, val_labels, config, CPU, seed=0,
+                                  after_epoch=None if fallback else look).best_epoch
+    assert replay(scores[1:], first_eligible=2, patience=2) == kept[False]
+    assert replay(scores[1:], first_eligible=2, patience=2, start_score=scores[0]) == kept[True]
+    if lr == 0.0:
+        assert kept[True] == 0  # no epoch beats the start it equals
 
 
 def _head_logit_rms(model: torch.nn.Module, patches: np.ndarray) -> float:

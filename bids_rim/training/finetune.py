@@ -9,7 +9,8 @@ lesions pay for the move). Batches are class-balanced draws; the
 augmentations include a shift of FLAIR by up to ``flair_shift_voxels`` relative to QSM.
 Early stopping keeps the epoch with the best inner-validation PR AUC, among the epochs from
 ``min_finetune_epochs`` on (with 20–30 validation rim+ the PR AUC of one epoch is noisy, and a
-peak in the first epochs ended training before the head had learned anything); Platt scaling (a temperature
+peak in the first epochs ended training before the head had learned anything; the rule is
+``bids_rim.training.early_stopping``); Platt scaling (a temperature
 and a bias, centred on the analytic correction from the training batches' class prior to the real
 one) and the max-F1 threshold are then fitted on that same validation set (never on test data).
 With ``loss="weighted_bce"`` the class weight replaces oversampling: batches are plain shuffles.
@@ -50,6 +51,7 @@ from bids_rim.training.distributed import (
     local_slice,
     wrap,
 )
+from bids_rim.training.early_stopping import EarlyStopping
 from bids_rim.training.prediction import predict_logits
 
 LOGGER = logging.getLogger("bids_rim.finetune")
@@ -217,13 +219,13 @@ def finetune(
                              config.simulated_diffuse_fraction)
     val_has_both = len(np.unique(val_labels)) == 2
 
-    best_score, best_epoch, best_state, stale = -np.inf, 0, copy.deepcopy(model.state_dict()), 0
+    stopping = EarlyStopping(min(config.min_finetune_epochs, config.finetune_epochs), config.patience)
+    best_state = copy.deepcopy(model.state_dict())
     if config.readout_fallback and getattr(model, "readout_logit", None) is not None and val_has_both:
         start_logits = predict_logits(model, val_patches, device)[0]
-        best_score = all_ranks_agree(float(average_precision_score(val_labels, start_logits)), context)
+        stopping.best_score = all_ranks_agree(float(average_precision_score(val_labels, start_logits)), context)
     if after_epoch is not None:
         after_epoch(0, model)
-    first_eligible = min(config.min_finetune_epochs, config.finetune_epochs)
     history: list[dict[str, float]] = []
     epochs = tqdm(range(config.finetune_epochs), desc=description, disable=not (progress and context.is_main), leave=False)
     for epoch in epochs:
@@ -255,15 +257,12 @@ def finetune(
         history.append(row)
         if after_epoch is not None:
             after_epoch(epoch + 1, model)
-        # Warm-up epochs are neither kept nor counted towards the patience.
-        if epoch + 1 >= first_eligible and score > best_score:
-            best_score, best_epoch, best_state, stale = score, epoch + 1, copy.deepcopy(model.state_dict()), 0
-        elif epoch + 1 >= first_eligible:
-            stale += 1
+        if stopping.record(epoch + 1, score):
+            best_state = copy.deepcopy(model.state_dict())
         epochs.set_postfix(loss=f"{row['loss']:.3f}", val_pr_auc=f"{row['val_pr_auc']:.3f}")
         LOGGER.info("%s epoch %d: %s", description, epoch + 1,
                     ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
-        if stale >= config.patience:
+        if stopping.should_stop:
             break
 
     model.load_state_dict(best_state)
@@ -275,7 +274,7 @@ def finetune(
         temperature=temperature,
         bias=bias,
         threshold=threshold,
-        best_epoch=best_epoch,
-        best_val_pr_auc=float(best_score) if val_has_both else float("nan"),
+        best_epoch=stopping.best_epoch,
+        best_val_pr_auc=float(stopping.best_score) if val_has_both else float("nan"),
         history=history,
     )
