@@ -195,9 +195,9 @@ def finetune(
     """Fine-tune ``model`` in place (it ends with the best epoch's weights) and calibrate it.
 
     ``after_epoch(epoch, model)``, if given, is called with the starting point (epoch 0) and after
-    each epoch's validation, before early stopping decides: a diagnostic look (e.g. the test
-    lesions' PR AUC epoch by epoch in ``benchmarks/finetune_trace.py``) that must leave the model
-    and the random streams as it found them.
+    each epoch's validation, before early stopping decides: a diagnostic look (``benchmarks/
+    finetune_trace.py`` copies every epoch's weights to score them later) that must leave the
+    model and the random streams as it found them.
     """
     train_labels = np.asarray(train_labels).astype(int)
     val_labels = np.asarray(val_labels).astype(int)
