@@ -21,6 +21,11 @@ rejecting it perfectly would be worth (the PR AUC with that mimic's lesions scor
 For each subgroup it gives a threshold-free ROC AUC (rim+ lesions of a CNR bin against every
 rim− lesion; every rim+ lesion against the rim− lesions of one mimic) and the share called
 rim+ at each fold's own threshold, all with patient-bootstrap 95 % intervals.
+
+``--rank-shift A,B`` compares two methods of the run lesion by lesion: where does B rank each
+lesion, against A, among its fold's test lesions? Split by what the truth AND the rater say, it
+shows whether B's training moved the lesions the rater got wrong (an edge vein the rater called a
+rim, a rim the rater missed) towards the rater's call, i.e. whether B learned the rater's errors.
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ RIM_CNR_BINS = (-np.inf, 2.0, 4.0, 8.0, np.inf)  # noise-free rim CNR of a truly
 RIM_CNR_NAMES = ("CNR < 2", "CNR 2–4", "CNR 4–8", "CNR ≥ 8")
 MIMICS = ("none", "edge_vein", "diffuse", "calcification")  # the generator's rim− confounders
 NO_GROUP = -1  # code of a lesion outside the groups of a column (rim− lesions have no CNR bin)
+RATER_GROUPS = (  # (name, true class, rater label, mimic or None for any) of the rank-shift table
+    ("true rim+, rater rim+", 1, 1, None),
+    ("true rim+, rater rim− (rater missed it)", 1, 0, None),
+    *((f"true rim−, rater rim+, {mimic} (rater's false rim)", 0, 1, mimic) for mimic in MIMICS),
+    *((f"true rim−, rater rim−, {mimic}", 0, 0, mimic) for mimic in MIMICS),
+)
 
 
 def _load_benchmark_script(stem: str):
@@ -148,6 +159,77 @@ def analyse(predictions: pd.DataFrame, truth: pd.DataFrame, n_resamples: int, se
         rows += [{"method": method, "statistic": name, "estimate": value, "ci_low": intervals[name][0],
                   "ci_high": intervals[name][1]} for name, value in estimate.items()]
     return pd.DataFrame(rows)
+
+
+def fold_percentile_ranks(predictions: pd.DataFrame) -> pd.Series:
+    """Each lesion's percentile rank (0–100) among its fold's test lesions, per method (ties share
+    their mean rank). A fold's ranks are what its own model decides, so they compare across methods
+    even where two folds' probabilities are on different scales."""
+    return predictions.groupby(["method", "fold"])["rim_probability"].rank(pct=True) * 100
+
+
+def rank_shift(predictions: pd.DataFrame, truth: pd.DataFrame, first: str, second: str, n_resamples: int,
+               seed: int) -> pd.DataFrame:
+    """Per rater/truth group (``RATER_GROUPS``): lesions, mean fold percentile rank under ``first``
+    and ``second``, and the mean shift ``second − first`` with a patient-bootstrap 95 % CI.
+
+    The ranks are computed once on the whole run; the bootstrap resamples patients for the means
+    only. Groups without lesions are left out of the table.
+    """
+    from bids_rim.training.metrics import bootstrap_ci
+
+    missing = {first, second} - set(predictions["method"])
+    if missing:
+        raise ValueError(f"--rank-shift: the run has no method {sorted(missing)[0]}; "
+                         f"it has {sorted(predictions['method'].unique())}")
+    ranked = predictions.assign(rank=fold_percentile_ranks(predictions))
+    key = ["participant_id", "lesion_id"]
+    pair = ranked[ranked["method"] == first].merge(ranked[ranked["method"] == second], on=key, suffixes=("_a", "_b"),
+                                                   validate="one_to_one")
+    if len(pair) != (predictions["method"] == first).sum():
+        raise ValueError(f"--rank-shift: {first} and {second} were not scored on the same lesions")
+    pair = pair.merge(truth, on=key, how="left", validate="one_to_one")
+    code = np.full(len(pair), NO_GROUP)
+    for index, (_, true_class, rater, mimic) in enumerate(RATER_GROUPS):
+        member = (pair["true_label_a"] == true_class) & (pair["rater_label_a"] == rater)
+        if mimic is not None:
+            member &= pair["mimic"] == mimic
+        code[member.to_numpy()] = index
+    values = np.column_stack([pair["rank_a"], pair["rank_b"], code])
+
+    def means(_patients, _labels, drawn, _threshold) -> dict[str, float]:
+        result = {}
+        for index in range(len(RATER_GROUPS)):
+            group = drawn[drawn[:, 2] == index]
+            result[f"shift|{index}"] = float(np.mean(group[:, 1] - group[:, 0])) if len(group) else float("nan")
+        return result
+
+    labels = pair["true_label_a"].to_numpy(dtype=int)
+    intervals = bootstrap_ci(pair["participant_id"].to_numpy(), labels, values, 0.5, n_resamples=n_resamples,
+                             seed=seed, metric_fn=means)
+    rows = []
+    for index, (name, *_rest) in enumerate(RATER_GROUPS):
+        group = values[values[:, 2] == index]
+        if len(group):
+            rows.append({"group": name, "lesions": len(group), "rank_first": float(group[:, 0].mean()),
+                         "rank_second": float(group[:, 1].mean()), "shift": float(np.mean(group[:, 1] - group[:, 0])),
+                         "ci_low": intervals[f"shift|{index}"][0], "ci_high": intervals[f"shift|{index}"][1]})
+    return pd.DataFrame(rows)
+
+
+def rank_shift_lines(shift: pd.DataFrame, first: str, second: str) -> list[str]:
+    """The rank-shift section of the page."""
+    lines = [f"## Rank shifts: {second} against {first}, by what the truth and the rater say", "",
+             f"Each lesion's percentile rank (0–100) among its fold's test lesions under {first} and under {second}, "
+             f"and the mean shift {second} − {first} (patient-bootstrap 95 % CI). Both methods were trained on the "
+             "rater's labels: a model that learns the rater's errors moves the rater's false rims up and the rims "
+             "the rater missed down.", "",
+             f"| group (true class, rater's label, mimic) | lesions | mean rank, {first} | mean rank, {second} | "
+             "shift |", "|---|---|---|---|---|"]
+    for row in shift.itertuples():
+        lines.append(f"| {row.group} | {row.lesions} | {row.rank_first:.1f} | {row.rank_second:.1f} | "
+                     f"{row.shift:+.1f} [{row.ci_low:+.1f}, {row.ci_high:+.1f}] |")
+    return [*lines, ""]
 
 
 def subgroup_sizes(predictions: pd.DataFrame, truth: pd.DataFrame) -> dict[str, str]:
@@ -288,9 +370,11 @@ def _table(results: pd.DataFrame, kind: str, groups: list[str], sizes: dict[str,
 
 
 def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], source: str, command: str,
-           commit: str, outline: tuple[pd.DataFrame, dict] | None = None) -> str:
+           commit: str, outline: tuple[pd.DataFrame, dict] | None = None, shift_lines: list[str] | None = None
+           ) -> str:
     """The markdown page (``source``: the run's results page, as a link relative to this one;
-    ``outline``: the analysed outline comparison and its counts, when it was made)."""
+    ``outline``: the analysed outline comparison and its counts, when it was made; ``shift_lines``:
+    the rank-shift section, when asked for)."""
     lines = ["# Classification benchmark: where the errors are", "",
              f"- Command: `{command}` (bids_rim git {commit})",
              f"- Predictions of the run in [{source}]({source}), joined to the synthetic truth. Intervals: "
@@ -331,7 +415,7 @@ def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], sourc
                   "",
                   "ROC AUC of every rim+ lesion against the rim− lesions with each mimic:", "",
                   *_table(outline_results, "auc", list(MIMICS), sizes), ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, *(shift_lines or [])])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,7 +431,12 @@ def main(argv: list[str] | None = None) -> int:
                              "(needs WORK/training_data, which classification.py writes)")
     parser.add_argument("--patch-spacing", type=float, default=1.0,
                         help="the run's --patch-spacing in mm (default 1.0), to rebuild its patch grid")
+    parser.add_argument("--rank-shift", metavar="A,B",
+                        help="also compare two methods of the run lesion by lesion: B's fold percentile rank "
+                             "minus A's, by true class, rater label and mimic (did B learn the rater's errors?)")
     args = parser.parse_args(argv)
+    if args.rank_shift is not None and len(args.rank_shift.split(",")) != 2:
+        parser.error(f"--rank-shift {args.rank_shift}: give two methods as A,B")
     path = args.results / "classification_predictions.tsv"
     if not path.exists():
         parser.error(f"{path}: missing; is {args.results} a classification.py --out folder?")
@@ -370,7 +459,12 @@ def main(argv: list[str] | None = None) -> int:
         counts["three_outlines"] = paired(outline_predictions, THREE_OUTLINES, PIPELINE_MASKS, args.bootstrap,
                                           args.seed)
         outline = (analyse(outline_predictions, truth, args.bootstrap, args.seed), counts)
-    text = report(results, subgroup_sizes(predictions, truth), sites, source, command, commit, outline)
+    shift_lines = None
+    if args.rank_shift is not None:
+        first, second = args.rank_shift.split(",")
+        shift = rank_shift(predictions, truth, first, second, args.bootstrap, args.seed)
+        shift_lines = rank_shift_lines(shift, first, second)
+    text = report(results, subgroup_sizes(predictions, truth), sites, source, command, commit, outline, shift_lines)
     out.write_text(text)
     results.to_csv(out.with_suffix(".tsv"), sep="\t", index=False, float_format="%.5f", na_rep="n/a")
     print(f"wrote {out}")

@@ -56,7 +56,7 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     # The error analysis of that run puts every scored lesion in exactly one subgroup of its class.
     analysed = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "error_analysis.py"), str(out), "--work", str(tmp_path / "work"),
-         "--bootstrap", "20", "--outlines", "--patch-spacing", "2"],
+         "--bootstrap", "20", "--outlines", "--patch-spacing", "2", "--rank-shift", "readout_logistic,asym"],
         capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert analysed.returncode == 0, analysed.stderr[-3000:]
     analysis = (out / "error_analysis.md").read_text()
@@ -69,6 +69,9 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     # the run's readout_logistic (checked too, else it exits non-zero); the page compares the two.
     assert "readout_logistic on the true outlines" in analysis and "against the pipeline's masks: true" in analysis
     assert "readout_logistic on three outlines" in analysis
+    # Every scored lesion has a true class and a rater label, so it falls in exactly one rank-shift group.
+    shift_rows = re.findall(r"^\| true rim[+−][^|]* \| (\d+) \|", analysis, re.MULTILINE)
+    assert shift_rows and sum(int(n) for n in shift_rows) == len(one_method)
     statistics = pd.read_csv(out / "error_analysis.tsv", sep="\t", na_values="n/a")
     assert set(statistics["method"]) == set(QUICK_METHODS)
     finite = statistics.dropna(subset=["estimate"])
@@ -391,6 +394,36 @@ def test_error_analysis_splits_the_errors_by_subgroup() -> None:
     assert result["pr_auc_rejected|diffuse"] == pytest.approx((1 + 1 + 3 / 4 + 4 / 6) / 4)
     assert result["pr_auc_rejected|none"] < result["pr_auc_rejected|diffuse"]
     assert result["pr_auc_rejected|calcification"] == result["pr_auc|all lesions"]  # nothing to reject
+
+
+def test_rank_shift_shows_a_method_that_learned_the_raters_false_rims() -> None:
+    """Method b ranks the edge veins that the rater called rims above where a ranks them, and
+    nothing else moves but the lesions they overtake: the rank-shift table says exactly that."""
+    spec = importlib.util.spec_from_file_location("error_analysis", REPO / "benchmarks" / "error_analysis.py")
+    analysis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analysis)
+    # per patient (one fold): a true rim the rater saw, an edge vein the rater called a rim, two plain rim− lesions
+    lesions = pd.DataFrame({"participant_id": np.repeat([f"sub-{i}" for i in range(6)], 4),
+                            "lesion_id": np.tile([1, 2, 3, 4], 6), "fold": 1,
+                            "true_label": np.tile([1, 0, 0, 0], 6), "rater_label": np.tile([1, 1, 0, 0], 6)})
+    truth = lesions[["participant_id", "lesion_id"]].assign(mimic=np.tile(["none", "edge_vein", "none", "none"], 6))
+    patient = np.repeat(np.arange(6), 4) / 100  # breaks ties between patients, same order in both methods
+    a = lesions.assign(method="a", rim_probability=np.tile([0.9, 0.2, 0.3, 0.1], 6) + patient)
+    b = lesions.assign(method="b", rim_probability=np.tile([0.9, 0.5, 0.3, 0.1], 6) + patient)
+    shift = analysis.rank_shift(pd.concat([a, b]), truth, "a", "b", n_resamples=50, seed=0).set_index("group")
+    vein = "true rim−, rater rim+, edge_vein (rater's false rim)"
+    assert list(shift.index) == ["true rim+, rater rim+", vein, "true rim−, rater rim−, none"]
+    assert shift["lesions"].tolist() == [6, 6, 12]
+    # 24 lesions in the fold: the veins rise from below every 0.3 lesion to above all of them (6 places
+    # of 24 = +25 points); the 0.3 lesions fall 6 places, and they are half of the plain group (−12.5).
+    assert shift.loc[vein, "shift"] == pytest.approx(25.0)
+    assert shift.loc["true rim−, rater rim−, none", "shift"] == pytest.approx(-12.5)
+    assert shift.loc["true rim+, rater rim+", "shift"] == 0.0
+    assert shift.loc[vein, "ci_low"] <= 25.0 <= shift.loc[vein, "ci_high"]
+    lines = analysis.rank_shift_lines(shift.reset_index(), "a", "b")
+    assert f"| {vein} | 6 | " in "\n".join(lines) and "+25.0 [" in "\n".join(lines)
+    with pytest.raises(ValueError, match="no method c"):
+        analysis.rank_shift(pd.concat([a, b]), truth, "a", "c", n_resamples=10, seed=0)
 
 
 def test_compare_runs_pairs_one_method_across_two_participant_levels(tmp_path: Path) -> None:
