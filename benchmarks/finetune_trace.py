@@ -176,6 +176,7 @@ def plot(results: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False, sharey=True)
     for axis, result in zip(axes[0], results, strict=True):
@@ -185,6 +186,7 @@ def plot(results: list[dict], path: Path) -> None:
             axis.plot(trace["epoch"], trace[column], "-", label=f"test, {name} (true class)")
         axis.axvline(result["best_epoch"], color="grey", ls=":", label="kept epoch")
         axis.set(title=f"fold {result['fold']}", xlabel="fine-tuning epoch (0 = start)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes[0][0].set_ylabel("PR AUC")
     axes[0][-1].legend(fontsize=7, loc="lower right")
     figure.tight_layout()
