@@ -6,7 +6,7 @@
 ``bids_rim.cli.parser.build_parser()`` is the single source of truth of the command line: every
 option becomes one descriptor input with its flag (the ``-`` spelling), Boutiques type, list-ness,
 choices, default and help text; the parser's option groups become descriptor groups and the exit
-codes of ``bids_rim.cli.run`` become error codes. A converter (``type=``) the parser gains that
+codes of ``bids_rim.cli.exit_codes`` become error codes. A converter (``type=``) the parser gains that
 is not in ``BOUTIQUES_TYPES`` stops the script, so that it is mapped on purpose.
 """
 
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from bids_rim import __version__
-from bids_rim.cli import run
+from bids_rim.cli import exit_codes
 from bids_rim.cli.parser import build_parser
 
 DESCRIPTOR_PATH = Path(__file__).resolve().parent.parent / "boutiques.json"
@@ -38,6 +38,8 @@ BOUTIQUES_TYPES: dict[str | None, dict[str, object]] = {
     "_json_file": {"type": "File"},
     "int": {"type": "Number", "integer": True},
     "_positive_int": {"type": "Number", "integer": True, "minimum": 1},
+    "_non_negative_int": {"type": "Number", "integer": True, "minimum": 0},
+    "_fold_count": {"type": "Number", "integer": True, "minimum": 2},
     "float": {"type": "Number"},
     "_positive_float": {"type": "Number", "minimum": 0, "exclusive-minimum": True},
 }
@@ -45,12 +47,6 @@ BOUTIQUES_TYPES: dict[str | None, dict[str, object]] = {
 #: How many ``-v`` a count option may be given as (-v, -vv, -vvv).
 MAX_COUNT = 3
 
-EXIT_CODES = {
-    run.EXIT_USAGE: "a bad option or input dataset (the message names the file and the problem)",
-    run.EXIT_INVALID_BIDS: "the input dataset is not valid BIDS (see --skip-bids-validation)",
-    run.EXIT_INTERNAL: "an internal error at group level",
-    run.EXIT_CANT_CREATE: "the output directory cannot be created or written",
-}
 
 SKIPPED_ACTIONS = (argparse._HelpAction, argparse._VersionAction)  # noqa: SLF001 - not processing inputs
 
@@ -154,7 +150,8 @@ def build_descriptor(parser: argparse.ArgumentParser) -> dict[str, object]:
                 "path-template": "[OUTPUT_DIR]",
             }
         ],
-        "error-codes": [{"code": code, "description": text} for code, text in sorted(EXIT_CODES.items())],
+        "error-codes": [{"code": code, "description": text}
+                        for code, text in sorted(exit_codes.DESCRIPTIONS.items())],
         "tags": {"domain": ["neuroinformatics", "mri", "bids", "multiple-sclerosis", "qsm"]},
         "custom": {
             "apptainer": (

@@ -125,3 +125,40 @@ def test_each_lesion_outline_runs_the_bundled_model_trained_on_it(dataset: Path,
     assert model_outline_warning(config) is None
     assert _parameters(config)["Model"] == BUNDLED_MODELS[outline]
     assert path.with_name(path.name.replace("_model.pt", "_modelcard.md")).is_file()
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--arch", "resnet", "invalid choice: 'resnet'"),
+    ("--folds", "1", "at least 2 folds"),
+    ("--pretrain-epochs", "-1", "must be 0 or a positive integer"),
+    ("--device", "mps", "device must be auto, cpu, cuda or cuda:N"),
+])
+def test_training_options_that_could_not_train_are_refused_when_parsed(
+        dataset: Path, tmp_path: Path, option: str, value: str, message: str, capsys: pytest.CaptureFixture) -> None:
+    """A value TrainConfig or the device check would refuse later is a usage error now (exit 2, one line)."""
+    with pytest.raises(SystemExit) as raised:
+        build_parser().parse_args([str(dataset), str(tmp_path / "o"), "group", "--train", option, value])
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_registered_model_can_be_chosen_for_training() -> None:
+    from bids_rim.cli.parser import TRAINABLE_ARCHITECTURES
+    from bids_rim.models.registry import available_models
+
+    assert sorted(TRAINABLE_ARCHITECTURES) == sorted(available_models())
+
+
+def test_an_unexpected_error_at_group_level_exits_70_with_its_traceback(
+        dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug at group level must not exit 1, which means 'one participant failed'."""
+    import bids_rim.group.run
+    from bids_rim.cli.exit_codes import EXIT_INTERNAL
+    from bids_rim.cli.run import main
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(bids_rim.group.run, "run_group_level", broken)
+    assert main([str(dataset), str(tmp_path / "out"), "group"]) == EXIT_INTERNAL == 70
+    assert "internal error at group level" in caplog.text and "RuntimeError: simulated bug" in caplog.text

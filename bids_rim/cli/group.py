@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bids_rim.cli.exit_codes import EXIT_INTERNAL, EXIT_USAGE
 from bids_rim.config import RunConfig
 from bids_rim.errors import InputError
 
 LOGGER = logging.getLogger("bids_rim.group")
-
-EXIT_USAGE = 64
 
 
 def read_participants(config: RunConfig) -> pd.DataFrame:
@@ -42,6 +41,7 @@ def is_synthetic_dataset(bids_dir: Path) -> bool:
 def run_training(config: RunConfig) -> int:
     """``group --train``: gather patches and annotations, cross-validate, write the model."""
     from bids_rim.bidsio.training_data import load_training_set
+    from bids_rim.models.registry import is_neural
     from bids_rim.training.api import train_rim_model
     from bids_rim.training.config import TrainConfig
     from bids_rim.training.inference import resolve_device
@@ -64,10 +64,10 @@ def run_training(config: RunConfig) -> int:
     result = train_rim_model(data.patches, data.meta, train_config, config.output_dir / "models",
                              resolve_device(config.execution.device), progress=True,
                              synthetic=is_synthetic_dataset(config.bids_dir), lesion_outline=data.lesion_outline)
-    if result.model_path is None:
+    if not is_neural(settings.arch):
         LOGGER.info("%s is a cross-validated baseline: no model file is written; metrics in %s",
                     settings.arch, result.fold_metrics_path)
-    else:
+    elif result.model_path is not None:  # None on the other ranks of a torchrun job: rank 0 writes
         LOGGER.info("Model written to %s (model card: %s)", result.model_path, result.model_card_path)
     return 0
 
@@ -84,5 +84,8 @@ def run_group_level(config: RunConfig) -> int:
     except InputError as error:
         print(f"bids_rim: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception:  # a bug, not bad input: say so with the traceback, and never exit 1 (= one participant failed)
+        LOGGER.exception("internal error at group level; please report it with this log")
+        return EXIT_INTERNAL
     LOGGER.info("Group report: %s", result.report)
     return 0

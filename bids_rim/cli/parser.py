@@ -24,6 +24,10 @@ LESION_MASK_PATTERNS = (
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 
+#: Architectures ``--train`` can fit (``bids_rim.models.registry``; kept here so that ``--help``
+#: does not import torch, and a test keeps the two in step).
+TRAINABLE_ARCHITECTURES = ("asym", "rimnet", "qsmrimnet", "qsm_only", "early_fusion", "radiomics")
+
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except the empty ones (None, False, []) that say nothing."""
@@ -113,6 +117,20 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be 0 or a positive integer")
+    return number
+
+
+def _fold_count(value: str) -> int:
+    number = int(value)
+    if number < 2:
+        raise argparse.ArgumentTypeError(f"{value}: cross-validation needs at least 2 folds")
+    return number
+
+
 def _positive_float(value: str) -> float:
     number = float(value)
     if number <= 0:
@@ -121,8 +139,8 @@ def _positive_float(value: str) -> float:
 
 
 def _device(value: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-        raise argparse.ArgumentTypeError(f"{value!r}: device must be auto, cpu, cuda, cuda:N or mps")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"{value!r}: device must be auto, cpu, cuda or cuda:N")
     return value
 
 
@@ -283,10 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a derivative dataset of rim annotations (*_desc-rim_annotations.tsv) for --train",
     )
-    group.add_argument("--arch", default="asym", metavar="NAME", help="network architecture to train")
-    group.add_argument("--folds", type=_positive_int, default=5, help="patient-level cross-validation folds")
     group.add_argument(
-        "--pretrain-epochs", type=int, default=10, metavar="N", help="self-supervised pretraining epochs (0 skips it)"
+        "--arch",
+        default="asym",
+        choices=TRAINABLE_ARCHITECTURES,
+        help="architecture to train: asym (ours: QSM primary, FLAIR conditions it), qsm_only (its QSM path "
+        "alone), the rimnet- and qsmrimnet-style baselines, early_fusion (ResNet-18 on stacked channels) "
+        "or radiomics (hand-crafted features, random forest; cross-validated only, no model file)",
+    )
+    group.add_argument("--folds", type=_fold_count, default=5, help="patient-level cross-validation folds (at least 2)")
+    group.add_argument(
+        "--pretrain-epochs",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="self-supervised pretraining epochs (0 skips it)",
     )
     group.add_argument("--finetune-epochs", type=_positive_int, default=30, metavar="N", help="fine-tuning epochs")
     group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="training batch size")

@@ -17,15 +17,12 @@ from bids_rim.bidsio.derivatives import write_dataset_description
 from bids_rim.bidsio.inputs import SessionInputs, collect_sessions, index_dataset
 from bids_rim.bidsio.preflight import check_session_inputs
 from bids_rim.bidsio.validator import validate_dataset
+from bids_rim.cli.exit_codes import EXIT_INVALID_BIDS, EXIT_USAGE, MAX_FAILURE_EXIT
 from bids_rim.config import RunConfig
 from bids_rim.errors import InputError
 from bids_rim.preproc.template_space import resolve_template
 
 LOGGER = logging.getLogger("bids_rim.participant")
-
-EXIT_USAGE = 64
-EXIT_INVALID_BIDS = 65
-MAX_FAILURE_EXIT = 63
 
 
 def _validate_input(config: RunConfig) -> bool:

@@ -1,8 +1,9 @@
 """``bids_rim`` entry point: parse, configure, validate, build, run, summarise.
 
-Exit codes: 0 success; N (1–63) the number of participants that failed at participant
-level; 64 a bad option or input dataset; 65 the input dataset is not valid BIDS; 73 the
-output directory cannot be used; 70 an internal error at group level.
+Exit codes (:mod:`bids_rim.cli.exit_codes`): 0 success; N (1–63) the number of participants
+that failed at participant level; 2 a malformed command line; 64 a bad option or input
+dataset; 65 the input dataset is not valid BIDS; 70 an internal error at group level; 73 the
+output directory cannot be used.
 """
 
 from __future__ import annotations
@@ -14,17 +15,12 @@ import tomllib
 from argparse import ArgumentParser, Namespace
 from pathlib import Path
 
+from bids_rim.cli.exit_codes import EXIT_CANT_CREATE, EXIT_USAGE
 from bids_rim.cli.parser import build_parser
 from bids_rim.config import ExecutionSettings, LesionSettings, RunConfig, TrainingSettings
 from bids_rim.errors import InputError, OutputError
 
 LOGGER = logging.getLogger("bids_rim")
-
-EXIT_USAGE = 64
-EXIT_INVALID_BIDS = 65
-EXIT_INTERNAL = 70
-EXIT_CANT_CREATE = 73
-MAX_FAILURE_EXIT = 63
 
 
 def parse_arguments(parser: ArgumentParser, argv: list[str] | None) -> Namespace:

@@ -1,0 +1,27 @@
+"""The exit codes of ``bids_rim``, in one place for the command line, the README and ``boutiques.json``.
+
+They follow ``sysexits.h`` where one fits; 1–63 count the participants that failed at
+participant level (capped at 63), so that a batch system can tell "some subjects failed" from
+"the command was wrong".
+"""
+
+from __future__ import annotations
+
+EXIT_COMMAND_LINE = 2  # argparse's own: it prints the usage and the problem
+MAX_FAILURE_EXIT = 63
+EXIT_USAGE = 64  # EX_USAGE
+EXIT_INVALID_BIDS = 65  # EX_DATAERR
+EXIT_INTERNAL = 70  # EX_SOFTWARE
+EXIT_CANT_CREATE = 73  # EX_CANTCREAT
+
+#: What each non-zero code other than 1–63 means, as ``boutiques.json`` and the README say it.
+DESCRIPTIONS = {
+    EXIT_COMMAND_LINE: "a malformed command line: an unknown option, a value of the wrong type or out of range, "
+    "a missing argument (the usage is printed)",
+    EXIT_USAGE: "a bad option or input found once the command line is parsed: an unknown participant, nothing to "
+    "process, an unreadable file (the message names the file and the problem)",
+    EXIT_INVALID_BIDS: "the input dataset is not valid BIDS, or the BIDS validator could not run "
+    "(see --skip-bids-validation)",
+    EXIT_INTERNAL: "an internal error at group level (the log holds the traceback)",
+    EXIT_CANT_CREATE: "the output directory cannot be created or written, or lies inside the input dataset",
+}
