@@ -86,6 +86,20 @@ def test_bad_training_inputs_fail_clearly(toy, tmp_path):
         TrainConfig(pretrain_objectives=("magic",))
 
 
+def test_each_torchrun_process_takes_the_gpu_of_its_local_rank() -> None:
+    """Pure device choice (no GPU needed): ranks spread over the GPUs, one GPU per rank."""
+    from bids_rim.training.distributed import rank_device
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert rank_device(cuda, {}, gpu_count=2) == cuda  # not under torchrun: as asked
+    assert rank_device(cpu, {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, gpu_count=2) == cpu  # gloo on CPU
+    assert rank_device(cuda, {"WORLD_SIZE": "4", "LOCAL_RANK": "1"}, gpu_count=2) == torch.device("cuda", 1)
+    with pytest.raises(InputError, match="each process takes the GPU of its LOCAL_RANK"):
+        rank_device(torch.device("cuda", 0), {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, gpu_count=2)
+    with pytest.raises(InputError, match="process 2 has no GPU: 2 visible"):
+        rank_device(cuda, {"WORLD_SIZE": "3", "LOCAL_RANK": "2"}, gpu_count=2)
+
+
 DDP_SCRIPT = textwrap.dedent(
     """
     import sys, torch

@@ -23,7 +23,7 @@ from bids_rim.training.calibration import choose_threshold
 from bids_rim.training.checkpoint import save_checkpoint
 from bids_rim.training.config import TrainConfig
 from bids_rim.training.crossval import CrossValResult, cross_validate, train_member
-from bids_rim.training.distributed import init_distributed
+from bids_rim.training.distributed import init_distributed, rank_device
 from bids_rim.training.metrics import all_metrics, bootstrap_ci
 from bids_rim.training.report import plot_curves, write_fold_metrics, write_model_card
 
@@ -97,6 +97,7 @@ def train_rim_model(
     meta = meta.reset_index(drop=True)
     check_training_inputs(patches, meta, config)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    device = rank_device(device)
     context = init_distributed(device)
 
     cv = cross_validate(patches, meta, config, device, context=context, progress=progress)
