@@ -365,11 +365,16 @@ def test_ece_interval_above_its_estimate_is_named() -> None:
     assert benchmark.ece_above_interval(table) == ["oracle"]
 
 
-def test_error_analysis_splits_the_errors_by_subgroup() -> None:
-    """A scorer fooled only by diffuse mimics and blind to faint rims shows exactly that, and nothing else."""
+def _load_error_analysis():
     spec = importlib.util.spec_from_file_location("error_analysis", REPO / "benchmarks" / "error_analysis.py")
     analysis = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(analysis)
+    return analysis
+
+
+def test_error_analysis_splits_the_errors_by_subgroup() -> None:
+    """A scorer fooled only by diffuse mimics and blind to faint rims shows exactly that, and nothing else."""
+    analysis = _load_error_analysis()
     none, edge_vein, diffuse, _ = range(4)
     # rim+ lesions: two faint (CNR bin 0) and two clear (bin 3); rim− lesions: three plain, one edge vein, two diffuse
     labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
@@ -399,9 +404,7 @@ def test_error_analysis_splits_the_errors_by_subgroup() -> None:
 def test_rank_shift_shows_a_method_that_learned_the_raters_false_rims() -> None:
     """Method b ranks the edge veins that the rater called rims above where a ranks them, and
     nothing else moves but the lesions they overtake: the rank-shift table says exactly that."""
-    spec = importlib.util.spec_from_file_location("error_analysis", REPO / "benchmarks" / "error_analysis.py")
-    analysis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analysis)
+    analysis = _load_error_analysis()
     # per patient (one fold): a true rim the rater saw, an edge vein the rater called a rim, two plain rim− lesions
     lesions = pd.DataFrame({"participant_id": np.repeat([f"sub-{i}" for i in range(6)], 4),
                             "lesion_id": np.tile([1, 2, 3, 4], 6), "fold": 1,
