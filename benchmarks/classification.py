@@ -32,7 +32,9 @@ What it does, once for all methods:
 7. metrics from ``bids_rim.training.metrics`` with patient bootstrap 95 % CIs, written as
    ``classification.md``, ``classification.tsv``, per-lesion predictions and ROC/PR plots,
    after every finished method, so that a run cut short keeps what it finished and names the
-   methods it did not (``--time-budget`` stops it cleanly, never silently).
+   methods it did not (``--time-budget`` stops it cleanly, never silently). The finished folds of
+   a method that did not finish them all go to ``classification_partial_predictions.tsv``, and the
+   page compares them with every method's PR AUC on the same folds.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -59,6 +61,7 @@ import pandas as pd
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STEM = "classification"
+PARTIAL_PREDICTIONS = f"{STEM}_partial_predictions.tsv"  # finished folds of methods that did not finish them all
 MATCH_DISTANCE_MM = 4.0
 HEADLINE_METRICS = ("pr_auc", "roc_auc", "partial_roc_auc_fpr0.1", "f1", "sensitivity", "specificity",
                     "balanced_accuracy", "mcc", "ece", "count_icc", "prl4_kappa")
@@ -807,6 +810,7 @@ def write_markdown(path: Path, table: pd.DataFrame, run: RunRecord, plots: list[
         *([f"- **Not finished ({run.unfinished_reason}): {', '.join(run.pending)}**"] if run.pending else []),
         *(f"- **{m} FAILED** and is missing from the table: {reason}" for m, reason in run.failures.items()),
         "",
+        *partial_section(run),
         "Methods: " + "; ".join(f"**{m}** {METHOD_DESCRIPTIONS[m]}" for m in methods) + ".",
         ("Time is the training and prediction of the method, summed over its folds (they run in parallel). "
         "Threshold-based metrics use each fold's own threshold (validation patients for models, training "
@@ -933,6 +937,52 @@ def run_tasks(tasks: list[FoldTask], configs: dict, data_folder: Path, execution
     return []
 
 
+def folds_of_incomplete_methods(finished: Mapping[str, list[dict]], complete: Collection[str]) -> dict[str, pd.DataFrame]:
+    """Per method that finished some of its folds but not all (cut by ``--time-budget`` or failed in
+    another fold): the predictions of the folds it finished, by fold and row.
+
+    They are not pooled with the complete methods (fewer test patients are not comparable with a
+    pooled out-of-fold estimate), but an hour of training should not be thrown away either.
+    """
+    return {method: pd.concat([result["predictions"] for result in results]).sort_values(["fold", "row"])
+            .reset_index(drop=True)
+            for method, results in finished.items() if results and method not in complete}
+
+
+def fold_pr_aucs(predictions: pd.DataFrame, folds: list[int]) -> pd.DataFrame:
+    """PR AUC against the true class of every method (rows) in each of ``folds`` (columns); NaN
+    where a method has no predictions for that fold or the fold lacks one of the classes."""
+    from sklearn.metrics import average_precision_score
+
+    def pr_auc(part: pd.DataFrame) -> float:
+        labels = part["true_label"].astype(int)
+        return float(average_precision_score(labels, part["rim_probability"])) if labels.nunique() == 2 else np.nan
+
+    table = {method: {fold: pr_auc(part[part["fold"] == fold]) if (part["fold"] == fold).any() else np.nan
+                      for fold in folds}
+             for method, part in predictions.groupby("method", sort=False)}
+    return pd.DataFrame.from_dict(table, orient="index", columns=folds)
+
+
+def partial_section(run: RunRecord) -> list[str]:
+    """The page's account of the finished folds of incomplete methods, beside every method's PR AUC on
+    the same folds (the only fair comparison for them)."""
+    if run.partial_folds is None:
+        return []
+    table = run.partial_folds
+    return [
+        f"Finished folds of the incomplete method(s) {', '.join(run.partial_methods)} are kept in "
+        f"[{PARTIAL_PREDICTIONS}]({PARTIAL_PREDICTIONS}), not in the table above (fewer test patients are not "
+        "comparable with a pooled estimate). PR AUC against the true class in those folds, every method:",
+        "",
+        "| method | " + " | ".join(f"fold {fold}" for fold in table.columns) + " |",
+        "|---|" + "---|" * len(table.columns),
+        *(f"| {method} | " + " | ".join("–" if np.isnan(value) else f"{value:.3f}" for value in row) + " |"
+          for method, row in table.iterrows()),
+        "",
+    ]
+
+
 class IncompleteRun(RuntimeError):
     """Results were written, but without some methods (failed or unfinished); the page names them."""
 
@@ -952,6 +1002,8 @@ class RunRecord:
     method_cpu_s: dict[str, float] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     unfinished_reason: str = "run still going or cut short"
+    partial_methods: list[str] = field(default_factory=list)
+    partial_folds: pd.DataFrame | None = None  # per method (rows) and kept fold (columns): PR AUC
 
     @property
     def pending(self) -> list[str]:
@@ -963,6 +1015,7 @@ def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Pa
     """The whole benchmark; returns the long metrics table (also written to ``out_dir``)."""
     import torch
 
+    from bids_rim.bidsio.derivatives import atomic_write_with
     from bids_rim.bidsio.training_data import load_training_set
     from bids_rim.training.crossval import patient_folds
     from bids_rim.training.inference import resolve_device
@@ -991,18 +1044,23 @@ def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Pa
     clock.record("patches and truth", wall, cpu)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / PARTIAL_PREDICTIONS).unlink(missing_ok=True)  # an earlier run's, into the same folder
     run = RunRecord(settings, execution, summary, command,
                     label_report(meta, truth, evaluable, in_folds, folds, withheld), machine, clock)
     predictions, tables = [], []
 
-    def finish_method(method: str, part: pd.DataFrame) -> None:
+    def identify(method: str, part: pd.DataFrame) -> pd.DataFrame:
+        """``part`` with the method's name, each lesion's identity, its rater label and its true class."""
         part.insert(0, "method", method)
         rows = part["row"].to_numpy()
         part["participant_id"] = meta["participant_id"].to_numpy()[rows]
         part["lesion_id"] = meta["lesion_id"].to_numpy()[rows]
         part["rater_label"] = meta["label"].to_numpy()[rows]
         part["true_label"] = truth["true_label"].to_numpy()[rows].astype(int)
-        predictions.append(part)
+        return part
+
+    def finish_method(method: str, part: pd.DataFrame) -> None:
+        predictions.append(identify(method, part))
         tables.append(summarise(part, settings))
         # Written after every method, so that a long run cut short still leaves what it finished.
         write_outputs(out_dir, pd.concat(predictions, ignore_index=True), pd.concat(tables, ignore_index=True), run)
@@ -1047,8 +1105,20 @@ def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Pa
     if unfinished:
         run.unfinished_reason = (f"stopped at the time budget of {execution.time_budget_s:.0f} s with "
                                  f"{len(unfinished)} of {len(tasks)} (method, fold) tasks unfinished")
+    partial = {method: identify(method, part) for method, part in folds_of_incomplete_methods(
+        finished, run.method_wall_s).items()}
+    if partial:
+        partial_predictions = pd.concat(partial.values(), ignore_index=True)
+        atomic_write_with(out_dir / PARTIAL_PREDICTIONS, lambda path: partial_predictions.drop(columns="row").to_csv(
+            path, sep="\t", index=False, float_format="%.5f"))
+        complete = pd.concat(predictions, ignore_index=True) if predictions else partial_predictions.iloc[:0]
+        run.partial_folds = fold_pr_aucs(pd.concat([partial_predictions, complete], ignore_index=True),
+                                         sorted({int(f) for f in partial_predictions["fold"]}))
+        run.partial_methods = list(partial)
     if not predictions:
-        raise RuntimeError(f"no method finished: failures {run.failures}; {run.unfinished_reason}")
+        raise RuntimeError(f"no method finished: failures {run.failures}; {run.unfinished_reason}"
+                           + (f"; finished folds of {run.partial_methods} in {out_dir / PARTIAL_PREDICTIONS}"
+                              if partial else ""))
     table = pd.concat(tables, ignore_index=True)
     write_outputs(out_dir, pd.concat(predictions, ignore_index=True), table, run)
     if run.failures or run.pending:

@@ -365,6 +365,79 @@ def test_ece_interval_above_its_estimate_is_named() -> None:
     assert benchmark.ece_above_interval(table) == ["oracle"]
 
 
+def test_folds_of_an_incomplete_method_are_kept_apart_and_compared_fold_by_fold() -> None:
+    """A method cut by the time budget keeps the folds it finished, outside the pooled table, with
+    every method's PR AUC on those same folds beside them."""
+    benchmark = _load_benchmark()
+
+    def fold_result(fold: int, rows: list[int], scores: list[float]) -> dict:
+        return {"predictions": pd.DataFrame({"fold": fold, "row": rows, "rim_probability": scores, "threshold": 0.5})}
+
+    finished = {"radiomics": [fold_result(2, [4, 5, 6, 7], [0.1, 0.9, 0.2, 0.3]),
+                              fold_result(1, [0, 1, 2, 3], [0.4, 0.3, 0.2, 0.1])],
+                "rimnet": [fold_result(1, [3, 0, 1, 2], [0.2, 0.9, 0.1, 0.8])],
+                "qsmrimnet": []}
+    kept = benchmark.folds_of_incomplete_methods(finished, complete={"radiomics": 12.0})
+    assert list(kept) == ["rimnet"]
+    assert kept["rimnet"]["row"].tolist() == [0, 1, 2, 3] and set(kept["rimnet"]["fold"]) == {1}
+
+    truth = {0: 1, 1: 0, 2: 1, 3: 0}  # rimnet ranks both rim+ first (PR AUC 1); radiomics ranks them 1st and 3rd
+    frames = [kept["rimnet"].assign(method="rimnet"),
+              pd.concat([r["predictions"] for r in finished["radiomics"]]).assign(method="radiomics")]
+    predictions = pd.concat(frames, ignore_index=True)
+    predictions["true_label"] = predictions["row"].map(lambda row: truth.get(row, row % 2))
+    table = benchmark.fold_pr_aucs(predictions, [1])
+    assert table.loc["rimnet", 1] == pytest.approx(1.0)
+    assert table.loc["radiomics", 1] == pytest.approx((1 + 2 / 3) / 2)
+
+    run = benchmark.RunRecord(*[None] * 7, partial_methods=["rimnet"], partial_folds=table)
+    page = "\n".join(benchmark.partial_section(run))
+    assert benchmark.PARTIAL_PREDICTIONS in page and "| fold 1 |" in page
+    assert "| rimnet | 1.000 |" in page and "| radiomics | 0.833 |" in page
+    assert benchmark.partial_section(benchmark.RunRecord(*[None] * 7)) == []
+
+
+CUT_RUN = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("classification_benchmark", sys.argv[1])
+benchmark = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = benchmark
+spec.loader.exec_module(benchmark)
+run_every_task = benchmark.run_tasks
+
+def run_until_asym_fold_1(tasks, configs, *arguments):
+    # what a --time-budget does when it falls just after asym's first fold (exactly, not by the clock)
+    kept = [task for task in tasks if task.method != "asym" or task.fold == 1]
+    return run_every_task(kept, configs, *arguments) + [task for task in tasks if task not in kept]
+
+benchmark.run_tasks = run_until_asym_fold_1
+sys.exit(benchmark.main(sys.argv[2:]))
+"""
+
+
+def test_a_run_cut_short_keeps_the_finished_folds_of_an_unfinished_method(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "classification_partial_predictions.tsv").write_text("stale\n")  # an earlier run's, to be replaced
+    completed = subprocess.run(
+        [sys.executable, "-c", CUT_RUN, str(REPO / "benchmarks" / "classification.py"), "--quick", "--jobs", "1",
+         "--threads", "1", "--time-budget", "3600", "--methods", "radiomics,asym", "--out", str(out), "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"},
+        cwd=REPO, timeout=600, check=False)
+    assert completed.returncode == 3, completed.stderr[-3000:]  # written, but incomplete
+    assert set(pd.read_csv(out / "classification.tsv", sep="\t")["method"]) == {"radiomics"}
+    kept = pd.read_csv(out / "classification_partial_predictions.tsv", sep="\t")
+    assert set(kept["method"]) == {"asym"} and set(kept["fold"]) == {1}
+    complete = pd.read_csv(out / "classification_predictions.tsv", sep="\t")
+    fold_1 = complete[complete["fold"] == 1]
+    assert sorted(zip(kept["participant_id"], kept["lesion_id"])) == sorted(zip(fold_1["participant_id"],
+                                                                                fold_1["lesion_id"]))
+    page = (out / "classification.md").read_text()
+    assert "Not finished" in page and "| fold 1 |" in page
+    assert re.search(r"^\| asym \| [01]\.\d{3} \|$", page, re.MULTILINE)
+    assert re.search(r"^\| radiomics \| [01]\.\d{3} \|$", page, re.MULTILINE)
+
+
 def _load_error_analysis():
     spec = importlib.util.spec_from_file_location("error_analysis", REPO / "benchmarks" / "error_analysis.py")
     analysis = importlib.util.module_from_spec(spec)
