@@ -1111,8 +1111,7 @@ def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Pa
         partial_predictions = pd.concat(partial.values(), ignore_index=True)
         atomic_write_with(out_dir / PARTIAL_PREDICTIONS, lambda path: partial_predictions.drop(columns="row").to_csv(
             path, sep="\t", index=False, float_format="%.5f"))
-        complete = pd.concat(predictions, ignore_index=True) if predictions else partial_predictions.iloc[:0]
-        run.partial_folds = fold_pr_aucs(pd.concat([partial_predictions, complete], ignore_index=True),
+        run.partial_folds = fold_pr_aucs(pd.concat([partial_predictions, *predictions], ignore_index=True),
                                          sorted({int(f) for f in partial_predictions["fold"]}))
         run.partial_methods = list(partial)
     if not predictions:

@@ -398,11 +398,9 @@ def test_folds_of_an_incomplete_method_are_kept_apart_and_compared_fold_by_fold(
 
 
 CUT_RUN = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("classification_benchmark", sys.argv[1])
-benchmark = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = benchmark
-spec.loader.exec_module(benchmark)
+import sys
+sys.path.insert(0, sys.argv[1])
+import classification as benchmark
 run_every_task = benchmark.run_tasks
 
 def run_until_asym_fold_1(tasks, configs, *arguments):
@@ -420,7 +418,7 @@ def test_a_run_cut_short_keeps_the_finished_folds_of_an_unfinished_method(tmp_pa
     out.mkdir()
     (out / "classification_partial_predictions.tsv").write_text("stale\n")  # an earlier run's, to be replaced
     completed = subprocess.run(
-        [sys.executable, "-c", CUT_RUN, str(REPO / "benchmarks" / "classification.py"), "--quick", "--jobs", "1",
+        [sys.executable, "-c", CUT_RUN, str(REPO / "benchmarks"), "--quick", "--jobs", "1",
          "--threads", "1", "--time-budget", "3600", "--methods", "radiomics,asym", "--out", str(out), "--work", str(tmp_path / "work")],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"},
         cwd=REPO, timeout=600, check=False)
