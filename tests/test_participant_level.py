@@ -136,6 +136,21 @@ def test_rerun_is_cached_and_byte_identical(participant_run: dict[str, Path]) ->
     assert results_after == results_before, "a cached node was recomputed"
 
 
+def test_fresh_work_folder_and_more_processes_give_identical_derivatives(
+        participant_run: dict[str, Path], tmp_path: Path) -> None:
+    """The participant level is deterministic: recomputed from nothing (new work folder), with two
+    processes instead of one, a subject's derivatives are byte-identical. A benchmark that
+    reuses a cohort's participant level relies on this to pair its runs lesion by lesion."""
+    output_dir = tmp_path / "out"
+    code = main([str(participant_run["bids"]), str(output_dir), "participant", "--participant-label", "sub-003",
+                 "-d", str(participant_run["bids"] / "derivatives" / "lesion_masks"),
+                 "--work-dir", str(tmp_path / "work"), "--no-inference", *FAST_OPTIONS, "--nprocs", "2"])
+    assert code == 0
+    fresh, cached = _digest(output_dir / "sub-003"), _digest(participant_run["output"] / "sub-003")
+    assert len(fresh) >= len(_session_files(output_dir, "003"))
+    assert fresh == cached
+
+
 @pytest.mark.slow
 def test_cli_as_a_user_types_it(small_cohort: Path, participant_run: dict[str, Path], tmp_path: Path) -> None:
     """One subject with redrawn lesion borders: closer to the true outlines than the rater's."""
