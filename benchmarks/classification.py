@@ -254,7 +254,8 @@ def prepare_cohort(settings: BenchmarkSettings, execution: Execution, work: Path
         expected = sorted(p.name for p in bids_dir.glob("sub-*") if p.is_dir())
         done = {p.name for p in output_dir.glob("sub-*") if any(p.rglob("*_desc-lesions_patches.npz"))}
         record = {"seconds": clock.wall_s["participant level"], "cpu_seconds": clock.cpu_s["participant level"],
-                  "nprocs": execution.nprocs, "exit_code": code or 0, "failed": [s for s in expected if s not in done]}
+                  "nprocs": execution.nprocs, "exit_code": code or 0, "failed": [s for s in expected if s not in done],
+                  "libraries": library_versions()}
         if not done:
             raise RuntimeError(f"{bids_dir}: the participant level produced no patches (exit code {code})")
         record_path.write_text(json.dumps(record))
@@ -263,6 +264,7 @@ def prepare_cohort(settings: BenchmarkSettings, execution: Execution, work: Path
     summary["participant_level_cpu_s"] = record.get("cpu_seconds", float("nan"))
     summary["participant_level_nprocs"] = record.get("nprocs", 2)
     summary["participant_level_failed"] = record["failed"]
+    summary["participant_level_libraries"] = record.get("libraries")
     return bids_dir, output_dir, summary
 
 
@@ -595,8 +597,43 @@ def git_commit() -> str:
     return described or "unknown (no git repository here; set BIDS_RIM_COMMIT)"
 
 
+#: Libraries whose version can change the participant level or the models' numbers (torch is named
+#: on its own). Two runs pair lesion by lesion only on one participant level, and a rebuilt
+#: environment with other versions of these can move a patch's values in the last digits.
+NUMERIC_LIBRARIES = ("antspyx", "numpy", "scipy", "scikit-learn", "nibabel", "monai")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed version of each of ``NUMERIC_LIBRARIES`` ("not installed" where absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in NUMERIC_LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _versions_text(versions: Mapping[str, str]) -> str:
+    return ", ".join(f"{name} {number}" for name, number in versions.items())
+
+
+def participant_level_provenance(recorded: Mapping[str, str] | None, current: Mapping[str, str]) -> str:
+    """A sentence for a reused participant level whose libraries are not (known to be) this run's; else ""."""
+    if recorded is None:
+        return ("The run that made the participant level did not record its library versions, so they may "
+                "differ from this run's.")
+    changed = {name: f"{recorded.get(name, 'not recorded')} (now {number})" for name, number in current.items()
+               if recorded.get(name) != number}
+    if not changed:
+        return ""
+    return f"The participant level was made with other library versions than this run's: {_versions_text(changed)}."
+
+
 def machine_description(execution: Execution) -> str:
-    """CPU, cores, load, GPU (when used), OS, Python, torch and git commit of this run."""
+    """CPU, cores, load, GPU (when used), OS, Python, torch, the numeric libraries and git commit of this run."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -613,7 +650,8 @@ def machine_description(execution: Execution) -> str:
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{cpu}; {os.cpu_count()} logical CPUs visible (load average {os.getloadavg()[0]:.1f} at the start)"
             f"; {memory_gib:.0f} GiB RAM; training device {device}; {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}; torch {torch.__version__}; bids_rim git {git_commit()}")
+            f"Python {platform.python_version()}; torch {torch.__version__}; {_versions_text(library_versions())}; "
+            f"bids_rim git {git_commit()}")
 
 
 def _cell(table: pd.DataFrame, method: str, metric: str) -> str:
@@ -690,6 +728,8 @@ def run_section(run: RunRecord) -> list[str]:
               **{stage: (clock.wall_s[stage], clock.cpu_s.get(stage)) for stage in clock.wall_s
                  if stage not in ("cohort generation", "participant level")}}
     cached = [stage for stage in ("cohort generation", "participant level") if stage not in clock.wall_s]
+    provenance = (participant_level_provenance(summary.get("participant_level_libraries"), library_versions())
+                  if "participant level" in cached else "")
     return [
         "## Run",
         "",
@@ -706,6 +746,7 @@ def run_section(run: RunRecord) -> list[str]:
         "",
         *([f"({', '.join(cached)} reused from the work folder: times are those of the run that made them.)", ""]
           if cached else []),
+        *([provenance, ""] if provenance else []),
         "Training and prediction per method, summed over its folds (the folds of all methods share the workers):",
         "",
         "| method | wall (s) | CPU (s) |",
