@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subjects", type=int, default=6, help="number of synthetic participants")
     parser.add_argument("--sites", type=int, default=2, help="number of synthetic sites")
     parser.add_argument("--size", choices=["small", "full"], default="small",
-                        help="'small' (2 mm, seconds per subject) or 'full' (site resolution, about a minute each)")
+                        help="'small' (cropped, QSM at 1.1-1.3 mm, seconds per subject) or 'full' (whole brain at the "
+                             "site's resolution, about a minute each)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the cohort and of the pipeline")
     parser.add_argument("--nprocs", type=int, default=2, help="processes for the participant level")
     return parser

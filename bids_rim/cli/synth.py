@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="parameter table: rim contrast, noise, mimics (default realistic)")
     parser.add_argument("--size", choices=("full", "small"), default="full",
                         help="full: whole brain at the site's QSM resolution; small: a cropped "
-                             "1.0-1.4 mm version for tests (default full)")
+                             "version with QSM at 1.1-1.3 mm, for tests (default full)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     parser.add_argument("--jobs", type=int, default=0, metavar="J",
                         help="worker processes that simulate subjects in parallel, at most one "

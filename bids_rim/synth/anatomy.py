@@ -40,7 +40,7 @@ DEEP_NUCLEI: tuple[tuple[str, tuple[float, float, float], tuple[float, float, fl
 
 @dataclass(frozen=True)
 class MniTemplate:
-    """MNI152 2009c symmetric 1 mm maps as float32 in [0, 1] (t1 normalised to WM = 1)."""
+    """ICBM152 2009a nonlinear symmetric 1 mm maps as float32 in [0, 1] (t1 normalised to WM = 1)."""
 
     affine: np.ndarray
     t1: np.ndarray
