@@ -255,7 +255,7 @@ def prepare_cohort(settings: BenchmarkSettings, execution: Execution, work: Path
         done = {p.name for p in output_dir.glob("sub-*") if any(p.rglob("*_desc-lesions_patches.npz"))}
         record = {"seconds": clock.wall_s["participant level"], "cpu_seconds": clock.cpu_s["participant level"],
                   "nprocs": execution.nprocs, "exit_code": code or 0, "failed": [s for s in expected if s not in done],
-                  "libraries": library_versions()}
+                  "environment": numeric_environment()}
         if not done:
             raise RuntimeError(f"{bids_dir}: the participant level produced no patches (exit code {code})")
         record_path.write_text(json.dumps(record))
@@ -264,7 +264,7 @@ def prepare_cohort(settings: BenchmarkSettings, execution: Execution, work: Path
     summary["participant_level_cpu_s"] = record.get("cpu_seconds", float("nan"))
     summary["participant_level_nprocs"] = record.get("nprocs", 2)
     summary["participant_level_failed"] = record["failed"]
-    summary["participant_level_libraries"] = record.get("libraries")
+    summary["participant_level_environment"] = record.get("environment")
     return bids_dir, output_dir, summary
 
 
@@ -598,59 +598,66 @@ def git_commit() -> str:
 
 
 #: Libraries whose version can change the participant level or the models' numbers (torch is named
-#: on its own). Two runs pair lesion by lesion only on one participant level, and a rebuilt
-#: environment with other versions of these can move a patch's values in the last digits.
+#: on its own). Two runs pair lesion by lesion only on one participant level; another CPU (numpy,
+#: ITK and torch pick SIMD code paths by CPU) or other versions of these can move a patch's values
+#: in the last digits.
 NUMERIC_LIBRARIES = ("antspyx", "numpy", "scipy", "scikit-learn", "nibabel", "monai")
 
 
-def library_versions() -> dict[str, str]:
-    """Installed version of each of ``NUMERIC_LIBRARIES`` ("not installed" where absent)."""
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        model_lines = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    except OSError:
+        model_lines = []
+    return model_lines[0].split(":", 1)[1].strip() if model_lines else (platform.processor() or platform.machine())
+
+
+def numeric_environment() -> dict[str, str]:
+    """The CPU model and the installed version of each of ``NUMERIC_LIBRARIES`` ("not installed" where absent)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    versions = {}
+    environment = {"cpu": cpu_model()}
     for name in NUMERIC_LIBRARIES:
         try:
-            versions[name] = version(name)
+            environment[name] = version(name)
         except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+            environment[name] = "not installed"
+    return environment
 
 
-def _versions_text(versions: Mapping[str, str]) -> str:
-    return ", ".join(f"{name} {number}" for name, number in versions.items())
+def _environment_text(environment: Mapping[str, str]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in environment.items())
 
 
 def participant_level_provenance(recorded: Mapping[str, str] | None, current: Mapping[str, str]) -> str:
-    """A sentence for a reused participant level whose libraries are not (known to be) this run's; else ""."""
+    """A sentence for a reused participant level not (known to be) made on this run's CPU and libraries; else ""."""
     if recorded is None:
-        return ("The run that made the participant level did not record its library versions, so they may "
-                "differ from this run's.")
-    changed = {name: f"{recorded.get(name, 'not recorded')} (now {number})" for name, number in current.items()
-               if recorded.get(name) != number}
+        return ("The run that made the participant level did not record its CPU and library versions, so they "
+                "may differ from this run's.")
+    changed = {name: f"{recorded.get(name, 'not recorded')} (now {value})" for name, value in current.items()
+               if recorded.get(name) != value}
     if not changed:
         return ""
-    return f"The participant level was made with other library versions than this run's: {_versions_text(changed)}."
+    return ("The participant level was made on another CPU or with other libraries than this run's: "
+            f"{_environment_text(changed)}.")
 
 
 def machine_description(execution: Execution) -> str:
     """CPU, cores, load, GPU (when used), OS, Python, torch, the numeric libraries and git commit of this run."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        model_lines = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-        cpu = model_lines[0].split(":", 1)[1].strip() if model_lines else cpu
-    except OSError:
-        pass
+    environment = numeric_environment()
     device = execution.device
     if device.startswith("cuda"):
         index = torch.device(device).index or 0
         properties = torch.cuda.get_device_properties(index)
         device = f"{device} = {properties.name} ({properties.total_memory / 2**30:.0f} GiB)"
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{cpu}; {os.cpu_count()} logical CPUs visible (load average {os.getloadavg()[0]:.1f} at the start)"
-            f"; {memory_gib:.0f} GiB RAM; training device {device}; {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}; torch {torch.__version__}; {_versions_text(library_versions())}; "
+    libraries = {name: value for name, value in environment.items() if name != "cpu"}
+    return (f"{environment['cpu']}; {os.cpu_count()} logical CPUs visible (load average {os.getloadavg()[0]:.1f} at "
+            f"the start); {memory_gib:.0f} GiB RAM; training device {device}; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}; torch {torch.__version__}; {_environment_text(libraries)}; "
             f"bids_rim git {git_commit()}")
 
 
@@ -728,7 +735,7 @@ def run_section(run: RunRecord) -> list[str]:
               **{stage: (clock.wall_s[stage], clock.cpu_s.get(stage)) for stage in clock.wall_s
                  if stage not in ("cohort generation", "participant level")}}
     cached = [stage for stage in ("cohort generation", "participant level") if stage not in clock.wall_s]
-    provenance = (participant_level_provenance(summary.get("participant_level_libraries"), library_versions())
+    provenance = (participant_level_provenance(summary.get("participant_level_environment"), numeric_environment())
                   if "participant level" in cached else "")
     return [
         "## Run",

@@ -50,12 +50,13 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     for method in QUICK_METHODS:
         assert f"| {method} |" in page
     assert (out / "classification_pr.png").stat().st_size > 0 and (out / "classification_roc.png").stat().st_size > 0
-    # The participant level records the numeric libraries that made it; the page names this run's.
-    made_with = json.loads((tmp_path / "work" / "participant_level.json").read_text())["libraries"]
-    assert made_with["antspyx"] == version("antspyx") and made_with["numpy"] == version("numpy")
+    # The participant level records the CPU and numeric libraries that made it; the page names this run's.
+    made_with = json.loads((tmp_path / "work" / "participant_level.json").read_text())["environment"]
+    assert made_with["antspyx"] == version("antspyx") and made_with["numpy"] == version("numpy") and made_with["cpu"]
     machine = next(line for line in page.splitlines() if line.startswith("- Machine:"))
+    assert machine.startswith(f"- Machine: {made_with['cpu']};")
     assert f"antspyx {version('antspyx')}" in machine and f"scikit-learn {version('scikit-learn')}" in machine
-    assert "other library versions" not in page  # made by this very run
+    assert "another CPU or with other libraries" not in page  # made by this very run
     predictions = pd.read_csv(out / "classification_predictions.tsv", sep="\t")
     # the same lesions are scored by every method (one split, one evaluation set)
     lesion_sets = [set(zip(part["participant_id"], part["lesion_id"])) for _, part in predictions.groupby("method")]
@@ -128,14 +129,16 @@ def _load_benchmark():
     return module
 
 
-def test_a_reused_participant_level_made_with_other_libraries_is_named() -> None:
+def test_a_reused_participant_level_made_on_another_cpu_or_libraries_is_named() -> None:
     benchmark = _load_benchmark()
-    now = {"antspyx": "0.6.1", "numpy": "2.2.0", "scipy": "1.15.0"}
+    now = {"cpu": "AMD EPYC", "antspyx": "0.6.1", "numpy": "2.2.0", "scipy": "1.15.0"}
     assert benchmark.participant_level_provenance(dict(now), now) == ""
-    changed = benchmark.participant_level_provenance({**now, "numpy": "2.1.3"}, now)
-    assert changed == "The participant level was made with other library versions than this run's: numpy 2.1.3 (now 2.2.0)."
+    changed = benchmark.participant_level_provenance({**now, "cpu": "Intel Xeon", "numpy": "2.1.3"}, now)
+    assert changed == ("The participant level was made on another CPU or with other libraries than this run's: "
+                       "cpu Intel Xeon (now AMD EPYC), numpy 2.1.3 (now 2.2.0).")
     assert "did not record" in benchmark.participant_level_provenance(None, now)
-    assert "scipy not recorded (now 1.15.0)" in benchmark.participant_level_provenance({"antspyx": "0.6.1", "numpy": "2.2.0"}, now)
+    older = {name: value for name, value in now.items() if name != "scipy"}
+    assert "scipy not recorded (now 1.15.0)" in benchmark.participant_level_provenance(older, now)
 
 
 def test_observer_is_scored_out_of_fold_once_per_lesion() -> None:
