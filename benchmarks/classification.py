@@ -643,20 +643,24 @@ def participant_level_provenance(recorded: Mapping[str, str] | None, current: Ma
             f"{_environment_text(changed)}.")
 
 
-def machine_description(execution: Execution) -> str:
-    """CPU, cores, load, GPU (when used), OS, Python, torch, the numeric libraries and git commit of this run."""
+def machine_description(execution: Execution | None = None) -> str:
+    """CPU, cores, load, training device (when ``execution`` is given; a GPU by name), OS, Python, torch,
+    the numeric libraries and git commit of this run."""
     import torch
 
     environment = numeric_environment()
-    device = execution.device
-    if device.startswith("cuda"):
-        index = torch.device(device).index or 0
-        properties = torch.cuda.get_device_properties(index)
-        device = f"{device} = {properties.name} ({properties.total_memory / 2**30:.0f} GiB)"
+    training_device = ""
+    if execution is not None:
+        device = execution.device
+        if device.startswith("cuda"):
+            index = torch.device(device).index or 0
+            properties = torch.cuda.get_device_properties(index)
+            device = f"{device} = {properties.name} ({properties.total_memory / 2**30:.0f} GiB)"
+        training_device = f"training device {device}; "
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     libraries = {name: value for name, value in environment.items() if name != "cpu"}
     return (f"{environment['cpu']}; {os.cpu_count()} logical CPUs visible (load average {os.getloadavg()[0]:.1f} at "
-            f"the start); {memory_gib:.0f} GiB RAM; training device {device}; {platform.system()} {platform.release()}; "
+            f"the start); {memory_gib:.0f} GiB RAM; {training_device}{platform.system()} {platform.release()}; "
             f"Python {platform.python_version()}; torch {torch.__version__}; {_environment_text(libraries)}; "
             f"bids_rim git {git_commit()}")
 
