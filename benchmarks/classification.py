@@ -1032,6 +1032,10 @@ def partial_section(run: RunRecord) -> list[str]:
         *(f"| {method} | " + " | ".join("–" if np.isnan(value) else f"{value:.3f}" for value in row) + " |"
           for method, row in table.iterrows()),
         "",
+        "Training wall time of those folds: " + "; ".join(
+            f"{method} " + ", ".join(f"fold {fold} {seconds:.0f} s" for fold, seconds in sorted(fold_s.items()))
+            for method, fold_s in run.partial_fold_wall_s.items()) + ".",
+        "",
     ]
 
 
@@ -1056,6 +1060,7 @@ class RunRecord:
     unfinished_reason: str = "run still going or cut short"
     partial_methods: list[str] = field(default_factory=list)
     partial_folds: pd.DataFrame | None = None  # per method (rows) and kept fold (columns): PR AUC
+    partial_fold_wall_s: dict[str, dict[int, float]] = field(default_factory=dict)  # incomplete method: fold: s
 
     @property
     def pending(self) -> list[str]:
@@ -1166,6 +1171,8 @@ def run_benchmark(settings: BenchmarkSettings, execution: Execution, out_dir: Pa
         run.partial_folds = fold_pr_aucs(pd.concat([partial_predictions, *predictions], ignore_index=True),
                                          sorted({int(f) for f in partial_predictions["fold"]}))
         run.partial_methods = list(partial)
+        run.partial_fold_wall_s = {method: {result["task"].fold: result["wall_s"] for result in finished[method]}
+                                   for method in partial}
     if not predictions:
         raise RuntimeError(f"no method finished: failures {run.failures}; {run.unfinished_reason}"
                            + (f"; finished folds of {run.partial_methods} in {out_dir / PARTIAL_PREDICTIONS}"

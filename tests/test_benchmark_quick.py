@@ -411,9 +411,11 @@ def test_folds_of_an_incomplete_method_are_kept_apart_and_compared_fold_by_fold(
     assert table.loc["rimnet", 1] == pytest.approx(1.0)
     assert table.loc["radiomics", 1] == pytest.approx((1 + 2 / 3) / 2)
 
-    run = benchmark.RunRecord(*[None] * 7, partial_methods=["rimnet"], partial_folds=table)
+    run = benchmark.RunRecord(*[None] * 7, partial_methods=["rimnet"], partial_folds=table,
+                              partial_fold_wall_s={"rimnet": {1: 123.4}})
     page = "\n".join(benchmark.partial_section(run))
     assert benchmark.PARTIAL_PREDICTIONS in page and "| fold 1 |" in page
+    assert "Training wall time of those folds: rimnet fold 1 123 s." in page
     assert "| rimnet | 1.000 |" in page and "| radiomics | 0.833 |" in page
     assert benchmark.partial_section(benchmark.RunRecord(*[None] * 7)) == []
 
@@ -455,6 +457,7 @@ def test_a_run_cut_short_keeps_the_finished_folds_of_an_unfinished_method(tmp_pa
     assert "Not finished" in page and "| fold 1 |" in page
     assert re.search(r"^\| asym \| [01]\.\d{3} \|$", page, re.MULTILINE)
     assert re.search(r"^\| radiomics \| [01]\.\d{3} \|$", page, re.MULTILINE)
+    assert re.search(r"^Training wall time of those folds: asym fold 1 \d+ s\.$", page, re.MULTILINE)
 
 
 def _load_error_analysis():
