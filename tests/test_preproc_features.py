@@ -13,6 +13,7 @@ from bids_rim.preproc.patches import CHANNELS, extract_patches, load_patch_spaci
 from tests.test_preproc_phantom import (
     FLAIR_LEVELS,
     QSM_LEVELS,
+    QSM_SPACING_MM,
     Lesion,
     Phantom,
     grid_affine,
@@ -75,10 +76,14 @@ def test_distance_to_ventricles(phantom_session):
     centre_ijk = np.round(nib.affines.apply_affine(np.linalg.inv(qsm.affine), [[-7.0, 0.0, 0.0], [7.0, 0.0, 0.0]])).astype(int)
     assert ventricles[tuple(centre_ijk.T)].all()
     table = lesion_table(qsm, flair, labels, brain, label_table=label_info)
-    # Lesion at (20, -12, 4) r 4.5; right ventricle centre (7, 0, 0), semi-axes (4, 14, 6):
-    # nearest ventricle surface is about 9 mm from the lesion centre, 4.5 mm from its edge.
+    # Lesion at (20, -12, 4) r 4.5; right ventricle centre (7, 0, 0), semi-axes (4, 14, 6): the
+    # ellipsoid's surface is 10.83 mm from the lesion centre (numerically), so 6.33 mm from its edge.
+    # Between voxel centres on the 2 mm grid the distance is at least that gap, and at most the gap
+    # plus a voxel's half-diagonal on each side (2 x 1.73 mm). A distance from the lesion centroid
+    # (>= 10.8 mm) would fail this.
     row = _row_of(table, phantom.lesions[1])
-    assert 2.0 < row["distance_to_ventricles_mm"] < 9.0
+    gap_mm, half_diagonal_mm = 6.33, np.sqrt(3) * QSM_SPACING_MM / 2
+    assert gap_mm - 0.2 <= row["distance_to_ventricles_mm"] <= gap_mm + 2 * half_diagonal_mm
 
 
 def test_touching_brain_edge_and_confluent_flags():

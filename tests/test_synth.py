@@ -159,9 +159,14 @@ def test_jobs_zero_means_one_worker_per_usable_cpu_and_never_more_than_subjects(
 
 @pytest.mark.parametrize("sub", ["", "derivatives/lesion_masks", "derivatives/rim_annotations"])
 def test_bids_validator_finds_no_error(cohort, sub):
-    result = subprocess.run([str(VALIDATOR), str(cohort / sub)], capture_output=True, text=True, check=False,
-                            timeout=120)
-    assert "[ERROR]" not in result.stdout + result.stderr, result.stdout[-3000:]
+    result = subprocess.run([str(VALIDATOR), "--format", "json", str(cohort / sub)], capture_output=True,
+                            text=True, check=False, timeout=120)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = json.loads(result.stdout)  # a validator that crashed writes no report
+    errors = [issue for issue in report["issues"]["issues"] if issue.get("severity") == "error"]
+    assert errors == []
+    subjects = sorted(folder.name.removeprefix("sub-") for folder in (cohort / sub).glob("sub-*"))
+    assert len(subjects) > 1 and sorted(report["summary"]["subjects"]) == subjects  # it read the dataset
 
 
 def test_cli_as_a_user_types_it(tmp_path):

@@ -39,11 +39,28 @@ def test_ece_and_icc_known_values():
     assert icc_absolute_agreement(counts, counts[::-1]) < 0.5
 
 
+def _lesions_with_counts(true_counts: list[int], predicted_counts: list[int], per_patient: int = 6):
+    """Patients with ``per_patient`` lesions each, the first k truly rim+ and the first m scored 0.9 (else 0.1)."""
+    patients = np.repeat(np.arange(len(true_counts)), per_patient)
+    position = np.tile(np.arange(per_patient), len(true_counts))
+    labels = (position < np.repeat(true_counts, per_patient)).astype(int)
+    scores = np.where(position < np.repeat(predicted_counts, per_patient), 0.9, 0.1)
+    return patients, labels, scores
+
+
 def test_patient_metrics_use_the_four_prl_decision():
-    patients = np.repeat(["a", "b", "c"], 5)
-    labels = np.array([1, 1, 1, 1, 0] + [1, 0, 0, 0, 0] + [0] * 5)
-    result = all_metrics(patients, labels, labels.astype(float), 0.5)
-    assert result["prl4_kappa"] == 1.0 and result["count_icc"] == 1.0 and result["n_patients"] == 3.0
+    # Counts 4 vs 3 straddle the >= 4 decision: decisions (T, F, F, T) vs (F, F, F, T), observed
+    # agreement 3/4, chance agreement 0.5 * 0.25 + 0.5 * 0.75 = 0.5, so kappa = 0.5 by hand.
+    # A decision at >= 3 or >= 5 would agree everywhere (kappa 1).
+    result = all_metrics(*_lesions_with_counts([4, 1, 0, 5], [3, 1, 0, 5]), 0.5)
+    assert result["prl4_kappa"] == 0.5 and result["n_patients"] == 4.0
+    assert result["count_mean_abs_error"] == 0.25 and result["count_icc"] < 1.0
+    # Counts that differ on the same side of 4 keep every decision: kappa 1, the ICC sees the miscount.
+    same_side = all_metrics(*_lesions_with_counts([4, 3, 0, 5], [5, 3, 0, 4]), 0.5)
+    assert same_side["prl4_kappa"] == 1.0 and same_side["count_mean_abs_error"] == 0.5
+    assert 0.5 < same_side["count_icc"] < 1.0
+    exact = all_metrics(*_lesions_with_counts([4, 1, 0], [4, 1, 0]), 0.5)
+    assert exact["prl4_kappa"] == 1.0 and exact["count_icc"] == 1.0
 
 
 def test_bootstrap_interval_brackets_the_estimate():

@@ -25,10 +25,11 @@ LESION_TABLE_COLUMNS: dict[str, dict[str, str]] = {
                                                 "positive value", "Units": "ppb"},
     "qsm_lesion_minus_nawm_ppb": {"Description": "Median susceptibility of the whole lesion minus normal-"
                                                  "appearing white matter", "Units": "ppb"},
-    "flair_contrast": {"Description": "Median FLAIR intensity of the lesion divided by that of normal-"
+    "flair_contrast": {"Description": "Mean FLAIR intensity of the lesion divided by the median of normal-"
                                       "appearing white matter", "Units": "ratio"},
-    "distance_to_ventricles_mm": {"Description": "Distance from the lesion centroid to the nearest "
-                                                 "ventricle voxel (ventricles estimated from FLAIR)",
+    "distance_to_ventricles_mm": {"Description": "Smallest distance from a lesion voxel to a ventricle voxel "
+                                                 "(0 where they overlap; ventricles estimated from FLAIR; n/a "
+                                                 "when none were found)",
                                   "Units": "mm"},
     "flag_confluent": {"Description": "1 when the lesion was split from a confluent lesion, else 0"},
     "flag_touches_brain_edge": {"Description": "1 when the lesion touches the edge of the brain mask, "
