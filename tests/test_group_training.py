@@ -6,11 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
 from bids_rim.cli.run import main
+from bids_rim.preproc.patches import load_patches
+from bids_rim.training.inference import load_rim_model
 
 from .conftest import FAST_OPTIONS
 
@@ -36,8 +39,10 @@ def test_training_writes_model_card_and_metrics(trained: dict[str, Path]) -> Non
     card = next(models.glob("*_modelcard.md")).read_text()
     assert "synthetic" in card.lower()
     assert "- Lesion outlines: given" in card
-    fold_metrics = pd.read_csv(next(models.glob("*_foldmetrics.tsv")), sep="\t")
-    assert "pr_auc" in " ".join(fold_metrics.columns).lower()
+    fold_metrics = pd.read_csv(next(models.glob("*_foldmetrics.tsv")), sep="\t", na_values="n/a")
+    assert fold_metrics["fold"].astype(str).tolist() == ["1", "2", "pooled"]  # --folds 2, then the pooled row
+    pooled = fold_metrics.set_index(fold_metrics["fold"].astype(str)).loc["pooled"]
+    assert 0.0 <= pooled["pr_auc"] <= 1.0 and 0.0 <= pooled["roc_auc"] <= 1.0
 
 
 def test_inference_with_the_trained_model(trained: dict[str, Path], tmp_path: Path) -> None:
@@ -50,10 +55,18 @@ def test_inference_with_the_trained_model(trained: dict[str, Path], tmp_path: Pa
     assert code == 0
     table = pd.read_csv(output_dir / "sub-003" / "ses-01" / "anat" / "sub-003_ses-01_desc-lesions_table.tsv",
                         sep="\t", na_values="n/a")
-    probabilities = table["rim_probability"].to_numpy()
-    assert np.all((probabilities >= 0) & (probabilities <= 1))
-    assert np.all(table["rim_uncertainty"] >= 0)
-    assert set(table["rim_label"].unique()) <= {0, 1}
+    anat = output_dir / "sub-003" / "ses-01" / "anat"
+    labels = np.asarray(nib.load(next(anat.glob("*_desc-lesions_dseg.nii.gz"))).dataobj)
+    assert len(table) == len(np.unique(labels[labels > 0])) > 0
+    # The probabilities are this model's (not the bundled one's) on the session's own patches.
+    patches, lesion_ids = load_patches(next(anat.glob("*_desc-lesions_patches.npz")))
+    expected = load_rim_model(model, "cpu").predict(patches)
+    assert lesion_ids.tolist() == table["lesion_id"].tolist()
+    # the table keeps 4 decimals
+    np.testing.assert_allclose(table["rim_probability"], expected["rim_probability"], atol=5.1e-5)
+    np.testing.assert_allclose(table["rim_uncertainty"], expected["rim_uncertainty"], atol=5.1e-5)
+    threshold = load_rim_model(model, "cpu").threshold
+    assert table["rim_label"].tolist() == (expected["rim_probability"] >= threshold).astype(int).tolist()
     report = (output_dir / "sub-003.html").read_text()
     assert "P(rim+)" in report
 

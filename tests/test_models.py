@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from bids_rim.models import available_models, get_model, is_neural
 from bids_rim.models.rim_features import FEATURE_NAMES, rim_features
@@ -158,6 +159,7 @@ def test_radiomics_classifier_fits_and_ranks(toy):
     assert probabilities.shape == (len(test_patches),)
     rim = test_meta["label"].to_numpy() == 1
     assert probabilities[rim].mean() > probabilities[~rim].mean()
+    assert roc_auc_score(rim, probabilities) > 0.8  # it ranks held-out toy lesions, not just their means
     with pytest.raises(ValueError, match="both rim"):
         get_model("radiomics").fit(patches, np.zeros(len(patches)))
 

@@ -76,8 +76,14 @@ def test_folds_share_rim_lesions_and_sites_evenly(seed):
 
 def test_inner_split_is_by_patient(toy):
     _, meta = toy
-    fit, val = crossval.inner_split(meta[meta["label"].notna()], 0.25, seed=1)
+    labelled = meta[meta["label"].notna()]
+    fit, val = crossval.inner_split(labelled, 0.25, seed=1)
     assert fit and val and not set(fit) & set(val)
+    assert set(fit) | set(val) == set(labelled["participant_id"])  # no labelled patient dropped
+    n_patients = labelled["participant_id"].nunique()
+    assert abs(len(val) - n_patients / 4) <= 1  # one of four balanced groups
+    has_rim = labelled.groupby("participant_id")["label"].max() == 1
+    assert has_rim[fit].any() and has_rim[val].any()
 
 
 def test_pretraining_and_finetuning_never_see_the_test_fold(toy, monkeypatch):
@@ -159,6 +165,8 @@ def test_radiomics_baseline_runs_in_the_same_harness(toy):
     config = TrainConfig(arch="radiomics", folds=3, patch_size=16)
     result = crossval.cross_validate(patches, meta, config, CPU)
     assert len(result.fold_metrics) == 3 and result.fold_metrics["pr_auc"].notna().all()
+    labels, probabilities = result.predictions["label"].to_numpy(), result.predictions["rim_probability"].to_numpy()
+    assert average_precision_score(labels, probabilities) > labels.mean() + 0.3  # it learned the toy's rims
 
 
 def test_read_out_path_starts_from_a_logistic_regression_on_the_training_lesions():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -13,12 +14,24 @@ def test_focal_loss_reduces_to_half_bce_and_down_weights_easy_examples():
     targets = torch.tensor([1, 0, 0, 1])
     bce = F.binary_cross_entropy_with_logits(logits, targets.float())
     torch.testing.assert_close(losses.focal_loss(logits, targets, gamma=0.0, alpha=0.5), 0.5 * bce)
-    assert losses.focal_loss(logits, targets, gamma=2.0) < losses.focal_loss(logits, targets, gamma=0.0)
+    # Per example, gamma = 2 scales the cross-entropy by (1 - p_t)^2: an easy example (p_t = sigma(3))
+    # keeps 0.2 % of it, a hard one (p_t = sigma(-3)) 91 %; a uniform down-scaling would keep equal shares.
+    easy, hard = torch.tensor([3.0]), torch.tensor([-3.0])
+    positive = torch.tensor([1])
+    share = {name: float(losses.focal_loss(z, positive, gamma=2.0) / losses.focal_loss(z, positive, gamma=0.0))
+             for name, z in (("easy", easy), ("hard", hard))}
+    assert share["easy"] == pytest.approx((1 - torch.sigmoid(easy).item()) ** 2, rel=1e-5)
+    assert share["hard"] == pytest.approx((1 - torch.sigmoid(hard).item()) ** 2, rel=1e-5)
+    assert share["easy"] < 0.01 * share["hard"]
 
 
-def test_weighted_bce_weights_positives():
+def test_weighted_bce_weights_positives_only():
     logits, targets = torch.tensor([-1.0, -1.0]), torch.tensor([1, 0])
-    assert losses.weighted_bce(logits, targets, 5.0) > losses.weighted_bce(logits, targets, 1.0)
+    # mean of 5 * softplus(1) (the rim+ lesion) and softplus(-1) (the rim- one), by hand
+    expected = (5 * F.softplus(torch.tensor(1.0)) + F.softplus(torch.tensor(-1.0))) / 2
+    torch.testing.assert_close(losses.weighted_bce(logits, targets, 5.0), expected)
+    negatives = torch.tensor([0, 0])
+    torch.testing.assert_close(losses.weighted_bce(logits, negatives, 5.0), losses.weighted_bce(logits, negatives, 1.0))
 
 
 def test_supcon_prefers_class_clusters():
