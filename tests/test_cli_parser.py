@@ -41,13 +41,18 @@ def test_labels_that_escape_or_are_not_bids_are_refused(dataset: Path, tmp_path:
     assert "is not a BIDS label" in capsys.readouterr().err
 
 
-def test_memory_units(dataset: Path, tmp_path: Path) -> None:
+def test_memory_units(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     parser = build_parser()
     base = [str(dataset), str(tmp_path / "o"), "participant", "--mem"]
     assert parser.parse_args(base + ["16000MB"]).mem == 16000
-    assert parser.parse_args(base + ["2"]).mem == 2000
-    with pytest.raises(SystemExit):
-        parser.parse_args(base + ["lots"])
+    assert parser.parse_args(base + ["16000"]).mem == 16000  # a bare number is MB, as in fMRIPrep
+    assert parser.parse_args(base + ["1.5G"]).mem == 1500
+    assert parser.parse_args(["--mem-mb", "8GB", *base[:-1]]).mem == 8000
+    for bad in ("lots", "16"):  # "16" was surely meant in GB: refused, not read as 16 MB
+        with pytest.raises(SystemExit) as raised:
+            parser.parse_args(base + [bad])
+        assert raised.value.code == 2
+    assert "write 16GB for gigabytes" in capsys.readouterr().err
 
 
 def test_config_file_gives_defaults_and_command_line_wins(dataset: Path, tmp_path: Path) -> None:
@@ -58,12 +63,46 @@ def test_config_file_gives_defaults_and_command_line_wins(dataset: Path, tmp_pat
     assert (args.nprocs, args.seed, args.confluent_policy) == (3, 11, "merge")
 
 
-def test_config_file_with_unknown_key_is_refused(dataset: Path, tmp_path: Path) -> None:
+def test_config_file_with_unknown_key_is_refused(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config_file = tmp_path / "bids_rim.toml"
     config_file.write_text("colour = 'blue'\n")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as raised:
         parse_arguments(build_parser(), [str(dataset), str(tmp_path / "o"), "participant",
                                          "--config-file", str(config_file)])
+    assert raised.value.code == 2
+    assert f"{config_file}: unknown option 'colour'" in capsys.readouterr().err
+
+
+def test_config_file_values_mean_what_they_mean_on_the_command_line(dataset: Path, tmp_path: Path) -> None:
+    """Each value passes the parser as if typed: units, label prefixes, lists, flags and counts."""
+    config_file = tmp_path / "bids_rim.toml"
+    config_file.write_text('mem = "16GB"\nparticipant_label = "sub-01"\nsession-label = ["A", "ses-B"]\n'
+                           'skip-bids-validation = true\nverbose = 2\nomp_nthreads = 3\n')
+    args = parse_arguments(build_parser(), [str(dataset), str(tmp_path / "o"), "participant",
+                                            "--config-file", str(config_file)])
+    assert (args.mem, args.participant_label, args.session_label) == (16000, ["01"], ["A", "B"])
+    assert (args.skip_bids_validation, args.verbose_count, args.omp_nthreads) == (True, 2, 3)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("mem = 16", "write 16GB for gigabytes"),
+    ('lesion_source = "bogus"', "invalid choice: 'bogus'"),
+    ('derivatives = ["/nonexistent/bids_rim_test"]', "/nonexistent/bids_rim_test"),
+    ('participant_label = ["../x"]', "is not a BIDS label"),
+    ('skip-bids-validation = "yes"', "takes true or false"),
+    ("verbose = true", "takes a count"),
+    ("nprocs = [2, 3]", "takes one value"),
+])
+def test_config_file_values_are_checked_as_the_command_line_is(
+        dataset: Path, tmp_path: Path, line: str, message: str, capsys: pytest.CaptureFixture) -> None:
+    config_file = tmp_path / "bids_rim.toml"
+    config_file.write_text(line + "\n")
+    with pytest.raises(SystemExit) as raised:
+        parse_arguments(build_parser(), [str(dataset), str(tmp_path / "o"), "participant",
+                                         "--config-file", str(config_file)])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and str(config_file) in error
 
 
 def test_run_config_is_frozen_and_complete(dataset: Path, tmp_path: Path) -> None:
@@ -162,3 +201,52 @@ def test_an_unexpected_error_at_group_level_exits_70_with_its_traceback(
     monkeypatch.setattr(bids_rim.group.run, "run_group_level", broken)
     assert main([str(dataset), str(tmp_path / "out"), "group"]) == EXIT_INTERNAL == 70
     assert "internal error at group level" in caplog.text and "RuntimeError: simulated bug" in caplog.text
+
+
+def test_an_unexpected_error_at_participant_level_exits_70_with_its_traceback(
+        dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug outside the participants' workflows must not exit 1, which means 'one participant failed'."""
+    import bids_rim.cli.participant
+    from bids_rim.cli.exit_codes import EXIT_INTERNAL
+    from bids_rim.cli.run import main
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(bids_rim.cli.participant, "run_participant_level", broken)
+    assert main([str(dataset), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == EXIT_INTERNAL
+    assert "internal error" in caplog.text and "RuntimeError: simulated bug" in caplog.text
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--patch-size", "16"], "the model expects 32³ patches, not --patch-size 16; rerun with --patch-size 32"),
+    (["--device", "cuda:7"], "--device 'cuda:7': "),
+])
+def test_inference_options_that_cannot_work_stop_the_run_before_any_work(
+        dataset: Path, tmp_path: Path, options: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    """A --patch-size the model cannot read or a device this machine lacks is a bad option (64),
+    found before any participant is processed, not once per participant after registration."""
+    from bids_rim.cli.exit_codes import EXIT_USAGE
+    from bids_rim.cli.run import main
+
+    out = tmp_path / "out"
+    assert main([str(dataset), str(out), "participant", "--skip-bids-validation", *options]) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+    assert not any(out.glob("sub-*"))
+
+
+def test_one_v_shows_bids_rims_debug_messages_and_two_every_librarys() -> None:
+    import logging
+
+    from bids_rim.cli.run import configure_logging
+
+    try:
+        configure_logging(0)
+        assert not logging.getLogger("bids_rim.participant").isEnabledFor(logging.DEBUG)
+        configure_logging(1)
+        assert logging.getLogger("bids_rim.participant").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("nipype.workflow").isEnabledFor(logging.DEBUG)
+        configure_logging(2)
+        assert logging.getLogger("nipype.workflow").isEnabledFor(logging.DEBUG)
+    finally:
+        configure_logging(0)

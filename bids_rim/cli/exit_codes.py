@@ -18,10 +18,11 @@ EXIT_CANT_CREATE = 73  # EX_CANTCREAT
 DESCRIPTIONS = {
     EXIT_COMMAND_LINE: "a malformed command line: an unknown option, a value of the wrong type or out of range, "
     "a missing argument (the usage is printed)",
-    EXIT_USAGE: "a bad option or input found once the command line is parsed: an unknown participant, nothing to "
-    "process, an unreadable file (the message names the file and the problem)",
+    EXIT_USAGE: "a bad option or input found once the command line is parsed, before any participant is "
+    "processed: an unknown participant, nothing to process, a device this machine lacks, an unreadable model or "
+    "plugin file (the message names the file and the problem)",
     EXIT_INVALID_BIDS: "the input dataset is not valid BIDS, or the BIDS validator could not run "
     "(see --skip-bids-validation)",
-    EXIT_INTERNAL: "an internal error at group level (the log holds the traceback)",
+    EXIT_INTERNAL: "an internal error, a bug at either level (the log holds the traceback; please report it)",
     EXIT_CANT_CREATE: "the output directory cannot be created or written, or lies inside the input dataset",
 }

@@ -101,13 +101,23 @@ def _json_file(value: str) -> dict:
     return content
 
 
+#: A bare number below this is refused: it was almost surely meant in GB (``--mem 16``).
+SMALLEST_BARE_MEMORY_MB = 1000
+
+
 def _memory_mb(value: str) -> int:
-    """Parse ``16``, ``16GB``, ``16G`` or ``16000MB`` into megabytes (a bare number is GB)."""
+    """Parse ``16000``, ``16000MB``, ``16GB`` or ``16G`` into megabytes.
+
+    A bare number is MB, as in fMRIPrep's ``--mem``/``--mem_mb``; one under
+    :data:`SMALLEST_BARE_MEMORY_MB` is refused rather than read as a few MB.
+    """
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([GgMm]?)[Bb]?\s*", value)
     if not match:
-        raise argparse.ArgumentTypeError(f"{value!r}: memory must look like 16, 16GB or 16000MB")
+        raise argparse.ArgumentTypeError(f"{value!r}: memory must look like 16000, 16000MB or 16GB")
     amount, unit = float(match.group(1)), match.group(2).upper()
-    return int(amount if unit == "M" else amount * 1000)
+    if not unit and amount < SMALLEST_BARE_MEMORY_MB:
+        raise argparse.ArgumentTypeError(f"{value!r}: a bare number is MB; write {value.strip()}GB for gigabytes")
+    return int(amount * 1000 if unit == "G" else amount)
 
 
 def _positive_int(value: str) -> int:
@@ -160,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "output_dir",
         type=_output_dir,
-        help="where the derivatives are written (a BIDS derivative dataset; must not lie inside bids_dir)",
+        help="where the derivatives are written (a BIDS derivative dataset; inside bids_dir only under "
+        "bids_dir/derivatives/, e.g. bids_dir/derivatives/bids_rim)",
     )
     parser.add_argument(
         "analysis_level",
@@ -225,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=14.1,
         metavar="MM3",
-        help="smallest lesion kept, in mm³ (a 3 mm sphere, after the NAIMS consensus)",
+        help="smallest lesion kept, in mm³ (a sphere 3 mm across, after the NAIMS consensus)",
     )
     lesions.add_argument(
         "--confluent-policy",
@@ -249,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=32,
         metavar="VOXELS",
-        help="edge of the cubic patch cut around each lesion, in voxels",
+        help="edge of the cubic patch cut around each lesion, in voxels; must equal the model's (32 for the "
+        "bundled models; checked before any work)",
     )
     lesions.add_argument(
         "--patch-spacing",
@@ -317,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="self-supervised pretraining epochs (0 skips it)",
     )
-    group.add_argument("--finetune-epochs", type=_positive_int, default=30, metavar="N", help="fine-tuning epochs")
+    group.add_argument("--finetune-epochs", type=_positive_int, default=30, metavar="N", help="most fine-tuning epochs: early stopping on the inner validation may end sooner, never before 10")
     group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="training batch size")
 
     performance = parser.add_argument_group("Performance and execution")
@@ -340,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mem-mb",
         type=_memory_mb,
         metavar="MEMORY",
-        help="memory limit for the workflow (16, 16GB or 16000MB; a bare number is GB)",
+        help="memory Nipype's MultiProc plugin may plan with (16000, 16000MB or 16GB; a bare number is MB, as "
+        "in fMRIPrep); a scheduling limit, not enforced, and unused with --nprocs 1 or --use-plugin",
     )
     performance.add_argument(
         "--use-plugin",
@@ -368,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a TOML file of option values (keys as the long option names, e.g. nprocs = 4); the command line wins",
     )
     workflow.add_argument(
-        "-v", "--verbose", dest="verbose_count", action="count", default=0, help="more log output (-vv for debug)"
+        "-v", "--verbose", dest="verbose_count", action="count", default=0,
+        help="more log output: -v adds bids_rim's debug messages, -vv those of every library (Nipype included)"
     )
     return parser

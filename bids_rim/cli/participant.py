@@ -87,6 +87,24 @@ def model_outline_warning(config: RunConfig) -> str | None:
             f"{config.lesions.outline}: its probabilities may be off (use {trained}, or retrain the model)")
 
 
+def check_inference_options(config: RunConfig) -> None:
+    """Stop before any work when inference could not run: a ``--device`` this machine lacks, or a
+    ``--patch-size`` other than the model's (each participant would otherwise fail after its
+    registration, and the exit code would count participants instead of naming a bad option)."""
+    from bids_rim.training.checkpoint import load_checkpoint
+    from bids_rim.training.inference import resolve_device
+    from bids_rim.workflows.participant import bundled_model_path
+
+    if not config.run_inference:
+        return
+    resolve_device(config.execution.device)
+    path = config.model_path or bundled_model_path(config.lesions.outline)
+    model_patch_size = int(load_checkpoint(path)["patch_size"])
+    if model_patch_size != config.lesions.patch_size:
+        raise InputError(f"{path}: the model expects {model_patch_size}³ patches, not --patch-size "
+                         f"{config.lesions.patch_size}; rerun with --patch-size {model_patch_size}")
+
+
 def record_failure(output_dir: Path, subject: str, run_id: str, message: str) -> Path:
     """A text crash file for a participant that failed before its workflow started."""
     crash_dir = output_dir / f"sub-{subject}" / "log" / run_id
@@ -105,6 +123,7 @@ def run_participant_level(config: RunConfig) -> int:
     try:
         for space in config.output_spaces:  # fail before any work when a template is missing
             resolve_template(space)
+        check_inference_options(config)
         outline_warning = model_outline_warning(config)
         layout = index_dataset(config.bids_dir, config.derivatives)
         units, unusable = collect_sessions(

@@ -2,7 +2,7 @@
 
 Exit codes (:mod:`bids_rim.cli.exit_codes`): 0 success; N (1–63) the number of participants
 that failed at participant level; 2 a malformed command line; 64 a bad option or input
-dataset; 65 the input dataset is not valid BIDS; 70 an internal error at group level; 73 the
+dataset; 65 the input dataset is not valid BIDS; 70 an internal error (a bug); 73 the
 output directory cannot be used.
 """
 
@@ -12,10 +12,10 @@ import logging
 import os
 import sys
 import tomllib
-from argparse import ArgumentParser, Namespace
+from argparse import ArgumentParser, Namespace, _CountAction
 from pathlib import Path
 
-from bids_rim.cli.exit_codes import EXIT_CANT_CREATE, EXIT_USAGE
+from bids_rim.cli.exit_codes import EXIT_CANT_CREATE, EXIT_INTERNAL, EXIT_USAGE
 from bids_rim.cli.parser import build_parser
 from bids_rim.config import ExecutionSettings, LesionSettings, RunConfig, TrainingSettings
 from bids_rim.errors import InputError, OutputError
@@ -24,7 +24,11 @@ LOGGER = logging.getLogger("bids_rim")
 
 
 def parse_arguments(parser: ArgumentParser, argv: list[str] | None) -> Namespace:
-    """Parse argv; values from ``--config-file`` (TOML) become defaults the command line overrides."""
+    """Parse argv; values from ``--config-file`` (TOML) become defaults the command line overrides.
+
+    The file's values pass through the parser as if typed (``nprocs = 4`` as ``--nprocs 4``), so
+    they meet the same types, units, choices and checks as the command line.
+    """
     args = parser.parse_args(argv)
     if args.config_file is None:
         return args
@@ -32,22 +36,61 @@ def parse_arguments(parser: ArgumentParser, argv: list[str] | None) -> Namespace
         values = tomllib.loads(args.config_file.read_text())
     except tomllib.TOMLDecodeError as error:
         parser.error(f"{args.config_file}: not valid TOML ({error})")
-    known = {action.dest for action in parser._actions}  # noqa: SLF001 - argparse has no public list
-    defaults = {}
-    for key, value in values.items():
-        dest = key.replace("-", "_")
-        if dest not in known or dest in {"bids_dir", "output_dir", "analysis_level", "config_file"}:
-            parser.error(f"{args.config_file}: unknown option {key!r}")
-        defaults[dest] = value
-    parser.set_defaults(**defaults)
+    tokens, dests = config_file_tokens(parser, values, args.config_file)
+    positionals = [str(args.bids_dir), str(args.output_dir), args.analysis_level]
+    report = parser.error
+    parser.error = lambda message: report(f"{args.config_file}: {message}")  # name the file in the one line
+    try:
+        from_file = parser.parse_args([*positionals, *tokens])
+    finally:
+        parser.error = report
+    parser.set_defaults(**{dest: getattr(from_file, dest) for dest in dests})
     return parser.parse_args(argv)
 
 
+def config_file_tokens(parser: ArgumentParser, values: dict, path: Path) -> tuple[list[str], list[str]]:
+    """The command-line tokens that a config file's values stand for, and the options they set.
+
+    Keys are the long option names, with - or _ (``omp-nthreads``, ``verbose``); a flag takes
+    ``true``/``false``, ``verbose`` a count, and a list option a list or one value.
+    """
+    actions = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public list
+        for option in action.option_strings:
+            if option.startswith("--") and action.dest != "config_file" and action.dest != "help":
+                actions[option[2:].replace("-", "_")] = action
+    tokens: list[str] = []
+    dests: list[str] = []
+    for key, value in values.items():
+        action = actions.get(key.replace("-", "_"))
+        if action is None:
+            parser.error(f"{path}: unknown option {key!r}")
+        flag = action.option_strings[-1]
+        if isinstance(action, _CountAction):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                parser.error(f"{path}: {key} takes a count (0, 1, 2), not {value!r}")
+            tokens += [flag] * value
+        elif action.nargs == 0:
+            if not isinstance(value, bool):
+                parser.error(f"{path}: {key} takes true or false, not {value!r}")
+            tokens += [flag] if value else []
+        elif action.nargs in ("+", "*"):
+            items = value if isinstance(value, list) else [value]
+            tokens += [flag, *map(str, items)]
+        else:
+            if isinstance(value, (list, dict)):
+                parser.error(f"{path}: {key} takes one value, not {value!r}")
+            tokens += [flag, str(value)]
+        dests.append(action.dest)
+    return tokens, dests
+
+
 def configure_logging(verbosity: int) -> None:
-    """INFO by default, DEBUG with -vv; Nipype's own chatter one level quieter."""
+    """INFO by default; -v adds bids_rim's DEBUG messages, -vv every library's (Nipype's included)."""
     level = logging.DEBUG if verbosity >= 2 else logging.INFO
     root = logging.getLogger()
     root.setLevel(level)
+    LOGGER.setLevel(logging.DEBUG if verbosity >= 1 else logging.NOTSET)  # NOTSET: follow the root
     for handler in [h for h in root.handlers if h.get_name() == "bids_rim"]:
         root.removeHandler(handler)  # main() may run more than once in a process (tests, the demo)
     handler = logging.StreamHandler()
@@ -174,13 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bids_rim: error: {error}", file=sys.stderr)
         return EXIT_CANT_CREATE
 
-    if config.analysis_level == "participant":
-        from bids_rim.cli.participant import run_participant_level
+    try:
+        if config.analysis_level == "participant":
+            from bids_rim.cli.participant import run_participant_level
 
-        return run_participant_level(config)
-    from bids_rim.cli.group import run_group_level
+            return run_participant_level(config)
+        from bids_rim.cli.group import run_group_level
 
-    return run_group_level(config)
+        return run_group_level(config)
+    except Exception:  # a bug, not bad input: never exit 1-63 (= that many participants failed)
+        LOGGER.exception("internal error; please report it with this log")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover
