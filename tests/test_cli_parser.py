@@ -250,3 +250,21 @@ def test_one_v_shows_bids_rims_debug_messages_and_two_every_librarys() -> None:
         assert logging.getLogger("nipype.workflow").isEnabledFor(logging.DEBUG)
     finally:
         configure_logging(0)
+
+
+@pytest.mark.parametrize(("extra", "ignored"), [
+    (["participant"], []),
+    (["participant", "--no-inference", "--patch-size", "16", "--seed", "4"], []),
+    (["participant", "--count-model", "poisson", "--folds", "3"], ["--count-model", "--folds"]),
+    (["group", "--participant-label", "01", "--no-inference", "--arch", "rimnet"],
+     ["--arch", "--no-inference", "--participant-label"]),
+    (["group", "--train", "--participant-label", "01", "--arch", "rimnet"], ["--participant-label"]),
+])
+def test_options_this_run_never_reads_are_named(dataset: Path, tmp_path: Path, extra: list[str],
+                                                ignored: list[str]) -> None:
+    """A user who gives an option the run will not read hears of it (e.g. a label filter at group level)."""
+    from bids_rim.cli.run import ignored_options
+
+    parser = build_parser()
+    args = parse_arguments(parser, [str(dataset), str(tmp_path / "o"), *extra])
+    assert ignored_options(parser, args) == ignored

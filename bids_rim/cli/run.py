@@ -85,6 +85,29 @@ def config_file_tokens(parser: ArgumentParser, values: dict, path: Path) -> tupl
     return tokens, dests
 
 
+#: Options (their dests) that an analysis level never reads.
+UNREAD_AT_LEVEL = {
+    "group": ("participant_label", "session_label", "bids_filter_file", "derivatives", "skip_bids_validation",
+              "output_spaces", "model", "no_inference"),
+    "participant": ("covariates", "count_model"),
+}
+#: Options that only ``group --train`` reads.
+TRAINING_OPTIONS = ("rim_annotations", "arch", "folds", "pretrain_epochs", "finetune_epochs", "batch_size")
+
+
+def ignored_options(parser: ArgumentParser, args: Namespace) -> list[str]:
+    """The options given a value (other than their default) that this run will not read, so that
+    the user hears of it instead of believing, say, that ``group --participant-label 01`` chose one."""
+    unread = set(UNREAD_AT_LEVEL[args.analysis_level])
+    if not args.train:
+        unread |= set(TRAINING_OPTIONS)
+    if args.use_plugin is not None:
+        unread |= {"nprocs", "mem"}  # the plugin file says how to run
+    long_names = {action.dest: next(name for name in action.option_strings if name.startswith("--"))
+                  for action in parser._actions if action.option_strings}  # noqa: SLF001
+    return [long_names[dest] for dest in sorted(unread) if getattr(args, dest) != parser.get_default(dest)]
+
+
 def configure_logging(verbosity: int) -> None:
     """INFO by default; -v adds bids_rim's DEBUG messages, -vv every library's (Nipype's included)."""
     level = logging.DEBUG if verbosity >= 2 else logging.INFO
@@ -207,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_arguments(parser, argv)
     configure_logging(args.verbose_count)
+    for option in ignored_options(parser, args):
+        LOGGER.warning("%s has no effect in this run (%s level%s): ignored", option, args.analysis_level,
+                       " with --train" if args.train else "")
     try:
         config = build_config(args)
         check_output_dir(config)
