@@ -6,9 +6,12 @@ subject) and processed by the real pipeline through the CLI, as a user types it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -16,6 +19,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 #: Options that keep the participant level small and fast in tests.
 FAST_OPTIONS = ["--nprocs", "1", "--omp-nthreads", "1", "--patch-size", "16", "--patch-spacing", "2"]
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark_script(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` as ``<name>_benchmark``. The folder is not a package and its
+    scripts import their siblings (``import classification``), so it goes on ``sys.path``."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ interval. The numbers themselves are meaningless at this size and are not judged
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from .conftest import load_benchmark_script
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_METHODS = ("asym", "radiomics", "readout_logistic", "oracle")  # the slow ablations are left to the real run
@@ -121,16 +122,8 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     assert epochs[0] == 0 and epochs == list(range(len(epochs))) and len(epochs) >= 2
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("classification_benchmark", REPO / "benchmarks" / "classification.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_reused_participant_level_made_on_another_cpu_or_libraries_is_named() -> None:
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
     now = {"cpu": "AMD EPYC", "antspyx": "0.6.1", "numpy": "2.2.0", "scipy": "1.15.0"}
     assert benchmark.participant_level_provenance(dict(now), now) == ""
     changed = benchmark.participant_level_provenance({**now, "cpu": "Intel Xeon", "numpy": "2.1.3"}, now)
@@ -142,7 +135,7 @@ def test_a_reused_participant_level_made_on_another_cpu_or_libraries_is_named() 
 
 
 def test_observer_is_scored_out_of_fold_once_per_lesion() -> None:
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
     rng = np.random.default_rng(0)
     patients = np.repeat([f"sub-{i}" for i in range(6)], 10)
     labels = (rng.random(60) < 0.3).astype(float)
@@ -166,7 +159,7 @@ def test_readout_reference_learns_only_from_training_patients_rater_labels() -> 
 
     from bids_rim.training.toy import make_toy_patches
 
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
     patches, meta = make_toy_patches(8, 10, patch_size=16, seed=1)
     evaluable = np.ones(len(meta), bool)
     evaluable[::7] = False
@@ -193,7 +186,7 @@ def test_task_order_runs_radiomics_first_then_the_networks_that_really_pretrain(
     # they rank with asym_no_pretrain, not with asym.
     from bids_rim.training.config import TrainConfig
 
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
     configs = {"early_fusion": TrainConfig(arch="early_fusion"), "rimnet": TrainConfig(arch="rimnet"),
                "asym_no_pretrain": TrainConfig(pretrain_epochs=0), "radiomics": TrainConfig(arch="radiomics"),
                "asym": TrainConfig(), "asym_no_flair": TrainConfig(arch="qsm_only")}
@@ -209,7 +202,7 @@ def test_label_one_in_k_withholds_training_labels_only() -> None:
     kept patients are untouched, and the read-out reference ignores the withheld labels."""
     from bids_rim.training.toy import make_toy_patches
 
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
     patches, meta = make_toy_patches(12, 8, patch_size=16, seed=2)  # sites alternate with the patient number
     folds = [[f"sub-{i:03d}" for i in (1, 2, 5, 6, 9, 10)], [f"sub-{i:03d}" for i in (3, 4, 7, 8, 11, 12)]]
     assert benchmark.withheld_label_patients(meta, folds, 1, seed=5) == [[], []]
@@ -244,7 +237,7 @@ def test_training_data_is_replaced_atomically_under_a_reader(tmp_path: Path) -> 
     have it memory-mapped: they must keep reading whole, unchanged patches."""
     from bids_rim.training.toy import make_toy_patches
 
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
     patches, meta = make_toy_patches(4, 4, patch_size=8, seed=5)
     folder = benchmark.save_training_data(patches, meta, np.ones(len(meta), bool), tmp_path)
     reading = np.load(folder / "patches.npy", mmap_mode="r")
@@ -260,7 +253,7 @@ def test_fold_task_pretrains_on_withheld_patients_without_their_labels(tmp_path:
     import bids_rim.training.crossval as crossval
     from bids_rim.training.toy import make_toy_patches
 
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
     patches, meta = make_toy_patches(6, 4, patch_size=16, seed=4)
     folder = benchmark.save_training_data(patches, meta, np.ones(len(meta), bool), tmp_path)
     seen = {}
@@ -296,9 +289,7 @@ def _write_run(folder: Path, training_seed: int, predictions: pd.DataFrame, labe
 def test_seed_spread_reports_paired_differences(tmp_path: Path) -> None:
     from sklearn.metrics import average_precision_score
 
-    spec = importlib.util.spec_from_file_location("seed_spread", REPO / "benchmarks" / "seed_spread.py")
-    spread = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(spread)
+    spread = load_benchmark_script("seed_spread")
     rng = np.random.default_rng(4)
     lesions = pd.DataFrame({"participant_id": np.repeat([f"sub-{i}" for i in range(10)], 8),
                             "lesion_id": np.tile(np.arange(1, 9), 10)})
@@ -344,7 +335,7 @@ def test_fold_tasks_reproduce_cross_validate(tmp_path: Path) -> None:
     from bids_rim.training.crossval import cross_validate
     from bids_rim.training.toy import make_toy_patches
 
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
     patches, meta = make_toy_patches(8, 6, patch_size=16, seed=3)
     config = TrainConfig(arch="asym", width=4, batch_size=16, pretrain_epochs=1, finetune_epochs=2, patience=2, folds=2,
                          patch_size=16, bootstrap_resamples=20, train_final_model=False)
@@ -364,7 +355,7 @@ def test_fold_tasks_reproduce_cross_validate(tmp_path: Path) -> None:
 
 
 def test_interpretation_says_when_the_goal_is_missed() -> None:
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
     rows = [("asym", 0.60, 0.50, 0.70), ("radiomics", 0.62, 0.52, 0.72), ("oracle", 0.90, 0.85, 0.95)]
     table = pd.DataFrame([{"method": m, "metric": "pr_auc", "estimate": e, "ci_low": lo, "ci_high": hi}
                           for m, e, lo, hi in rows]
@@ -379,7 +370,7 @@ def test_interpretation_says_when_the_goal_is_missed() -> None:
 
 def test_ece_interval_above_its_estimate_is_named() -> None:
     """ECE's small-sample upward bias can put its whole bootstrap interval above the estimate; the page says so."""
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
     table = pd.DataFrame({"method": ["oracle", "asym", "asym"], "metric": ["ece", "ece", "pr_auc"],
                           "estimate": [0.010, 0.050, 0.40], "ci_low": [0.013, 0.030, 0.45],
                           "ci_high": [0.047, 0.080, 0.55]})
@@ -389,7 +380,7 @@ def test_ece_interval_above_its_estimate_is_named() -> None:
 def test_folds_of_an_incomplete_method_are_kept_apart_and_compared_fold_by_fold() -> None:
     """A method cut by the time budget keeps the folds it finished, outside the pooled table, with
     every method's PR AUC on those same folds beside them."""
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
 
     def fold_result(fold: int, rows: list[int], scores: list[float]) -> dict:
         return {"predictions": pd.DataFrame({"fold": fold, "row": rows, "rim_probability": scores, "threshold": 0.5})}
@@ -460,16 +451,9 @@ def test_a_run_cut_short_keeps_the_finished_folds_of_an_unfinished_method(tmp_pa
     assert re.search(r"^Training wall time of those folds: asym fold 1 \d+ s\.$", page, re.MULTILINE)
 
 
-def _load_error_analysis():
-    spec = importlib.util.spec_from_file_location("error_analysis", REPO / "benchmarks" / "error_analysis.py")
-    analysis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analysis)
-    return analysis
-
-
 def test_error_analysis_splits_the_errors_by_subgroup() -> None:
     """A scorer fooled only by diffuse mimics and blind to faint rims shows exactly that, and nothing else."""
-    analysis = _load_error_analysis()
+    analysis = load_benchmark_script("error_analysis")
     none, edge_vein, diffuse, _ = range(4)
     # rim+ lesions: two faint (CNR bin 0) and two clear (bin 3); rim− lesions: three plain, one edge vein, two diffuse
     labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
@@ -499,7 +483,7 @@ def test_error_analysis_splits_the_errors_by_subgroup() -> None:
 def test_rank_shift_shows_a_method_that_learned_the_raters_false_rims() -> None:
     """Method b ranks the edge veins that the rater called rims above where a ranks them, and
     nothing else moves but the lesions they overtake: the rank-shift table says exactly that."""
-    analysis = _load_error_analysis()
+    analysis = load_benchmark_script("error_analysis")
     # per patient (one fold): a true rim the rater saw, an edge vein the rater called a rim, two plain rim− lesions
     lesions = pd.DataFrame({"participant_id": np.repeat([f"sub-{i}" for i in range(6)], 4),
                             "lesion_id": np.tile([1, 2, 3, 4], 6), "fold": 1,
@@ -527,13 +511,7 @@ def test_rank_shift_shows_a_method_that_learned_the_raters_false_rims() -> None:
 def test_compare_runs_pairs_one_method_across_two_participant_levels(tmp_path: Path) -> None:
     from sklearn.metrics import average_precision_score
 
-    spec = importlib.util.spec_from_file_location("compare_runs", REPO / "benchmarks" / "compare_runs.py")
-    compare = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports its sibling seed_spread, as run from there
-    try:
-        spec.loader.exec_module(compare)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    compare = load_benchmark_script("compare_runs")  # it imports its sibling seed_spread, as run from there
     rng = np.random.default_rng(5)
     lesions = pd.DataFrame({"participant_id": np.repeat([f"sub-{i}" for i in range(10)], 8),
                             "lesion_id": np.tile(np.arange(1, 9), 10)})
@@ -558,7 +536,7 @@ def test_compare_runs_pairs_one_method_across_two_participant_levels(tmp_path: P
 
 
 def test_noise_study_option_is_checked_recorded_and_never_mixed_with_a_realistic_folder(tmp_path: Path) -> None:
-    benchmark = _load_benchmark()
+    benchmark = load_benchmark_script("classification")
     assert benchmark.parse_args(["--quick", "--out", str(tmp_path), "--qsm-noise-scale", "0.1"]).qsm_noise_scale == 0.1
     failed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "classification.py"), "--qsm-noise-scale", "0"],
                             capture_output=True, text=True, cwd=REPO, timeout=120, check=False)

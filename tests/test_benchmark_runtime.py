@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .conftest import load_benchmark_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -43,17 +45,8 @@ def test_runtime_page_reports_the_steps_that_ran(tmp_path: Path) -> None:
     assert re.search(r"Rim inference throughput \(bundled model, 2 flip views, CPU\): \*\*\d+ lesions/s\*\*", page)
 
 
-def _load_benchmark():
-    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its sibling classification.py
-    spec = importlib.util.spec_from_file_location("runtime_benchmark", REPO / "benchmarks" / "runtime.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_goals_judged_only_on_a_full_size_subject_with_about_30_lesions() -> None:
-    sentence = _load_benchmark().goal_sentence
+    sentence = load_benchmark_script("runtime").goal_sentence
     assert "goal ≤ 3 GB: met; goal ≤ 60 s: met" in sentence("full", 27, 31.0, 1.2)
     assert "goal ≤ 3 GB: NOT met; goal ≤ 60 s: NOT met" in sentence("full", 33, 61.0, 3.5)
     for size, lesions in (("small", 30), ("full", 12), ("full", 48)):

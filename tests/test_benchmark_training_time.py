@@ -7,12 +7,13 @@ records, and a total that is the sum of the stages. The times themselves are not
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from .conftest import load_benchmark_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,17 +41,8 @@ def test_training_time_page_reports_the_stages_that_ran(tmp_path: Path) -> None:
     assert re.search(r"Peak resident memory of the training process: \d+\.\d\d GiB", page)
 
 
-def _load_benchmark():
-    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its sibling classification.py
-    spec = importlib.util.spec_from_file_location("training_time_benchmark", REPO / "benchmarks" / "training_time.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_goal_verdict_only_in_the_goals_setting() -> None:
-    verdict = _load_benchmark().goal_verdict
+    verdict = load_benchmark_script("training_time").goal_verdict
     assert verdict(1199.0, 88, 2, "cpu", {}) == "met (20.0 min)"
     assert verdict(1260.0, 88, 2, "cpu", {}) == "**not met** (21.0 min)"
     for other_setting in ((40, 2, "cpu", {}), (88, 1, "cpu", {}), (88, 2, "cuda:0", {}),
