@@ -268,3 +268,18 @@ def test_options_this_run_never_reads_are_named(dataset: Path, tmp_path: Path, e
     parser = build_parser()
     args = parse_arguments(parser, [str(dataset), str(tmp_path / "o"), *extra])
     assert ignored_options(parser, args) == ignored
+
+
+def test_bad_input_found_late_is_still_a_usage_error_not_a_bug(
+        dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import bids_rim.cli.participant
+    from bids_rim.cli.exit_codes import EXIT_USAGE
+    from bids_rim.cli.run import main
+    from bids_rim.errors import InputError
+
+    def refuses(*_args, **_kwargs):
+        raise InputError("model.pt: not a bids_rim model file")
+
+    monkeypatch.setattr(bids_rim.cli.participant, "run_participant_level", refuses)
+    assert main([str(dataset), str(tmp_path / "out"), "participant", "--skip-bids-validation"]) == EXIT_USAGE
+    assert capsys.readouterr().err.strip() == "bids_rim: error: model.pt: not a bids_rim model file"

@@ -329,7 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="self-supervised pretraining epochs (0 skips it)",
     )
-    group.add_argument("--finetune-epochs", type=_positive_int, default=30, metavar="N", help="most fine-tuning epochs: early stopping on the inner validation may end sooner, never before 10")
+    group.add_argument(
+        "--finetune-epochs",
+        type=_positive_int,
+        default=30,
+        metavar="N",
+        help="most fine-tuning epochs: early stopping on the inner validation may end sooner, never before 10",
+    )
     group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="training batch size")
 
     performance = parser.add_argument_group("Performance and execution")

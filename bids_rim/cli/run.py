@@ -251,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         from bids_rim.cli.group import run_group_level
 
         return run_group_level(config)
+    except InputError as error:  # bad input found late, outside any participant's workflow
+        print(f"bids_rim: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OutputError as error:
+        print(f"bids_rim: error: {error}", file=sys.stderr)
+        return EXIT_CANT_CREATE
     except Exception:  # a bug, not bad input: never exit 1-63 (= that many participants failed)
         LOGGER.exception("internal error; please report it with this log")
         return EXIT_INTERNAL
