@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--omp-nthreads",
         type=_positive_int,
         metavar="N",
-        help="threads per process for ANTs and torch (default: min(8, nprocs))",
+        help="threads per process for N4 bias correction and rim inference at participant level (default: "
+        "min(8, nprocs)); registration stays single-threaded so that the same inputs give identical transforms",
     )
     performance.add_argument(
         "--mem",
