@@ -251,6 +251,7 @@ def test_apptainer_definition_builds_from_the_docker_image(instructions: list[In
     assert layer.fromHeader == f"bids_rim:{__version__}"
     assert layer.cmd == 'exec bids_rim "$@"'
     docker_env = " ".join(item.arguments for item in instructions if item.keyword == "ENV")
+    assert layer.environ  # the definition sets the image's variables (an empty list would check nothing)
     for setting in layer.environ:
         name, value = setting.split("=", 1)
         assert f"{name}={value}" in docker_env, f"{setting} differs from the Docker image's environment"
