@@ -31,21 +31,21 @@ BOUTIQUES_TYPES: dict[str | None, dict[str, object]] = {
     "str": {"type": "String"},
     "_bids_label": {"type": "String"},
     "_device": {"type": "String"},
-    "_memory_mb": {"type": "String"},  # "16", "16GB" or "16000MB": text, not a number
+    "_memory_mb": {"type": "String"},  # "16000", "16000MB" or "16GB": text, not a number
     "_output_dir": {"type": "String"},  # created by the app, so not a File Boutiques must find
     "_existing_dir": {"type": "File"},
     "_existing_file": {"type": "File"},
     "_json_file": {"type": "File"},
     "int": {"type": "Number", "integer": True},
-    "_positive_int": {"type": "Number", "integer": True, "minimum": 1},
+    "positive_int": {"type": "Number", "integer": True, "minimum": 1},
     "_non_negative_int": {"type": "Number", "integer": True, "minimum": 0},
     "_fold_count": {"type": "Number", "integer": True, "minimum": 2},
     "float": {"type": "Number"},
     "_positive_float": {"type": "Number", "minimum": 0, "exclusive-minimum": True},
 }
 
-#: How many ``-v`` a count option may be given as (-v, -vv, -vvv).
-MAX_COUNT = 3
+#: How many ``-v`` a count option may be given as (-v, -vv; more adds nothing).
+MAX_COUNT = 2
 
 
 SKIPPED_ACTIONS = (argparse._HelpAction, argparse._VersionAction)  # noqa: SLF001 - not processing inputs

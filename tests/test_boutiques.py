@@ -84,8 +84,9 @@ def differences(parser: argparse.ArgumentParser, descriptor: dict, tmp_path: Pat
         flag = entry.get("command-line-flag")
         if isinstance(action, argparse._CountAction):  # noqa: SLF001 - e.g. -v, -vv
             short = [name for name in action.option_strings if len(name) == 2][0]
-            if flag is not None or entry.get("value-choices") != [short + short[1] * extra for extra in range(3)]:
-                problems.append(f"{dest}: a count option must be the choices {short}, {short}{short[1]}, ...")
+            if flag is not None or entry.get("value-choices") != [short + short[1] * extra for extra in range(2)]:
+                problems.append(f"{dest}: a count option must be the choices {short}, {short}{short[1]} "
+                                "(the levels that differ)")
             continue
         if not action.option_strings:
             if flag is not None or entry.get("optional"):

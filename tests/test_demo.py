@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bids_rim.cli.demo import build_parser
+
 
 def test_demo_runs_the_whole_product(tmp_path: Path) -> None:
     executable = Path(sys.executable).with_name("bids_rim-demo")
@@ -19,3 +23,10 @@ def test_demo_runs_the_whole_product(tmp_path: Path) -> None:
     assert len(list(output_dir.glob("sub-*.html"))) == 3
     assert (output_dir / "group.html").is_file()
     assert "Group report:" in completed.stdout
+
+
+def test_demo_refuses_counts_below_one() -> None:
+    for option in ("--subjects", "--sites", "--nprocs"):
+        with pytest.raises(SystemExit) as raised:
+            build_parser().parse_args([option, "0"])
+        assert raised.value.code == 2

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from bids_rim.cli.parser import positive_int
 from bids_rim.cli.run import configure_logging
 from bids_rim.cli.run import main as bids_rim_main
 
@@ -27,13 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("directory", nargs="?", default="bids_rim_demo", type=Path,
                         help="folder for the cohort (bids/), the outputs (derivatives/bids_rim/) and work/")
-    parser.add_argument("--subjects", type=int, default=6, help="number of synthetic participants")
-    parser.add_argument("--sites", type=int, default=2, help="number of synthetic sites")
+    parser.add_argument("--subjects", type=positive_int, default=6,
+                        help="number of synthetic participants (a new cohort only: an existing DIR/bids is reused)")
+    parser.add_argument("--sites", type=positive_int, default=2, help="number of synthetic sites (a new cohort only)")
     parser.add_argument("--size", choices=["small", "full"], default="small",
                         help="'small' (cropped, QSM at 1.1-1.3 mm, seconds per subject) or 'full' (whole brain at the "
-                             "site's resolution, about a minute each)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the cohort and of the pipeline")
-    parser.add_argument("--nprocs", type=int, default=2, help="processes for the participant level")
+                             "site's resolution, about a minute each; a new cohort only)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the cohort (a new one only) and of the pipeline")
+    parser.add_argument("--nprocs", type=positive_int, default=2, help="processes for the participant level")
     return parser
 
 
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                     "ceiling any method can reach) is %.2f; the truth is in %s",
                     summary.n_lesions, summary.n_rim_positive, summary.lesion_prevalence,
                     summary.oracle_pr_auc, bids_dir / "sourcedata")
+    else:
+        LOGGER.warning("Reusing the cohort already in %s: --subjects, --sites, --size and --seed shape a new "
+                       "cohort only (give another directory for one)", bids_dir)
     common = [str(bids_dir), str(output_dir)]
     execution = ["--work-dir", str(work_dir), "--nprocs", str(args.nprocs), "--omp-nthreads", "1",
                  "--seed", str(args.seed)]

@@ -120,7 +120,8 @@ def _memory_mb(value: str) -> int:
     return int(amount * 1000 if unit == "G" else amount)
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
+    """An integer of at least 1 (the demo's counts use it too)."""
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value}: must be a positive integer")
@@ -257,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lesions.add_argument(
         "--patch-size",
-        type=_positive_int,
+        type=positive_int,
         default=32,
         metavar="VOXELS",
         help="edge of the cubic patch cut around each lesion, in voxels; must equal the model's (32 for the "
@@ -331,25 +332,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--finetune-epochs",
-        type=_positive_int,
+        type=positive_int,
         default=30,
         metavar="N",
         help="most fine-tuning epochs: early stopping on the inner validation may end sooner, never before 10",
     )
-    group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="training batch size")
+    group.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="training batch size")
 
     performance = parser.add_argument_group("Performance and execution")
     performance.add_argument(
         "--nprocs",
         "--nthreads",
         "--n-cpus",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="processes Nipype may run at once (default: all CPUs)",
     )
     performance.add_argument(
         "--omp-nthreads",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="threads per process for N4 bias correction and rim inference at participant level (default: "
         "min(8, nprocs)); registration stays single-threaded so that the same inputs give identical transforms",
