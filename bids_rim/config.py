@@ -12,6 +12,14 @@ from pathlib import Path
 from typing import Any
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity (what SLURM, taskset or a container allot), not
+    every CPU of the machine; all of them where the platform cannot tell."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class LesionSettings:
     """How lesions are found and cut into patches."""
@@ -30,7 +38,7 @@ class ExecutionSettings:
     """How and where the Nipype workflow runs."""
 
     work_dir: Path = Path("work")
-    nprocs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    nprocs: int = field(default_factory=usable_cpus)
     omp_nthreads: int = 1
     mem_mb: int | None = None
     plugin: str = "MultiProc"

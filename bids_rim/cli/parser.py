@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-cpus",
         type=positive_int,
         metavar="N",
-        help="processes Nipype may run at once (default: all CPUs)",
+        help="processes Nipype may run at once (default: the CPUs this process may use, e.g. a SLURM allocation)",
     )
     performance.add_argument(
         "--omp-nthreads",

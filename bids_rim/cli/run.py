@@ -9,7 +9,6 @@ output directory cannot be used.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import tomllib
 from argparse import ArgumentParser, Namespace, _CountAction
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from bids_rim.cli.exit_codes import EXIT_CANT_CREATE, EXIT_INTERNAL, EXIT_USAGE
 from bids_rim.cli.parser import build_parser
-from bids_rim.config import ExecutionSettings, LesionSettings, RunConfig, TrainingSettings
+from bids_rim.config import ExecutionSettings, LesionSettings, RunConfig, TrainingSettings, usable_cpus
 from bids_rim.errors import InputError, OutputError
 
 LOGGER = logging.getLogger("bids_rim")
@@ -152,7 +151,7 @@ def _load_plugin(path: Path | None, nprocs: int, mem_mb: int | None) -> tuple[st
 
 def build_config(args: Namespace) -> RunConfig:
     """Turn parsed arguments into the frozen run configuration, checking what they mean."""
-    nprocs = args.nprocs or os.cpu_count() or 1
+    nprocs = args.nprocs or usable_cpus()
     plugin, plugin_args = _load_plugin(args.use_plugin, nprocs, args.mem)
     work_dir = args.work_dir or Path.cwd() / "work"
     execution = ExecutionSettings(

@@ -13,6 +13,8 @@ import pandas as pd
 from scipy import ndimage
 from tqdm import tqdm
 
+from bids_rim.config import usable_cpus
+
 from .. import __version__
 from .anatomy import SMALL_CROP_MNI, draw_subject_anatomy
 from .bids_writer import write_json, write_nifti, write_tsv
@@ -35,7 +37,6 @@ from .sidecars import (
     t2starw_sidecar,
     truth_columns,
 )
-from .threads import usable_cpus
 from .vessels import draw_vein_tree
 
 

@@ -11,10 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
-
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
-    return len(os.sched_getaffinity(0))
+from bids_rim.config import usable_cpus
 
 
 def worker_threads() -> int:
