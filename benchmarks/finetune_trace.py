@@ -29,7 +29,9 @@ import argparse
 import json
 import multiprocessing
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,21 +70,26 @@ def look_at(model, test_patches: np.ndarray, test_labels: np.ndarray, val_patche
             "test_pr_auc_head": average_precision_score(test_labels, head)}
 
 
-def trace_fold(fold: int, test_patients: list[str], config, data_folder: Path, true_labels: pd.Series,
-               threads: int) -> dict:
-    """Retrain one fold as ``classification.run_fold_task`` does, keeping the weights of every epoch,
-    then look at each: its inner-validation and test PR AUCs.
+@dataclass
+class RetrainedFold:
+    """One fold of a run trained again exactly as the run trained it, with its test lesions."""
 
-    The weights are copied during training and looked at afterwards, so training runs exactly as
-    in the benchmark; the inner-validation PR AUC recomputed from them must equal the one training
-    recorded (checked), which also checks that the copies are the weights training judged.
-    """
-    import copy
+    member: Any  # bids_rim.training.crossval.FoldModel
+    key: pd.MultiIndex  # (participant_id, lesion_id) of the test lesions, in row order
+    test_patches: np.ndarray
+    test_labels: np.ndarray  # the TRUE class
+    val_patches: np.ndarray  # the inner-validation patients' labelled lesions
+    val_labels: np.ndarray  # their rater labels
+    device: Any
 
+
+def retrain_fold(fold: int, test_patients: list[str], config, data_folder: Path, true_labels: pd.Series,
+                 threads: int, after_finetune_epoch=None) -> RetrainedFold:
+    """Retrain one fold as ``classification.run_fold_task`` does: same threads, determinism, training
+    patients, configuration and fold seed (``config.seed + 100 * fold``)."""
     from classification import _worker_setup  # the sibling script: same threads and determinism
 
-    from bids_rim.models import get_model
-    from bids_rim.training.crossval import member_probabilities, train_member
+    from bids_rim.training.crossval import train_member
     from bids_rim.training.inference import resolve_device
 
     _worker_setup(threads)
@@ -95,25 +102,46 @@ def trace_fold(fold: int, test_patients: list[str], config, data_folder: Path, t
     labels = true_labels.reindex(key).to_numpy(dtype=float)
     if np.isnan(labels).any():
         raise ValueError(f"fold {fold}: {int(np.isnan(labels).sum())} test lesion(s) have no prediction in the run")
-    test_patches = np.asarray(patches[rows])
-    states: list[dict] = []
     member = train_member(patches, meta.drop(columns="evaluable"), sorted(set(patients) - set(test_patients)), config,
-                          device, seed=config.seed + 100 * fold, name=f"trace fold {fold}",
-                          after_finetune_epoch=lambda epoch, model: states.append(copy.deepcopy(model.state_dict())))
+                          device, seed=config.seed + 100 * fold, name=f"retrained fold {fold}",
+                          after_finetune_epoch=after_finetune_epoch)
     val_rows = np.flatnonzero(np.isin(patients, member.validation_participants) & meta["label"].notna().to_numpy())
-    val_patches, val_labels = np.asarray(patches[val_rows]), meta["label"].to_numpy()[val_rows].astype(int)
-    model = get_model(config.arch, **config.model_kwargs()).to(device)
+    return RetrainedFold(member, key, np.asarray(patches[rows]), labels.astype(int), np.asarray(patches[val_rows]),
+                         meta["label"].to_numpy()[val_rows].astype(int), device)
+
+
+def trace_fold(fold: int, test_patients: list[str], config, data_folder: Path, true_labels: pd.Series,
+               threads: int) -> dict:
+    """Retrain one fold (:func:`retrain_fold`), keeping the weights of every epoch, then look at each:
+    its inner-validation and test PR AUCs.
+
+    The weights are copied during training and looked at afterwards, so training runs exactly as
+    in the benchmark; the inner-validation PR AUC recomputed from them must equal the one training
+    recorded (checked), which also checks that the copies are the weights training judged.
+    """
+    import copy
+
+    from bids_rim.models import get_model
+    from bids_rim.training.crossval import member_probabilities
+
+    states: list[dict] = []
+    fold_data = retrain_fold(fold, test_patients, config, data_folder, true_labels, threads,
+                             after_finetune_epoch=lambda epoch, model: states.append(copy.deepcopy(model.state_dict())))
+    member = fold_data.member
+    model = get_model(config.arch, **config.model_kwargs()).to(fold_data.device)
     looks = []
     for epoch, state in enumerate(states):
         model.load_state_dict(state)
-        looks.append({"fold": fold, "epoch": epoch, **look_at(model, test_patches, labels, val_patches, val_labels)})
+        looks.append({"fold": fold, "epoch": epoch, **look_at(model, fold_data.test_patches, fold_data.test_labels,
+                                                               fold_data.val_patches, fold_data.val_labels)})
     trace = pd.DataFrame(looks)
     history = pd.DataFrame(member.finetune_history)
     recorded = history["val_pr_auc"].to_numpy()
     if not np.allclose(trace["val_pr_auc"].to_numpy()[1:], recorded, atol=1e-6):
         raise RuntimeError(f"fold {fold}: the inner-validation PR AUC of the copied weights differs from training's")
     trace["loss"] = np.concatenate([[np.nan], history["loss"].to_numpy()])
-    probabilities = member_probabilities(member, config, test_patches, device)
+    probabilities = member_probabilities(member, config, fold_data.test_patches, fold_data.device)
+    key = fold_data.key
     return {"fold": fold, "trace": trace, "best_epoch": member.best_epoch,
             "predictions": pd.DataFrame({"participant_id": key.get_level_values(0), "lesion_id": key.get_level_values(1),
                                          "traced_probability": probabilities})}

@@ -121,6 +121,23 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     epochs = [int(n) for n in re.findall(r"^\| (\d+)(?: \(kept\))? \|", trace, re.MULTILINE)]
     assert epochs[0] == 0 and epochs == list(range(len(epochs))) and len(epochs) >= 2
 
+    # The same fold scored with more test-time views: its one-view probabilities reproduce the run's
+    # (checked, else it exits 1), and every view set gets a row with a PR AUC.
+    viewed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "tta_views.py"), str(out), "--work", str(tmp_path / "work"),
+         "--folds", "1", "--bootstrap", "20", "--out", str(out / "tta_views.md")],
+        capture_output=True, text=True, env=environment, cwd=REPO, timeout=300, check=False)
+    assert viewed.returncode == 0, viewed.stderr[-3000:]
+    views_page = (out / "tta_views.md").read_text()
+    assert "(reproduced)" in views_page
+    view_rows = re.findall(r"^\| [^|]+ \| (\d+) \| ([01]\.\d{3}) \|", views_page, re.MULTILINE)
+    assert [int(number) for number, _ in view_rows] == [1, 2, 4, 16]
+    scored = pd.read_csv(out / "tta_views.tsv", sep="\t")
+    one_view = scored[scored["method"] == scored["method"].iloc[0]].merge(
+        pd.read_csv(out / "classification_predictions.tsv", sep="\t").query("method == 'asym' and fold == 1"),
+        on=["participant_id", "lesion_id"])
+    np.testing.assert_allclose(one_view["rim_probability_x"], one_view["rim_probability_y"], atol=1e-4)
+
 
 def test_a_reused_participant_level_made_on_another_cpu_or_libraries_is_named() -> None:
     benchmark = load_benchmark_script("classification")
@@ -549,3 +566,20 @@ def test_noise_study_option_is_checked_recorded_and_never_mixed_with_a_realistic
     with pytest.raises(ValueError, match="choose another --work"):
         benchmark.check_work_folder(quiet, work)
     assert "qsm_noise_scale" not in (work / "benchmark_work.json").read_text()
+
+
+def test_the_sixteen_test_time_views_are_the_orientations_training_augments_with() -> None:
+    """tta_views.py's largest view set: 16 distinct orientations, closed under what training draws
+    (single-axis flips, quarter turns about z), so it is the group those generate."""
+    import torch
+
+    views = load_benchmark_script("tta_views")
+    patch = torch.arange(4 * 4 * 6, dtype=torch.float32).reshape(1, 1, 4, 4, 6)  # no symmetry of its own
+    largest = max(views.VIEW_SETS.values(), key=len)
+    orientations = {tuple(views.oriented(patch, view).flatten().tolist()) for view in largest}
+    assert len(largest) == len(orientations) == 16
+    for generator in [lambda x: torch.flip(x, (2,)), lambda x: torch.flip(x, (3,)), lambda x: torch.flip(x, (4,)),
+                      lambda x: torch.rot90(x, 1, dims=(2, 3))]:
+        moved = {tuple(generator(views.oriented(patch, view)).flatten().tolist()) for view in largest}
+        assert moved == orientations
+    assert views.VIEW_SETS[views.ONE_VIEW] == ((0, ()),)
