@@ -259,6 +259,10 @@ def test_one_v_shows_bids_rims_debug_messages_and_two_every_librarys() -> None:
     (["group", "--participant-label", "01", "--no-inference", "--arch", "rimnet"],
      ["--arch", "--no-inference", "--participant-label"]),
     (["group", "--train", "--participant-label", "01", "--arch", "rimnet"], ["--participant-label"]),
+    (["group", "--nprocs", "4", "--omp-nthreads", "2", "--lesion-outline", "refined", "--seed", "5"],
+     ["--lesion-outline", "--nprocs", "--omp-nthreads", "--seed"]),
+    (["group", "--train", "--nprocs", "4", "--omp-nthreads", "2", "--seed", "5", "--work-dir", "w"],
+     ["--nprocs", "--work-dir"]),
 ])
 def test_options_this_run_never_reads_are_named(dataset: Path, tmp_path: Path, extra: list[str],
                                                 ignored: list[str]) -> None:

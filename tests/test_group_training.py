@@ -100,3 +100,32 @@ def test_training_refuses_sessions_outlined_two_ways(trained: dict[str, Path], t
     error = capsys.readouterr().err
     assert "different --lesion-outline settings" in error and "refined: sub-002_ses-01" in error
     assert not (output_dir / "models").exists()
+
+
+def test_group_training_runs_torch_on_omp_nthreads_threads(
+        participant_run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--omp-nthreads sets torch's threads for training (torch's own default, every core of the node,
+    oversubscribes a SLURM allocation); the process's setting is restored afterwards."""
+    import types
+
+    import torch
+
+    import bids_rim.training.api
+
+    seen: list[int] = []
+
+    def record_threads(*_args, **_kwargs):
+        seen.append(torch.get_num_threads())
+        return types.SimpleNamespace(model_path=None)  # as on a non-writing torchrun rank
+
+    monkeypatch.setattr(bids_rim.training.api, "train_rim_model", record_threads)
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    output_dir = tmp_path / "out"
+    shutil.copytree(participant_run["output"], output_dir)
+    bids_dir = participant_run["bids"]
+    code = main([str(bids_dir), str(output_dir), "group", "--train", "--omp-nthreads", str(wanted),
+                 "--rim-annotations", str(bids_dir / "derivatives" / "rim_annotations"), "--device", "cpu"])
+    assert code == 0
+    assert seen == [wanted]
+    assert torch.get_num_threads() == before

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--seed", str(args.seed)]
     participant_code = bids_rim_main(common + ["participant", "-d", str(bids_dir / "derivatives" / "lesion_masks")]
                                      + execution)
-    group_code = bids_rim_main(common + ["group"] + execution)
+    group_code = bids_rim_main(common + ["group"])  # the statistics read none of the execution options
     print()
     print(f"Participant reports: {output_dir}/sub-*.html")
     print(f"Lesion tables:       {output_dir}/sub-*/ses-*/anat/*_desc-lesions_table.tsv")

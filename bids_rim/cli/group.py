@@ -39,7 +39,10 @@ def is_synthetic_dataset(bids_dir: Path) -> bool:
 
 
 def run_training(config: RunConfig) -> int:
-    """``group --train``: gather patches and annotations, cross-validate, write the model."""
+    """``group --train``: gather patches and annotations, cross-validate, write the model, with
+    ``--omp-nthreads`` torch threads."""
+    import torch
+
     from bids_rim.bidsio.training_data import load_training_set
     from bids_rim.models.registry import is_neural
     from bids_rim.training.api import train_rim_model
@@ -61,9 +64,14 @@ def run_training(config: RunConfig) -> int:
         patch_size=int(data.patches.shape[-1]),
         patch_spacing_mm=data.nominal_spacing_mm,
     )
-    result = train_rim_model(data.patches, data.meta, train_config, config.output_dir / "models",
-                             resolve_device(config.execution.device), progress=True,
-                             synthetic=is_synthetic_dataset(config.bids_dir), lesion_outline=data.lesion_outline)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.execution.omp_nthreads)  # torch's default, every core of the node, oversubscribes
+    try:                                                  # a SLURM or taskset allocation
+        result = train_rim_model(data.patches, data.meta, train_config, config.output_dir / "models",
+                                 resolve_device(config.execution.device), progress=True,
+                                 synthetic=is_synthetic_dataset(config.bids_dir), lesion_outline=data.lesion_outline)
+    finally:
+        torch.set_num_threads(threads_before)  # main() may run again in this process (tests, the demo)
     if not is_neural(settings.arch):
         LOGGER.info("%s is a cross-validated baseline: no model file is written; metrics in %s",
                     settings.arch, result.fold_metrics_path)

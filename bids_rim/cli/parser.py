@@ -352,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--omp-nthreads",
         type=positive_int,
         metavar="N",
-        help="threads per process for N4 bias correction and rim inference at participant level (default: "
-        "min(8, nprocs)); registration stays single-threaded so that the same inputs give identical transforms",
+        help="threads per process for N4 bias correction and rim inference at participant level, and for training "
+        "with group --train (default: min(8, nprocs)); registration stays single-threaded so that the same inputs "
+        "give identical transforms",
     )
     performance.add_argument(
         "--mem",
