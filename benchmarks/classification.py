@@ -648,6 +648,8 @@ def machine_description(execution: Execution | None = None) -> str:
     the numeric libraries and git commit of this run."""
     import torch
 
+    from bids_rim.config import usable_cpus
+
     environment = numeric_environment()
     training_device = ""
     if execution is not None:
@@ -659,7 +661,9 @@ def machine_description(execution: Execution | None = None) -> str:
         training_device = f"training device {device}; "
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     libraries = {name: value for name, value in environment.items() if name != "cpu"}
-    return (f"{environment['cpu']}; {os.cpu_count()} logical CPUs visible (load average {os.getloadavg()[0]:.1f} at "
+    usable, machine = usable_cpus(), os.cpu_count()
+    cpus = f"{usable} logical CPUs" + ("" if usable == machine else f" of the machine's {machine}") + " usable"
+    return (f"{environment['cpu']}; {cpus} (load average {os.getloadavg()[0]:.1f} at "
             f"the start); {memory_gib:.0f} GiB RAM; {training_device}{platform.system()} {platform.release()}; "
             f"Python {platform.python_version()}; torch {torch.__version__}; {_environment_text(libraries)}; "
             f"bids_rim git {git_commit()}")
