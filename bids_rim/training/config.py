@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 PRETRAIN_OBJECTIVES = ("predictor", "variance", "infonce", "masked", "mse")
@@ -87,10 +87,8 @@ class TrainConfig:
     patch_spacing_mm: float = 1.0
     bootstrap_resamples: int = 500
     train_final_model: bool = True
-    tta: bool = True
     # A model file whose final member initialises every model (fine-tuning the bundled model).
     init_from: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.pretrain_objectives) - set(PRETRAIN_OBJECTIVES)
