@@ -583,3 +583,6 @@ def test_the_sixteen_test_time_views_are_the_orientations_training_augments_with
         moved = {tuple(generator(views.oriented(patch, view)).flatten().tolist()) for view in largest}
         assert moved == orientations
     assert views.VIEW_SETS[views.ONE_VIEW] == ((0, ()),)
+    from bids_rim.training.prediction import TTA_FLIPS
+
+    assert views.VIEW_SETS[views.PRODUCT_VIEWS] == tuple((0, flips) for flips in TTA_FLIPS)
