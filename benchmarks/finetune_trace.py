@@ -1,5 +1,6 @@
-"""How does fine-tuning move a network's ranking of the test lesions, epoch by epoch? A diagnostic
-retrain of chosen folds of one benchmark run.
+"""How does fine-tuning move a network's ranking of the test lesions, epoch by epoch?
+
+A diagnostic retrain of chosen folds of one benchmark run.
 
     python benchmarks/finetune_trace.py RESULTS_DIR --work WORK --folds 1 4 [--method asym]
         [--jobs 2] [--out finetune_trace.md]

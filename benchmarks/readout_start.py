@@ -1,5 +1,6 @@
-"""Where does asym's starting point stand against the read-out reference? The regression on the
-rim read-out, fitted step by step as the network's fine-tuning starts it.
+"""Where does asym's starting point stand against the read-out reference?
+
+The regression on the rim read-out, fitted step by step as the network's fine-tuning starts it.
 
     python benchmarks/readout_start.py RESULTS_DIR --work WORK [--outlines 1|3] [--bootstrap 1000]
         [--out readout_start.md]

@@ -1,5 +1,6 @@
-"""Can the rim read-out tell a diffusely paramagnetic lesion from a rim? Variants of the read-out
-regression, out of fold on a classification run's own folds.
+"""Can the rim read-out tell a diffusely paramagnetic lesion from a rim?
+
+Variants of the read-out regression, out of fold on a classification run's own folds.
 
     python benchmarks/readout_variants.py RESULTS_DIR --work WORK [--bootstrap 1000] [--out readout_variants.md]
 

@@ -1,5 +1,6 @@
-"""Does averaging over more views of each patch at test time rank the test lesions better? A
-retrain of the folds of one benchmark run, scored with several sets of views.
+"""Does averaging over more views of each patch at test time rank the test lesions better?
+
+A retrain of the folds of one benchmark run, scored with several sets of views.
 
     python benchmarks/tta_views.py RESULTS_DIR --work WORK [--folds 1 2 3 4 5]
         [--method asym] [--jobs 2] [--bootstrap 1000] [--out tta_views.md]
