@@ -151,7 +151,7 @@ def build_descriptor(parser: argparse.ArgumentParser) -> dict[str, object]:
             }
         ],
         "error-codes": [{"code": code, "description": text}
-                        for code, text in sorted(exit_codes.DESCRIPTIONS.items())],
+                        for code, text in exit_codes.all_descriptions().items()],
         "tags": {"domain": ["neuroinformatics", "mri", "bids", "multiple-sclerosis", "qsm"]},
         "custom": {
             "apptainer": (

@@ -140,6 +140,20 @@ def test_version_image_and_command_line(descriptor: dict) -> None:
     assert value_keys[:3] == ["[BIDS_DIR]", "[OUTPUT_DIR]", "[ANALYSIS_LEVEL]"]
 
 
+def test_error_codes_name_every_code_the_command_returns(descriptor: dict) -> None:
+    from bids_rim.cli import exit_codes
+
+    described = {entry["code"]: entry["description"] for entry in descriptor["error-codes"]}
+    named = {value for name, value in vars(exit_codes).items() if name.startswith("EXIT_")}
+    assert named <= set(described), f"codes without a description: {sorted(named - set(described))}"
+    assert set(range(1, exit_codes.MAX_FAILURE_EXIT + 1)) <= set(described)
+    assert described[3].startswith("3 participant(s) failed")
+    assert described[exit_codes.MAX_FAILURE_EXIT].startswith("63 or more participants failed")
+    assert 0 not in described
+    with pytest.raises(ValueError, match="does not count failed participants"):
+        exit_codes.failed_participants_description(64)
+
+
 def test_bosh_validate() -> None:
     completed = subprocess.run([BOSH, "validate", str(DESCRIPTOR)], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stdout + completed.stderr

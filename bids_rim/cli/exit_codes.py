@@ -14,7 +14,7 @@ EXIT_INVALID_BIDS = 65  # EX_DATAERR
 EXIT_INTERNAL = 70  # EX_SOFTWARE
 EXIT_CANT_CREATE = 73  # EX_CANTCREAT
 
-#: What each non-zero code other than 1–63 means, as ``boutiques.json`` and the README say it.
+#: What each non-zero code other than 1–63 means, as the README says it.
 DESCRIPTIONS = {
     EXIT_COMMAND_LINE: "a malformed command line: an unknown option, a value of the wrong type or out of range, "
     "a missing argument (the usage is printed)",
@@ -26,3 +26,18 @@ DESCRIPTIONS = {
     EXIT_INTERNAL: "an internal error, a bug at either level (the log holds the traceback; please report it)",
     EXIT_CANT_CREATE: "the output directory cannot be created or written, or lies inside the input dataset",
 }
+
+
+def failed_participants_description(code: int) -> str:
+    """What exit code ``code`` (1 to ``MAX_FAILURE_EXIT``) says: how many participants failed."""
+    if not 1 <= code <= MAX_FAILURE_EXIT:
+        raise ValueError(f"exit code {code} does not count failed participants (1-{MAX_FAILURE_EXIT} do)")
+    count = f"{code} or more participants" if code == MAX_FAILURE_EXIT else f"{code} participant(s)"
+    return (f"{count} failed at participant level; the others' outputs are complete "
+            "(the log names each failure and its crash files)")
+
+
+def all_descriptions() -> dict[int, str]:
+    """Every non-zero exit code and its meaning, in order (``boutiques.json``'s error-codes)."""
+    counts = {code: failed_participants_description(code) for code in range(1, MAX_FAILURE_EXIT + 1)}
+    return dict(sorted({**counts, **DESCRIPTIONS}.items()))
