@@ -586,3 +586,18 @@ def test_the_sixteen_test_time_views_are_the_orientations_training_augments_with
     from bids_rim.training.prediction import TTA_FLIPS
 
     assert views.VIEW_SETS[views.PRODUCT_VIEWS] == tuple((0, flips) for flips in TTA_FLIPS)
+
+
+def test_a_retrain_that_drifts_is_reported_with_both_cpus(tmp_path: Path) -> None:
+    """tta_views.py's sentence on reproduction: within the tolerance it says so; beyond it, the page names
+    the median drift and the run's CPU next to this one, the usual cause of a small drift."""
+    views = load_benchmark_script("tta_views")
+    from classification import cpu_model
+
+    (tmp_path / "classification.md").write_text("# Classification benchmark\n\n- Machine: AMD EPYC; 2 logical CPUs\n")
+    assert views.reproduction_text(5e-5, 1e-6, tmp_path).endswith("(reproduced).")
+    drifted = views.reproduction_text(0.14, 2e-4, tmp_path)
+    assert "largest difference 1.4e-01, median 2.0e-04 (NOT reproduced" in drifted
+    assert f"the run's CPU: AMD EPYC, this one: {cpu_model()})" in drifted
+    (tmp_path / "classification.md").write_text("# Classification benchmark\n")
+    assert "the run's CPU: not recorded" in views.reproduction_text(0.14, 2e-4, tmp_path)
