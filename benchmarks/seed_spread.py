@@ -42,6 +42,14 @@ def run_seeds(results_dir: Path) -> tuple[int, int, int]:
     return split_seed, int(found.group(2) or split_seed), int(found.group(3) or 1)
 
 
+def run_cpu(results_dir: Path) -> str:
+    """The CPU named on the run's results page ("not recorded" where the page has no machine line)."""
+    for line in (results_dir / "classification.md").read_text().splitlines():
+        if line.startswith("- Machine: "):
+            return line.removeprefix("- Machine: ").split(";", 1)[0]
+    return "not recorded"
+
+
 def load_predictions(results_dir: Path) -> pd.DataFrame:
     """The per-lesion predictions of one run, one row per (method, lesion)."""
     path = results_dir / "classification_predictions.tsv"

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from finetune_trace import QUICK_TITLE, REPRODUCTION_TOLERANCE, retrain_fold  # the sibling scripts
-from seed_spread import load_predictions, paired_difference, run_seeds, write_page
+from seed_spread import load_predictions, paired_difference, run_cpu, run_seeds, write_page
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 # A view: (quarter turns about z, in the axial plane; then the patch axes flipped, as batch dims
@@ -108,14 +108,6 @@ def reproduction_gaps(scored: pd.DataFrame, run: pd.DataFrame, method: str) -> t
         return float("inf"), float("inf")
     gaps = np.abs(joined["rim_probability_x"] - joined["rim_probability_y"])
     return float(gaps.max()), float(gaps.median())
-
-
-def run_cpu(results_dir: Path) -> str:
-    """The CPU named on the run's results page ("not recorded" where the page has no machine line)."""
-    for line in (results_dir / "classification.md").read_text().splitlines():
-        if line.startswith("- Machine: "):
-            return line.removeprefix("- Machine: ").split(";", 1)[0]
-    return "not recorded"
 
 
 def reproduction_text(largest: float, median: float, results_dir: Path) -> str:
@@ -209,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Test-time views: {args.method}", "", f"Command: `{command}`", "",
              f"Run: `{args.results}` (split seed {split_seed}, training seed {training_seed}, folds "
              f"{', '.join(map(str, chosen))} of {n_folds} retrained). "
-             + reproduction_text(largest_gap, median_gap, args.results) + " Each view set's probability is the mean of the member's calibrated probabilities over its views, as the "
-             "participant level averages its flip views; every figure is against the TRUE class, pooled over the "
+             + reproduction_text(largest_gap, median_gap, args.results)
+             + " Each view set's probability is the mean of the member's calibrated probabilities over its views, as "
+             "the participant level averages its flip views; every figure is against the TRUE class, pooled over the "
              f"folds retrained; intervals: {args.bootstrap} patient resamples, paired on the same lesions.", "",
              *summary_table(scored, args.bootstrap, split_seed), ""]
     write_page("\n".join(lines), args.out)
