@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from seed_spread import load_predictions, run_seeds, write_page  # the sibling script (benchmarks/)
+from seed_spread import cpu_comparison, load_predictions, run_seeds, write_page  # the sibling script (benchmarks/)
 from sklearn.metrics import average_precision_score
 
 REPRODUCTION_TOLERANCE = 1e-4
@@ -111,6 +111,66 @@ def retrain_fold(fold: int, test_patients: list[str], config, data_folder: Path,
                          meta["label"].to_numpy()[val_rows].astype(int), device)
 
 
+@dataclass
+class RunToRetrain:
+    """What retraining chosen folds of a finished ``classification.py`` run needs: its seeds, the
+    method's configuration as the run built it, its patient split and its lesions' true classes."""
+
+    split_seed: int
+    training_seed: int
+    n_folds: int
+    folds: list[int]  # the chosen folds, 1-based
+    config: Any  # bids_rim.training.config.TrainConfig
+    test_patients: list[list[str]]  # per fold of the run, 1-based fold k at index k - 1
+    data_folder: Path
+    true_labels: pd.Series  # indexed by (participant_id, lesion_id)
+    run: pd.DataFrame  # the run's per-lesion predictions
+
+    def tasks(self, threads: int = 1) -> list[tuple]:
+        """Arguments of :func:`retrain_fold` (and its wrappers), one tuple per chosen fold."""
+        return [(fold, self.test_patients[fold - 1], self.config, self.data_folder, self.true_labels, threads)
+                for fold in self.folds]
+
+
+def load_run_to_retrain(parser: argparse.ArgumentParser, results: Path, work: Path, method: str,
+                        folds: list[int] | None) -> RunToRetrain:
+    """Read a run's page, predictions and work folder for retraining ``folds`` (default: all) of ``method``;
+    a run this cannot retrain exactly is a usage error (``parser.error``)."""
+    from classification import BenchmarkSettings, method_config
+
+    from bids_rim.training.crossval import patient_folds
+
+    split_seed, training_seed, label_one_in = run_seeds(results)
+    if label_one_in != 1:
+        parser.error(f"{results}: a run with --label-one-in {label_one_in}; only fully labelled runs are supported")
+    run = load_predictions(results)
+    if method not in set(run["method"]):
+        parser.error(f"{results}: the run has no {method}")
+    n_folds = int(run["fold"].max())
+    chosen = folds or list(range(1, n_folds + 1))
+    if not set(chosen) <= set(range(1, n_folds + 1)):
+        parser.error(f"--folds must lie within 1..{n_folds}, got {chosen}")
+    recorded = json.loads((work / "benchmark_work.json").read_text())
+    quick = QUICK_TITLE in (results / "classification.md").read_text().split("\n", 1)[0]
+    settings = BenchmarkSettings(subjects=recorded["subjects"], sites=recorded["sites"], size=recorded["size"],
+                                 seed=split_seed, folds=n_folds, patch_size=recorded["patch_size"],
+                                 patch_spacing_mm=recorded["patch_spacing_mm"], methods=(method,), quick=quick,
+                                 bootstrap_resamples=0, training_seed=training_seed)
+    data_folder = work / "training_data"
+    meta = pd.read_pickle(data_folder / "meta.pkl")
+    return RunToRetrain(split_seed, training_seed, n_folds, chosen, method_config(method, settings),
+                        patient_folds(meta.drop(columns="evaluable"), n_folds, split_seed), data_folder,
+                        run[run["method"] == method].set_index(["participant_id", "lesion_id"])["true_label"], run)
+
+
+def map_folds(function, tasks: list[tuple], jobs: int) -> list:
+    """``function(*task)`` for every task, on ``jobs`` spawned processes (one torch thread each) or here."""
+    if jobs <= 1:
+        return [function(*task) for task in tasks]
+    with multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks))) as pool:
+        return pool.starmap(function, tasks)
+
+
 def trace_fold(fold: int, test_patients: list[str], config, data_folder: Path, true_labels: pd.Series,
                threads: int) -> dict:
     """Retrain one fold (:func:`retrain_fold`), keeping the weights of every epoch, then look at each:
@@ -144,8 +204,8 @@ def trace_fold(fold: int, test_patients: list[str], config, data_folder: Path, t
     probabilities = member_probabilities(member, config, fold_data.test_patches, fold_data.device)
     key = fold_data.key
     return {"fold": fold, "trace": trace, "best_epoch": member.best_epoch,
-            "predictions": pd.DataFrame({"participant_id": key.get_level_values(0), "lesion_id": key.get_level_values(1),
-                                         "traced_probability": probabilities})}
+            "predictions": pd.DataFrame({"participant_id": key.get_level_values(0),
+                                         "lesion_id": key.get_level_values(1), "traced_probability": probabilities})}
 
 
 def reproduction_gap(result: dict, run: pd.DataFrame, method: str) -> float:
@@ -170,13 +230,21 @@ def fallback_epoch(result: dict, config) -> int:
     scores = result["trace"]["val_pr_auc"].to_numpy()
     first_eligible = min(config.min_finetune_epochs, config.finetune_epochs)
     if replay(scores[1:], first_eligible, config.patience) != result["best_epoch"] and not config.readout_fallback:
-        raise RuntimeError(f"fold {result['fold']}: the replayed rule does not keep the run's epoch {result['best_epoch']}")
+        raise RuntimeError(f"fold {result['fold']}: the replayed rule does not keep the run's epoch "
+                           f"{result['best_epoch']}")
     return replay(scores[1:], first_eligible, config.patience, start_score=float(scores[0]))
 
 
-def fold_section(result: dict, gap: float, config) -> list[str]:
+def reproduction_words(gap: float, results_dir: Path) -> str:
+    """Whether the retrained member is the run's, and if not, the two CPUs (a lead on why)."""
+    if gap <= REPRODUCTION_TOLERANCE:
+        return "reproduced"
+    return f"NOT reproduced: this is not the run training; {cpu_comparison(results_dir)}"
+
+
+def fold_section(result: dict, gap: float, config, results_dir: Path) -> list[str]:
     """Markdown for one fold: the epochs, the kept one marked, what the fall-back to the start would
-    have kept, and whether the run was reproduced."""
+    have kept, and whether the run (``results_dir``) was reproduced."""
     trace, best = result["trace"], result["best_epoch"]
     start, kept = trace.iloc[0], trace[trace["epoch"] == best].iloc[0]
     peak = trace.loc[trace["test_pr_auc"].idxmax()]
@@ -187,7 +255,7 @@ def fold_section(result: dict, gap: float, config) -> list[str]:
              f"{int(peak['epoch'])}. With `readout_fallback` (replayed) epoch {fallback} would be kept: test PR AUC "
              f"{trace.loc[trace['epoch'] == fallback, 'test_pr_auc'].iloc[0]:.3f}. Retrained member against the run: "
              f"largest probability difference {gap:.1e} "
-             f"({'reproduced' if gap <= REPRODUCTION_TOLERANCE else 'NOT reproduced: this is not the run training'}).",
+             f"({reproduction_words(gap, results_dir)}).",
              "", "| epoch | train loss | inner-val PR AUC (rater) | " + " | ".join(
                  f"test PR AUC, {name}" for name in TRACE_COLUMNS.values()) + " |",
              "|---|---|---|" + "---|" * len(TRACE_COLUMNS)]
@@ -233,46 +301,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="markdown file to write (default: print); the plot goes beside it")
     args = parser.parse_args(argv)
 
-    from classification import BenchmarkSettings, method_config
+    chosen = load_run_to_retrain(parser, args.results, args.work, args.method, args.folds)
+    results = map_folds(trace_fold, chosen.tasks(), args.jobs)
 
-    from bids_rim.training.crossval import patient_folds
-
-    split_seed, training_seed, label_one_in = run_seeds(args.results)
-    if label_one_in != 1:
-        parser.error(f"{args.results}: a run with --label-one-in {label_one_in}; only fully labelled runs are supported")
-    run = load_predictions(args.results)
-    if args.method not in set(run["method"]):
-        parser.error(f"{args.results}: the run has no {args.method}")
-    n_folds = int(run["fold"].max())
-    if not set(args.folds) <= set(range(1, n_folds + 1)):
-        parser.error(f"--folds must lie within 1..{n_folds}, got {args.folds}")
-    work = json.loads((args.work / "benchmark_work.json").read_text())
-    settings = BenchmarkSettings(subjects=work["subjects"], sites=work["sites"], size=work["size"], seed=split_seed,
-                                 folds=n_folds, patch_size=work["patch_size"],
-                                 patch_spacing_mm=work["patch_spacing_mm"], methods=(args.method,),
-                                 quick=QUICK_TITLE in (args.results / "classification.md").read_text().split("\n", 1)[0],
-                                 bootstrap_resamples=0, training_seed=training_seed)
-    config = method_config(args.method, settings)
-    data_folder = args.work / "training_data"
-    meta = pd.read_pickle(data_folder / "meta.pkl")
-    folds = patient_folds(meta.drop(columns="evaluable"), n_folds, split_seed)
-    true_labels = run[run["method"] == args.method].set_index(["participant_id", "lesion_id"])["true_label"]
-    tasks = [(fold, folds[fold - 1], config, data_folder, true_labels, 1) for fold in args.folds]
-    if args.jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(tasks))) as pool:
-            results = pool.starmap(trace_fold, tasks)
-    else:
-        results = [trace_fold(*task) for task in tasks]
-
-    gaps = [reproduction_gap(result, run, args.method) for result in results]
+    gaps = [reproduction_gap(result, chosen.run, args.method) for result in results]
     command = "python benchmarks/finetune_trace.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Fine-tuning traced epoch by epoch: {args.method}", "", f"Command: `{command}`", "",
-             f"Run: `{args.results}` (split seed {split_seed}, training seed {training_seed}, {n_folds} folds). "
+             f"Run: `{args.results}` (split seed {chosen.split_seed}, training seed {chosen.training_seed}, "
+             f"{chosen.n_folds} folds). "
              "Test PR AUC is per fold, on the fold's evaluable test lesions against their true class, from "
              "raw logits (calibration does not change a fold's ranking). It is a diagnostic: nothing in "
              "training saw it.", ""]
     for result, gap in zip(results, gaps, strict=True):
-        lines += fold_section(result, gap, config)
+        lines += fold_section(result, gap, chosen.config, args.results)
     if args.out is not None:
         plot(results, args.out.with_suffix(".png"))
         lines.append(f"![PR AUC by epoch]({args.out.with_suffix('.png').name})")

@@ -50,6 +50,14 @@ def run_cpu(results_dir: Path) -> str:
     return "not recorded"
 
 
+def cpu_comparison(results_dir: Path) -> str:
+    """"the run's CPU: X, this one: Y": a lead on why a retrain does not reproduce a run (torch and oneDNN
+    choose their kernels by CPU model, and fine-tuning can amplify a drift in the last digits)."""
+    from classification import cpu_model  # the sibling script (benchmarks/)
+
+    return f"the run's CPU: {run_cpu(results_dir)}, this one: {cpu_model()}"
+
+
 def load_predictions(results_dir: Path) -> pd.DataFrame:
     """The per-lesion predictions of one run, one row per (method, lesion)."""
     path = results_dir / "classification_predictions.tsv"

@@ -23,15 +23,13 @@ into training, and every view set is fixed in advance (no choice is made on the 
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from finetune_trace import QUICK_TITLE, REPRODUCTION_TOLERANCE, retrain_fold  # the sibling scripts
-from seed_spread import load_predictions, paired_difference, run_cpu, run_seeds, write_page
+from finetune_trace import REPRODUCTION_TOLERANCE, load_run_to_retrain, map_folds, retrain_fold  # sibling scripts
+from seed_spread import cpu_comparison, paired_difference, write_page
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 # A view: (quarter turns about z, in the axial plane; then the patch axes flipped, as batch dims
@@ -114,13 +112,11 @@ def reproduction_text(largest: float, median: float, results_dir: Path) -> str:
     """The page's sentence on whether the retrained folds are the run's models, and if not, a lead on why:
     torch and oneDNN choose their kernels by CPU, so on another CPU model a retrain drifts in the last
     digits and fine-tuning can amplify the drift (the view sets are still compared on the same models)."""
-    from classification import cpu_model
-
     text = f"Retrained one-view probabilities against the run's: largest difference {largest:.1e}"
     if largest <= REPRODUCTION_TOLERANCE:
         return text + " (reproduced)."
-    return (text + f", median {median:.1e} (NOT reproduced: these are not the run's models; the run's CPU: "
-            f"{run_cpu(results_dir)}, this one: {cpu_model()}). The view sets below are still compared paired, "
+    return (text + f", median {median:.1e} (NOT reproduced: these are not the run's models; "
+            f"{cpu_comparison(results_dir)}). The view sets below are still compared paired, "
             "on the same retrained models.")
 
 
@@ -163,49 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="markdown file to write (default: print)")
     args = parser.parse_args(argv)
 
-    from classification import BenchmarkSettings, method_config
-
-    from bids_rim.training.crossval import patient_folds
-
-    split_seed, training_seed, label_one_in = run_seeds(args.results)
-    if label_one_in != 1:
-        parser.error(f"{args.results}: a run with --label-one-in {label_one_in}; only fully labelled runs are supported")
-    run = load_predictions(args.results)
-    if args.method not in set(run["method"]):
-        parser.error(f"{args.results}: the run has no {args.method}")
-    n_folds = int(run["fold"].max())
-    chosen = args.folds or list(range(1, n_folds + 1))
-    if not set(chosen) <= set(range(1, n_folds + 1)):
-        parser.error(f"--folds must lie within 1..{n_folds}, got {chosen}")
-    work = json.loads((args.work / "benchmark_work.json").read_text())
-    settings = BenchmarkSettings(subjects=work["subjects"], sites=work["sites"], size=work["size"], seed=split_seed,
-                                 folds=n_folds, patch_size=work["patch_size"],
-                                 patch_spacing_mm=work["patch_spacing_mm"], methods=(args.method,),
-                                 quick=QUICK_TITLE in (args.results / "classification.md").read_text().split("\n", 1)[0],
-                                 bootstrap_resamples=0, training_seed=training_seed)
-    config = method_config(args.method, settings)
-    data_folder = args.work / "training_data"
-    meta = pd.read_pickle(data_folder / "meta.pkl")
-    folds = patient_folds(meta.drop(columns="evaluable"), n_folds, split_seed)
-    true_labels = run[run["method"] == args.method].set_index(["participant_id", "lesion_id"])["true_label"]
-    tasks = [(fold, folds[fold - 1], config, data_folder, true_labels, 1) for fold in chosen]
-    if args.jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(tasks))) as pool:
-            scored = pd.concat(pool.starmap(score_fold, tasks), ignore_index=True)
-    else:
-        scored = pd.concat([score_fold(*task) for task in tasks], ignore_index=True)
-
-    largest_gap, median_gap = reproduction_gaps(scored, run, args.method)
+    chosen = load_run_to_retrain(parser, args.results, args.work, args.method, args.folds)
+    scored = pd.concat(map_folds(score_fold, chosen.tasks(), args.jobs), ignore_index=True)
+    largest_gap, median_gap = reproduction_gaps(scored, chosen.run, args.method)
     reproduced = largest_gap <= REPRODUCTION_TOLERANCE
     command = "python benchmarks/tta_views.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Test-time views: {args.method}", "", f"Command: `{command}`", "",
-             f"Run: `{args.results}` (split seed {split_seed}, training seed {training_seed}, folds "
-             f"{', '.join(map(str, chosen))} of {n_folds} retrained). "
+             f"Run: `{args.results}` (split seed {chosen.split_seed}, training seed {chosen.training_seed}, folds "
+             f"{', '.join(map(str, chosen.folds))} of {chosen.n_folds} retrained). "
              + reproduction_text(largest_gap, median_gap, args.results)
              + " Each view set's probability is the mean of the member's calibrated probabilities over its views, as "
              "the participant level averages its flip views; every figure is against the TRUE class, pooled over the "
              f"folds retrained; intervals: {args.bootstrap} patient resamples, paired on the same lesions.", "",
-             *summary_table(scored, args.bootstrap, split_seed), ""]
+             *summary_table(scored, args.bootstrap, chosen.split_seed), ""]
     write_page("\n".join(lines), args.out)
     if args.out is not None:
         scored.to_csv(args.out.with_suffix(".tsv"), sep="\t", index=False, float_format="%.5f")

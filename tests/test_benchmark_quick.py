@@ -601,3 +601,15 @@ def test_a_retrain_that_drifts_is_reported_with_both_cpus(tmp_path: Path) -> Non
     assert f"the run's CPU: AMD EPYC, this one: {cpu_model()})" in drifted
     (tmp_path / "classification.md").write_text("# Classification benchmark\n")
     assert "the run's CPU: not recorded" in views.reproduction_text(0.14, 2e-4, tmp_path)
+
+
+def test_a_traced_fold_that_drifts_names_both_cpus(tmp_path: Path) -> None:
+    """finetune_trace.py says a fold was reproduced within the tolerance, and beyond it names the run's CPU
+    next to this one, as tta_views.py does."""
+    trace = load_benchmark_script("finetune_trace")
+    from classification import cpu_model
+
+    (tmp_path / "classification.md").write_text("# Classification benchmark\n\n- Machine: AMD EPYC; 2 logical CPUs\n")
+    assert trace.reproduction_words(trace.REPRODUCTION_TOLERANCE, tmp_path) == "reproduced"
+    drifted = trace.reproduction_words(0.14, tmp_path)
+    assert drifted.startswith("NOT reproduced") and drifted.endswith(f"the run's CPU: AMD EPYC, this one: {cpu_model()}")
