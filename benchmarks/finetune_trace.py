@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from seed_spread import cpu_comparison, load_predictions, run_seeds, write_page  # the sibling script (benchmarks/)
+from seed_spread import cpu_comparison, load_labelled_run, write_page  # the sibling script (benchmarks/)
 from sklearn.metrics import average_precision_score
 
 REPRODUCTION_TOLERANCE = 1e-4
@@ -140,12 +140,7 @@ def load_run_to_retrain(parser: argparse.ArgumentParser, results: Path, work: Pa
 
     from bids_rim.training.crossval import patient_folds
 
-    split_seed, training_seed, label_one_in = run_seeds(results)
-    if label_one_in != 1:
-        parser.error(f"{results}: a run with --label-one-in {label_one_in}; only fully labelled runs are supported")
-    run = load_predictions(results)
-    if method not in set(run["method"]):
-        parser.error(f"{results}: the run has no {method}")
+    split_seed, training_seed, run = load_labelled_run(parser, results, method)
     n_folds = int(run["fold"].max())
     chosen = folds or list(range(1, n_folds + 1))
     if not set(chosen) <= set(range(1, n_folds + 1)):

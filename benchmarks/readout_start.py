@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from seed_spread import load_predictions, paired_difference, run_seeds, write_page  # the sibling script (benchmarks/)
+from seed_spread import load_labelled_run, paired_difference, write_page  # the sibling script (benchmarks/)
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
@@ -132,12 +132,7 @@ def load_run(parser: argparse.ArgumentParser, results: Path, work: Path, referen
              ) -> tuple[int, int, pd.DataFrame, pd.DataFrame, np.ndarray]:
     """A fully labelled run holding ``reference``: its split and training seeds, predictions, and
     its work folder's lesion metadata and patches (a one-line parser error otherwise)."""
-    split_seed, training_seed, label_one_in = run_seeds(results)
-    if label_one_in != 1:
-        parser.error(f"{results}: a run with --label-one-in {label_one_in}; only fully labelled runs are supported")
-    run = load_predictions(results)
-    if reference not in set(run["method"]):
-        parser.error(f"{results}: the run has no {reference}; run classification.py with it")
+    split_seed, training_seed, run = load_labelled_run(parser, results, reference)
     data = work / "training_data"
     patches = np.asarray(np.load(data / "patches.npy", mmap_mode="r"))
     return split_seed, training_seed, run, pd.read_pickle(data / "meta.pkl").reset_index(drop=True), patches

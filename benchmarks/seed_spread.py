@@ -66,6 +66,19 @@ def load_predictions(results_dir: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t")
 
 
+def load_labelled_run(parser: argparse.ArgumentParser, results: Path, method: str
+                      ) -> tuple[int, int, pd.DataFrame]:
+    """Split seed, training seed and predictions of a fully labelled run that holds ``method``, for
+    a script that retrains or re-fits on it (a one-line parser error otherwise)."""
+    split_seed, training_seed, label_one_in = run_seeds(results)
+    if label_one_in != 1:
+        parser.error(f"{results}: a run with --label-one-in {label_one_in}; only fully labelled runs are supported")
+    run = load_predictions(results)
+    if method not in set(run["method"]):
+        parser.error(f"{results}: the run has no {method}; run classification.py with it")
+    return split_seed, training_seed, run
+
+
 def pooled_pr_auc(predictions: pd.DataFrame) -> pd.Series:
     """Pooled out-of-fold PR AUC against the true class, per method."""
     return predictions.groupby("method").apply(
