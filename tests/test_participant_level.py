@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import nibabel as nib
 import numpy as np
@@ -52,6 +53,20 @@ def test_outputs_exist_with_bids_names(participant_run: dict[str, Path]) -> None
         for role, path in _session_files(output_dir, subject).items():
             assert path.is_file(), f"{role} missing: {path}"
         assert (output_dir / f"sub-{subject}.html").is_file()
+
+
+def test_every_source_resolves_through_the_dataset_links(participant_run: dict[str, Path]) -> None:
+    """Each sidecar's Sources are BIDS URIs whose dataset name DatasetLinks resolves to the input file:
+    the lesion mask names the lesion-mask dataset it was read from, not the raw one."""
+    output_dir = participant_run["output"]
+    links = json.loads((output_dir / "dataset_description.json").read_text())["DatasetLinks"]
+    roots = {name: Path(unquote(urlparse(uri).path)) for name, uri in links.items()}
+    sidecars = sorted(output_dir.glob("sub-001/ses-01/anat/*.json"))
+    sources = {source for sidecar in sidecars for source in json.loads(sidecar.read_text()).get("Sources", [])}
+    assert any(source.startswith("bids:lesion_masks:") for source in sources), sources
+    for source in sources:
+        _, name, relative = source.split(":", 2)
+        assert (roots[name] / relative).is_file(), source
 
 
 def test_lesion_table_columns_are_documented(participant_run: dict[str, Path]) -> None:

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,19 +132,46 @@ def container_entry() -> dict[str, str] | None:
     return None
 
 
-def write_dataset_description(output_dir: Path, source_dataset: Path) -> Path:
-    """``dataset_description.json`` and ``.bidsignore`` of the derivative dataset."""
+def dataset_roots(bids_dir: Path, derivatives: Sequence[Path] = ()) -> dict[str, str]:
+    """The datasets the outputs come from, by the name ``DatasetLinks`` gives them: ``raw`` for the input
+    dataset, and each ``--derivatives`` dataset under its folder name (made unique); absolute paths."""
+    roots = {"raw": str(bids_dir.resolve())}
+    for derivative in derivatives:
+        name, number = derivative.resolve().name, 2
+        while name in roots:
+            name, number = f"{derivative.resolve().name}{number}", number + 1
+        roots[name] = str(derivative.resolve())
+    return roots
+
+
+def bids_uri(path: str | Path, roots: dict[str, str]) -> str:
+    """``bids:<name>:<relative path>`` for ``path`` in the most specific dataset of ``roots`` that holds it
+    (a lesion mask under ``raw/derivatives/lesion_masks`` names that derivative dataset, not raw);
+    a ``file://`` URI where none holds it."""
+    resolved = Path(path).resolve()
+    holders = [(name, Path(root)) for name, root in roots.items() if resolved.is_relative_to(root)]
+    if not holders:
+        return resolved.as_uri()
+    name, root = max(holders, key=lambda holder: len(holder[1].parts))
+    return f"bids:{name}:{resolved.relative_to(root).as_posix()}"
+
+
+def write_dataset_description(output_dir: Path, roots: dict[str, str]) -> Path:
+    """``dataset_description.json`` and ``.bidsignore`` of the derivative dataset; ``roots`` from
+    :func:`dataset_roots` become its ``DatasetLinks`` (the names :func:`bids_uri` uses) and its
+    ``SourceDatasets``."""
     generated_by: dict[str, Any] = {"Name": "bids_rim", "Version": __version__, "CodeURL": CODE_URL}
     container = container_entry()
     if container:
         generated_by["Container"] = container
+    links = {name: Path(root).as_uri() for name, root in roots.items()}
     description = {
         "Name": "bids_rim: paramagnetic rim lesions from QSM and FLAIR",
         "BIDSVersion": "1.10.0",
         "DatasetType": "derivative",
         "GeneratedBy": [generated_by],
-        "SourceDatasets": [{"URL": source_dataset.resolve().as_uri()}],
-        "DatasetLinks": {"raw": source_dataset.resolve().as_uri()},
+        "SourceDatasets": [{"URL": uri} for uri in links.values()],
+        "DatasetLinks": links,
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / ".bidsignore", BIDSIGNORE)

@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bids_rim.bidsio.derivatives import write_dataset_description
+from bids_rim.bidsio.derivatives import dataset_roots, write_dataset_description
 from bids_rim.bidsio.inputs import SessionInputs, collect_sessions, index_dataset
 from bids_rim.bidsio.preflight import check_session_inputs
 from bids_rim.bidsio.validator import validate_dataset
@@ -175,7 +175,7 @@ def run_participant_level(config: RunConfig) -> int:
     succeeded = [s for s in by_subject if s not in failed]
     subjects = sorted(set(by_subject) | set(failed))
     if succeeded:
-        write_dataset_description(config.output_dir, config.bids_dir)
+        write_dataset_description(config.output_dir, dataset_roots(config.bids_dir, config.derivatives))
     for subject, reason in failed.items():
         print(f"bids_rim: sub-{subject} failed: {reason} "
               f"(crash files in {config.output_dir / f'sub-{subject}' / 'log' / run_id})", file=sys.stderr)

@@ -118,7 +118,7 @@ def write_frequency_maps(output_dir: Path, sessions: Iterable[tuple[str, str]]) 
             "Description": f"{MAP_DESCRIPTIONS[desc]} in {space} space",
             "Units": "fraction of patients",
             "NPatients": len(masks),
-            "Sources": [mask.relative_to(output_dir).as_posix() for mask in masks],
+            "Sources": [f"bids::{mask.relative_to(output_dir).as_posix()}" for mask in masks],  # this dataset
             "LeftOut": list(skipped),
             "LeftOutDescription": ("sessions whose normalisation failed its quality check (lesion share inside "
                                    f"the template brain below {MIN_LESION_SHARE_INSIDE_BRAIN})"),

@@ -5,7 +5,6 @@ It runs last in a session's workflow, so a session that failed earlier writes no
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_rim.bidsio.derivatives import atomic_copy, atomic_write_json, atomic_write_tsv, derivative_path
+from bids_rim.bidsio.derivatives import atomic_copy, atomic_write_json, atomic_write_tsv, bids_uri, derivative_path
 from bids_rim.bidsio.sidecars import lesion_table_sidecar, tidy_lesion_table
 from bids_rim.preproc.normalisation_qc import MIN_LESION_SHARE_INSIDE_BRAIN, normalisation_warning
 
@@ -31,6 +30,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     output_dir = Directory(mandatory=True, desc="the derivative dataset")
     entities = traits.Dict(mandatory=True, desc="subject, session, run")
     source_files = traits.Dict(mandatory=True, desc="role -> input file, for the Sources sidecar key")
+    dataset_roots = traits.Dict(mandatory=True, desc="DatasetLinks name -> dataset folder (bidsio.dataset_roots)")
     flair_on_qsm = File(exists=True, mandatory=True)
     brain_mask = File(exists=True, mandatory=True)
     brain_mask_method = traits.Str(mandatory=True)
@@ -59,13 +59,14 @@ class DerivativesSink(SimpleInterface):
     def _run_interface(self, runtime):
         out = Path(self.inputs.output_dir)
         entities = dict(self.inputs.entities)
-        sources = [_bids_uri(path) for path in self.inputs.source_files.values()]
+        roots = dict(self.inputs.dataset_roots)
+        sources = [bids_uri(path, roots) for path in self.inputs.source_files.values()]
 
         def target(suffix: str, extension: str, **extra: str) -> Path:
             return derivative_path(out, {**entities, **extra}, suffix, extension)
 
         written: dict[str, str] = {}
-        qsm_reference = _bids_uri(self.inputs.source_files["qsm"])
+        qsm_reference = bids_uri(self.inputs.source_files["qsm"], roots)
         parameters = dict(self.inputs.parameters) if isdefined(self.inputs.parameters) else {}
         images = {
             "flair_on_qsm": (self.inputs.flair_on_qsm, target("FLAIR", ".nii.gz", space="QSM", desc="preproc"),
@@ -131,11 +132,3 @@ class DerivativesSink(SimpleInterface):
         self._results["out_files"] = written
         return runtime
 
-
-def _bids_uri(path: str) -> str:
-    """``bids:raw:sub-01/anat/...`` style reference to an input file (relative when possible)."""
-    parts = Path(path).parts
-    for index, part in enumerate(parts):
-        if part.startswith("sub-"):
-            return "bids:raw:" + "/".join(parts[index:])
-    return json.dumps(path)

@@ -7,6 +7,8 @@ from .params import SynthParams
 from .population import Site
 
 BIDS_VERSION = "1.10.0"
+#: Where a derivative dataset of the cohort (``derivatives/<name>``) finds the raw one, for its BIDS URIs.
+RAW_FROM_DERIVATIVE = "../.."
 _SCANNER = {"MagneticFieldStrength": 3, "Manufacturer": "bids_rim synthetic scanner"}
 
 
@@ -23,7 +25,8 @@ def dataset_description(kind: str, version: str) -> dict:
             "License": "CC0",
             "GeneratedBy": [{"Name": "bids_rim-synth", "Version": version,
                              "Description": "simulated human rater"}],
-            "SourceDatasets": [{"URL": "bids::"}]}
+            "SourceDatasets": [{"URL": "bids:raw:"}],
+            "DatasetLinks": {"raw": RAW_FROM_DERIVATIVE}}
 
 
 def flair_sidecar(site: Site) -> dict:
@@ -48,13 +51,12 @@ def t2starw_sidecar(site: Site, params: SynthParams) -> dict:
 
 def mask_sidecar(sub: str, ses: str) -> dict:
     return {"Type": "Lesion", "Description": "binary lesion mask drawn by a (simulated) rater",
-            "RawSources": [f"{sub}/{ses}/anat/{sub}_{ses}_FLAIR.nii.gz"],
-            "Sources": [f"bids::{sub}/{ses}/anat/{sub}_{ses}_FLAIR.nii.gz"],
-            "SpatialReference": f"bids::{sub}/{ses}/anat/{sub}_{ses}_FLAIR.nii.gz"}
+            "Sources": [f"bids:raw:{sub}/{ses}/anat/{sub}_{ses}_FLAIR.nii.gz"],
+            "SpatialReference": f"bids:raw:{sub}/{ses}/anat/{sub}_{ses}_FLAIR.nii.gz"}
 
 
 def rim_dseg_sidecar(sub: str, ses: str) -> dict:
-    qsm = f"bids::{sub}/{ses}/anat/{sub}_{ses}_Chimap.nii.gz"
+    qsm = f"bids:raw:{sub}/{ses}/anat/{sub}_{ses}_Chimap.nii.gz"
     return {"Description": "rater's rim labels on the QSM grid (see the dseg.tsv for the labels)",
             "Sources": [qsm], "SpatialReference": qsm}
 

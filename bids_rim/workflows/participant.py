@@ -13,6 +13,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_rim import __version__
+from bids_rim.bidsio.derivatives import dataset_roots
 from bids_rim.bidsio.inputs import SessionInputs
 from bids_rim.config import RunConfig
 from bids_rim.interfaces.derivatives import DerivativesSink
@@ -122,7 +123,9 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
     if use_mask:
         sources["lesion_mask"] = str(unit.lesion_mask)
     sink = pe.Node(DerivativesSink(output_dir=str(config.output_dir), entities=unit.entities,
-                                   source_files=sources, parameters=_parameters(config),
+                                   source_files=sources,
+                                   dataset_roots=dataset_roots(config.bids_dir, config.derivatives),
+                                   parameters=_parameters(config),
                                    warnings=list(warnings or [])),
                    name="sink", overwrite=True)
 

@@ -1,0 +1,32 @@
+"""The derivative dataset's links: every Sources entry a BIDS URI that names the dataset holding the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from bids_rim.bidsio.derivatives import bids_uri, dataset_roots, write_dataset_description
+
+
+def test_a_file_is_named_by_the_innermost_dataset_that_holds_it(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    masks, other = raw / "derivatives" / "lesion_masks", tmp_path / "qsmxt" / "lesion_masks"
+    roots = dataset_roots(raw, (masks, other))
+    assert list(roots) == ["raw", "lesion_masks", "lesion_masks2"]  # two folders of one name stay apart
+    flair = raw / "sub-01" / "anat" / "sub-01_FLAIR.nii.gz"
+    assert bids_uri(flair, roots) == "bids:raw:sub-01/anat/sub-01_FLAIR.nii.gz"
+    mask = masks / "sub-01" / "anat" / "sub-01_label-lesion_mask.nii.gz"
+    assert bids_uri(mask, roots) == "bids:lesion_masks:sub-01/anat/sub-01_label-lesion_mask.nii.gz"
+    assert bids_uri(other / "sub-01" / "x.nii.gz", roots) == "bids:lesion_masks2:sub-01/x.nii.gz"
+    outside = tmp_path / "elsewhere" / "qsm.nii.gz"
+    assert bids_uri(outside, roots) == outside.resolve().as_uri()
+
+
+def test_dataset_links_name_every_source_dataset(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    roots = dataset_roots(raw, (raw / "derivatives" / "lesion_masks",))
+    description = json.loads(write_dataset_description(tmp_path / "out", roots).read_text())
+    links = description["DatasetLinks"]
+    assert {name: unquote(urlparse(uri).path) for name, uri in links.items()} == roots
+    assert sorted(source["URL"] for source in description["SourceDatasets"]) == sorted(links.values())
