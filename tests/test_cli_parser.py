@@ -263,6 +263,7 @@ def test_one_v_shows_bids_rims_debug_messages_and_two_every_librarys() -> None:
      ["--lesion-outline", "--nprocs", "--omp-nthreads", "--seed"]),
     (["group", "--train", "--nprocs", "4", "--omp-nthreads", "2", "--seed", "5", "--work-dir", "w"],
      ["--nprocs", "--work-dir"]),
+    (["group", "--train", "--nprocs", "4", "--mem", "8GB"], ["--mem"]),  # --nprocs: the default training threads
 ])
 def test_options_this_run_never_reads_are_named(dataset: Path, tmp_path: Path, extra: list[str],
                                                 ignored: list[str]) -> None:

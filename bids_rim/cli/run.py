@@ -88,13 +88,14 @@ def config_file_tokens(parser: ArgumentParser, values: dict, path: Path) -> tupl
 UNREAD_AT_LEVEL = {
     "group": ("participant_label", "session_label", "bids_filter_file", "derivatives", "skip_bids_validation",
               "output_spaces", "model", "no_inference", "lesion_source", "min_lesion_volume", "confluent_policy",
-              "lesion_outline", "patch_size", "patch_spacing", "nprocs", "mem", "use_plugin", "work_dir"),
+              "lesion_outline", "patch_size", "patch_spacing", "mem", "use_plugin", "work_dir"),
     "participant": ("covariates", "count_model"),
 }
 #: Options that only ``group --train`` reads.
 TRAINING_OPTIONS = ("rim_annotations", "arch", "folds", "pretrain_epochs", "finetune_epochs", "batch_size")
-#: Options that the group level reads only with --train (the participant level reads them too).
-GROUP_TRAINING_ONLY = ("omp_nthreads", "device", "seed")
+#: Options that the group level reads only with --train (the participant level reads them too);
+#: --nprocs there only as the default of --omp-nthreads, the training threads.
+GROUP_TRAINING_ONLY = ("omp_nthreads", "device", "seed", "nprocs")
 
 
 def ignored_options(parser: ArgumentParser, args: Namespace) -> list[str]:
@@ -105,6 +106,8 @@ def ignored_options(parser: ArgumentParser, args: Namespace) -> list[str]:
         unread |= set(TRAINING_OPTIONS)
         if args.analysis_level == "group":
             unread |= set(GROUP_TRAINING_ONLY)
+    elif args.analysis_level == "group" and args.omp_nthreads is not None:
+        unread.add("nprocs")  # the training threads are given outright
     if args.use_plugin is not None:
         unread |= {"nprocs", "mem"}  # the plugin file says how to run
     long_names = {action.dest: next(name for name in action.option_strings if name.startswith("--"))
