@@ -1202,9 +1202,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seed of the trained methods only: on the same --work folder, cohort and split, "
                              "several training seeds show how much a method moves with its initialisation alone")
     parser.add_argument("--label-one-in", type=int, default=1, metavar="K",
-                        help="keep the rater labels of one in K of each fold's training patients (balanced by site "
-                             "and rim+ count); the others' lesions stay as unlabelled pretraining data, as at a site "
-                             "with many more unlabelled lesions than labelled (default 1: every label kept)")
+                        help="keep the rater labels of one in K of each fold's training patients (balanced in rim+ "
+                             "and rim− lesions and sites); the others' lesions stay as unlabelled pretraining data, "
+                             "as at a site with many more unlabelled lesions than labelled (default 1: every label "
+                             "kept)")
     parser.add_argument("--folds", type=int, default=5, help="patient-level cross-validation folds (default 5)")
     parser.add_argument("--patch-size", type=int, default=32, help="patch edge in voxels (default 32)")
     parser.add_argument("--patch-spacing", type=float, default=1.0,
