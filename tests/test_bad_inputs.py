@@ -79,11 +79,6 @@ def _no_overlap(bids: Path) -> Path:
     return _flair(bids)
 
 
-def _empty_mask(bids: Path) -> Path:
-    _rewrite(_mask(bids), lambda d, a: (np.zeros_like(d), a))
-    return _mask(bids)
-
-
 def _non_binary_mask(bids: Path) -> Path:
     _rewrite(_mask(bids), lambda d, a: ((d > 0) * 3.5, a))
     return _mask(bids)
@@ -119,7 +114,6 @@ BREAKERS = {
     "nan_voxels": (_nan_voxels, "NaN or Inf"),
     "four_d": (_four_d, "4D"),
     "no_overlap": (_no_overlap, "do not overlap"),
-    "empty_mask": (_empty_mask, "empty"),
     "non_binary_mask": (_non_binary_mask, "not binary"),
     "wrongly_shaped_mask": (_wrongly_shaped_mask, "does not match"),
     "truncated_gzip": (_truncated, "truncated or corrupt"),
@@ -152,9 +146,23 @@ def test_a_failing_subject_does_not_stop_the_others(cohort_copy: Path, tmp_path:
     code = main([str(cohort_copy), str(output_dir), "participant", "--participant-label", "001", "002",
                  "-d", str(cohort_copy / "derivatives" / "lesion_masks"), "--work-dir", str(tmp_path / "work"),
                  "--skip-bids-validation", "--no-inference", *FAST_OPTIONS])
-    assert code == 1  # the exit code counts the failed participants
+    assert code == 1  # some participants failed, the others finished
     assert _no_derivatives(output_dir)
     assert (output_dir / "sub-002" / "ses-01" / "anat" / "sub-002_ses-01_desc-lesions_table.tsv").is_file()
+
+
+
+def test_two_failed_participants_exit_1_not_the_command_line_code(cohort_copy: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """Two participants without a QSM map: exit 1 (some failed), never argparse's 2 (a malformed command)."""
+    for subject in ("001", "002"):
+        for qsm in (cohort_copy / f"sub-{subject}" / "ses-01" / "anat").glob("*_Chimap.*"):
+            qsm.unlink()
+    code = main([str(cohort_copy), str(tmp_path / "out"), "participant", "--participant-label", "001", "002",
+                 "--work-dir", str(tmp_path / "work"), "--skip-bids-validation", "--no-inference", *FAST_OPTIONS])
+    assert code == 1
+    failures = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bids_rim: sub-")]
+    assert len(failures) == 2 and all("no QSM map" in line for line in failures), failures
 
 
 def test_unknown_participant_label(cohort_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

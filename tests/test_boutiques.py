@@ -146,12 +146,8 @@ def test_error_codes_name_every_code_the_command_returns(descriptor: dict) -> No
     described = {entry["code"]: entry["description"] for entry in descriptor["error-codes"]}
     named = {value for name, value in vars(exit_codes).items() if name.startswith("EXIT_")}
     assert named <= set(described), f"codes without a description: {sorted(named - set(described))}"
-    assert set(range(1, exit_codes.MAX_FAILURE_EXIT + 1)) <= set(described)
-    assert described[3].startswith("3 participant(s) failed")
-    assert described[exit_codes.MAX_FAILURE_EXIT].startswith("63 or more participants failed")
+    assert described[1].startswith("one or more participants failed") and "malformed" in described[2]
     assert 0 not in described
-    with pytest.raises(ValueError, match="does not count failed participants"):
-        exit_codes.failed_participants_description(64)
 
 
 def test_bosh_validate() -> None:

@@ -8,6 +8,8 @@ looked up in the derivative datasets only.
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +99,17 @@ def collect_sessions(
     if unknown:
         raise InputError(f"--bids-filter-file: unknown key(s) {unknown}; allowed: {list(FILTER_KEYS)}")
 
+    entities = set(layout.get_entities())
+    for role, wanted in filters.items():
+        unknown_entities = sorted(set(wanted) - entities)
+        if unknown_entities:
+            hints = {name: difflib.get_close_matches(name, entities, n=1) for name in unknown_entities}
+            hint = "; ".join(f"{name}: did you mean {close[0]}?" for name, close in hints.items() if close)
+            raise InputError(f"--bids-filter-file: {role}: {unknown_entities} are not BIDS entities pybids knows "
+                             f"(write them as pybids names, e.g. acquisition, not acq){'; ' + hint if hint else ''}")
+
     all_subjects = sorted(layout.get_subjects())
-    subjects = list(participant_labels) or all_subjects
+    subjects = list(dict.fromkeys(participant_labels)) or all_subjects  # a label given twice runs once
     missing = [label for label in subjects if label not in all_subjects]
     if missing:
         raise InputError(
@@ -120,6 +131,9 @@ def collect_sessions(
         units.extend(subject_units)
     if not units and not failures:
         raise InputError(f"{layout.root}: nothing to process with the given participant/session labels")
+    if not units and filters:
+        raise InputError(f"{layout.root}: nothing to process: with --bids-filter-file {json.dumps(filters)} no "
+                         f"selected session has both a FLAIR and a QSM map (e.g. {next(iter(failures.values()))})")
     return units, failures
 
 

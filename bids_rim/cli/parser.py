@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=(
             "a JSON file of pybids filters per input, e.g. "
-            '{"flair": {"acquisition": "3D"}, "qsm": {"run": 1}}; keys: flair, qsm, magnitude'
+            '{"flair": {"acquisition": "3D"}, "qsm": {"run": 1}}; keys: flair, qsm, magnitude; inside them '
+            "pybids' entity names (acquisition, not acq)"
         ),
     )
     selection.add_argument(
@@ -277,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="SPACE",
-        help="template spaces (TemplateFlow names, e.g. MNI152NLin2009cAsym) to write lesion and rim maps in",
+        help="template spaces (TemplateFlow names, e.g. MNI152NLin2009cAsym) to write lesion and rim maps in "
+        "(default, or the flag with no name: none, only the QSM space)",
     )
 
     model = parser.add_argument_group("Rim classification model")
@@ -380,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir",
         type=_output_dir,
         metavar="DIR",
-        help="Nipype working directory; reusing it skips steps whose inputs did not change (default: ./work)",
+        help="Nipype working directory, outside the input dataset; reusing it skips steps whose inputs did not "
+        "change (default: ./work)",
     )
     workflow.add_argument("--seed", type=int, default=0, help="random seed for registration sampling and training")
     workflow.add_argument(

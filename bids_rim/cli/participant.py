@@ -17,7 +17,7 @@ from bids_rim.bidsio.derivatives import dataset_roots, write_dataset_description
 from bids_rim.bidsio.inputs import SessionInputs, collect_sessions, index_dataset
 from bids_rim.bidsio.preflight import check_session_inputs
 from bids_rim.bidsio.validator import validate_dataset
-from bids_rim.cli.exit_codes import EXIT_INVALID_BIDS, EXIT_USAGE, MAX_FAILURE_EXIT
+from bids_rim.cli.exit_codes import EXIT_INVALID_BIDS, EXIT_PARTICIPANTS_FAILED, EXIT_USAGE
 from bids_rim.config import RunConfig
 from bids_rim.errors import InputError
 from bids_rim.preproc.template_space import resolve_template
@@ -181,4 +181,4 @@ def run_participant_level(config: RunConfig) -> int:
               f"(crash files in {config.output_dir / f'sub-{subject}' / 'log' / run_id})", file=sys.stderr)
     LOGGER.info("Done: %d of %d participant(s) succeeded, %d failed; outputs in %s",
                 len(succeeded), len(subjects), len(failed), config.output_dir)
-    return min(len(failed), MAX_FAILURE_EXIT)
+    return EXIT_PARTICIPANTS_FAILED if failed else 0

@@ -8,6 +8,7 @@ output directory cannot be used.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import tomllib
@@ -154,7 +155,18 @@ def _load_plugin(path: Path | None, nprocs: int, mem_mb: int | None) -> tuple[st
         raise InputError(f"{path}: not a valid YAML/JSON plugin file ({error})") from error
     if not isinstance(settings, dict) or "plugin" not in settings:
         raise InputError(f"{path}: a plugin file needs a 'plugin' key (e.g. plugin: MultiProc)")
-    return str(settings["plugin"]), dict(settings.get("plugin_args") or {})
+    plugin = str(settings["plugin"])
+    known = nipype_plugins()
+    if plugin not in known:
+        raise InputError(f"{path}: unknown Nipype plugin {plugin!r} (one of {', '.join(known)})")
+    return plugin, dict(settings.get("plugin_args") or {})
+
+
+def nipype_plugins() -> list[str]:
+    """The names ``--use-plugin`` accepts: Nipype's execution plugins (``MultiProc``, ``SLURM``, ...)."""
+    from nipype.pipeline import plugins
+
+    return sorted(name.removesuffix("Plugin") for name in dir(plugins) if name.endswith("Plugin"))
 
 
 def build_config(args: Namespace) -> RunConfig:
@@ -212,8 +224,31 @@ def build_config(args: Namespace) -> RunConfig:
     )
 
 
+def check_work_dir(config: RunConfig) -> None:
+    """The participant level's working directory must lie outside the input dataset: Nipype's files
+    there would make the dataset fail BIDS validation on the next run (as fMRIPrep refuses it too)."""
+    bids_dir, work_dir = config.bids_dir.resolve(), config.execution.work_dir.resolve()
+    if config.analysis_level == "participant" and (work_dir == bids_dir or work_dir.is_relative_to(bids_dir)):
+        raise InputError(f"{config.execution.work_dir}: the working directory must not lie inside the input "
+                         f"dataset {bids_dir} (the default is ./work: run from another folder or give -w)")
+
+
+
+def dataset_owner(folder: Path) -> str | None:
+    """Who made the dataset in ``folder``: the first ``GeneratedBy`` name of its
+    ``dataset_description.json`` ("unnamed" when it has none, ``None`` when there is no such file)."""
+    description = folder / "dataset_description.json"
+    if not description.is_file():
+        return None
+    try:
+        generated_by = json.loads(description.read_text()).get("GeneratedBy") or [{}]
+        return str(generated_by[0].get("Name") or "unnamed")
+    except (json.JSONDecodeError, AttributeError, IndexError, TypeError):
+        return "unnamed"
+
 def check_output_dir(config: RunConfig) -> None:
-    """The output directory must lie outside the input dataset and be writable."""
+    """The output directory must lie outside the input dataset, be no other dataset (not a ``-d``
+    input, not another pipeline's derivatives) and be writable."""
     bids_dir = config.bids_dir.resolve()
     output_dir = config.output_dir.resolve()
     if output_dir == bids_dir or bids_dir in output_dir.parents:
@@ -223,6 +258,14 @@ def check_output_dir(config: RunConfig) -> None:
                 f"{config.output_dir}: the output directory must not be the input dataset or lie inside it "
                 f"(use {bids_dir / 'derivatives' / 'bids_rim'} or a folder outside {bids_dir})"
             )
+    for derivative in (path.resolve() for path in config.derivatives):
+        if output_dir == derivative or output_dir.is_relative_to(derivative) or derivative.is_relative_to(output_dir):
+            raise OutputError(f"{config.output_dir}: the output directory must not be, lie in or hold the input "
+                              f"derivative dataset {derivative} (-d); use a folder of its own")
+    owner = dataset_owner(output_dir)
+    if owner not in (None, "bids_rim"):
+        raise OutputError(f"{config.output_dir}: holds another dataset (dataset_description.json: GeneratedBy "
+                          f"{owner}); bids_rim writes only into an empty folder or its own earlier output")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / ".bids_rim_write_test"
@@ -242,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                        " with --train" if args.train else "")
     try:
         config = build_config(args)
+        check_work_dir(config)
         check_output_dir(config)
     except InputError as error:
         print(f"bids_rim: error: {error}", file=sys.stderr)
@@ -264,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as error:
         print(f"bids_rim: error: {error}", file=sys.stderr)
         return EXIT_CANT_CREATE
-    except Exception:  # a bug, not bad input: never exit 1-63 (= that many participants failed)
+    except Exception:  # a bug, not bad input: never exit 1 (= some participants failed)
         LOGGER.exception("internal error; please report it with this log")
         return EXIT_INTERNAL
 
