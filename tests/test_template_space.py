@@ -142,3 +142,20 @@ def test_missing_template_gives_a_clear_error(small_cohort: Path, tmp_path: Path
     assert len(message) == 1
     assert f"tpl-{SPACE}_res-02_T1w.nii.gz" in message[0] and "pre-fetch" in message[0]
     assert not (tmp_path / "out" / "sub-001" / "ses-01").exists()
+
+
+def test_templateflows_empty_placeholders_are_not_templates(tmp_path: Path, monkeypatch) -> None:
+    """Offline, TemplateFlow leaves a zero-byte placeholder of every file in its home: no image to load
+    (the participant level then says how to pre-fetch; the group report goes without a background)."""
+    from bids_rim.group.frequency import template_background
+    from bids_rim.preproc.template_space import template_on_disk
+
+    folder = tmp_path / "templateflow" / f"tpl-{SPACE}"
+    folder.mkdir(parents=True)
+    placeholder = folder / f"tpl-{SPACE}_res-02_T1w.nii.gz"
+    placeholder.touch()
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "templateflow"))
+    assert not template_on_disk(placeholder) and not template_on_disk(None)
+    assert template_background(SPACE) is None
+    nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)).to_filename(placeholder)
+    assert template_on_disk(placeholder) and template_background(SPACE).shape == (4, 4, 4)

@@ -130,5 +130,6 @@ def write_frequency_maps(output_dir: Path, sessions: Iterable[tuple[str, str]]) 
 def template_background(space: str) -> nib.Nifti1Image | None:
     """The template T1w from ``TEMPLATEFLOW_HOME`` (res-02) when it is on disk; never downloads."""
     home = Path(os.environ.get("TEMPLATEFLOW_HOME", Path.home() / ".cache" / "templateflow"))
-    candidates = sorted((home / f"tpl-{space}").glob(f"tpl-{space}_res-02_T1w.nii.gz"))
+    candidates = [path for path in sorted((home / f"tpl-{space}").glob(f"tpl-{space}_res-02_T1w.nii.gz"))
+                  if path.stat().st_size > 0]  # not the empty placeholders TemplateFlow leaves offline
     return nib.load(candidates[0]) if candidates else None

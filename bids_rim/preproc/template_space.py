@@ -24,6 +24,12 @@ from bids_rim.preproc.registration import ants_random_seed
 TEMPLATE_RESOLUTION = 2
 
 
+def template_on_disk(path: Path | None) -> bool:
+    """Whether a template file is really there: TemplateFlow without internet leaves an empty
+    placeholder of every file in its home folder (its skeleton), which is no image."""
+    return path is not None and path.is_file() and path.stat().st_size > 0
+
+
 def _template_file(space: str, **query: object) -> Path | None:
     from templateflow import api
 
@@ -42,7 +48,7 @@ def resolve_template(space: str) -> tuple[Path, Path | None]:
         reason = f" ({type(error).__name__})"
     else:
         reason = ""
-    if t1w is None or not t1w.is_file():
+    if not template_on_disk(t1w):
         home = os.environ.get("TEMPLATEFLOW_HOME", "~/.cache/templateflow")
         name = f"tpl-{space}/tpl-{space}_res-0{TEMPLATE_RESOLUTION}_T1w.nii.gz"
         raise InputError(
@@ -56,7 +62,7 @@ def resolve_template(space: str) -> tuple[Path, Path | None]:
         mask = _template_file(space, desc="brain", suffix="mask")
     except Exception:  # noqa: BLE001 - the mask is optional: without it the T1w is used whole
         mask = None
-    return t1w, mask
+    return t1w, mask if template_on_disk(mask) else None
 
 
 def register_to_template(
