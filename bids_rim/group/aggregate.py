@@ -15,11 +15,18 @@ A participant with some lesion tables is checked session by session against its 
 folders in BIDS_DIR: a session without a table is listed too (*failed* when the participant
 has a crash file, else *missing*), so that a participant whose second visit crashed is not
 silently analysed on its first one.
+
+A failed rerun writes nothing, so the tables of an earlier successful run stay in OUTPUT_DIR.
+A lesion table older than the newest crash file that concerns it (one of its participant's
+crash files naming its session, or naming no single session) is *stale*: it is left out, its
+session (or, when none of its tables is left, its participant) is *failed*, and a warning
+names the crash file. Nothing is deleted.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +36,16 @@ import pandas as pd
 
 from bids_rim.errors import InputError
 
+LOGGER = logging.getLogger("bids_rim.group")
+
 TABLE_PATTERN = re.compile(
     r"^sub-(?P<subject>[A-Za-z0-9]+)(?:_ses-(?P<session>[A-Za-z0-9]+))?_(?:[a-z]+-[A-Za-z0-9]+_)*"
     r"desc-lesions_table\.tsv$"
 )
 #: Columns added in front of every lesion row of the group table.
 ID_COLUMNS = ("participant_id", "session_id")
+#: A session named in a crash file: ``ses-Y`` in paths and messages, ``ses_Y`` in Nipype node names.
+SESSION_IN_CRASH = re.compile(r"(?<![A-Za-z])ses[-_]([A-Za-z0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,17 @@ class SessionTable:
     participant_id: str
     session_id: str | None
     path: Path
+
+
+@dataclass(frozen=True)
+class CrashFile:
+    """One crash file of the participant level under ``sub-X/log/``."""
+
+    participant_id: str
+    session_id: str | None  # the one session it names; None: the whole participant
+    path: Path
+    modified: float  # modification time (seconds since the epoch)
+    reason: str  # one line, ending with the crash file's path relative to OUTPUT_DIR
 
 
 @dataclass(frozen=True)
@@ -100,15 +122,80 @@ def crash_reason(crash_file: Path) -> str:
     return lines[-1] if lines else f"empty crash file {crash_file.name}"
 
 
+def crash_session(text: str) -> str | None:
+    """``ses-Y`` when a crash file's text names exactly one session, else None (the whole participant).
+
+    A session workflow's node is named ``..._ses_Y_wf`` and its inputs lie under ``ses-Y/``;
+    the participant's report node and the pre-flight refusal of a participant name none or all.
+    """
+    labels = set(SESSION_IN_CRASH.findall(text))
+    return f"ses-{labels.pop()}" if len(labels) == 1 else None
+
+
+def find_crash_files(output_dir: Path) -> list[CrashFile]:
+    """Every ``sub-X/log/[<run>/]crash-*`` of OUTPUT_DIR, sorted by path (run folders by start time).
+
+    A Nipype crash file concerns the one session it names (:func:`crash_session`); a pre-flight
+    one (``crash-*-preflight.txt``, the participant was not processed at all) the whole participant.
+    """
+    paths = [*output_dir.glob("sub-*/log/crash-*"), *output_dir.glob("sub-*/log/*/crash-*")]
+    crashes = []
+    for path in sorted(paths):
+        relative = path.relative_to(output_dir)
+        # A pre-flight refusal stops the whole participant, even when it names one bad session.
+        session = None if path.name.endswith("-preflight.txt") else crash_session(path.read_text(errors="replace"))
+        crashes.append(CrashFile(relative.parts[0], session, path, path.stat().st_mtime,
+                                 f"{crash_reason(path)} ({relative})"))
+    return crashes
+
+
+def latest_crash_reasons(crashes: Iterable[CrashFile]) -> dict[str, str]:
+    """``{participant_id: reason}`` of the last crash file (in path order) of each participant."""
+    return {crash.participant_id: crash.reason for crash in crashes}
+
+
 def find_crashed_participants(output_dir: Path) -> dict[str, str]:
     """``{participant_id: reason}`` for every participant with a crash file (latest run wins)."""
-    crash_files = [*output_dir.glob("sub-*/log/crash-*"), *output_dir.glob("sub-*/log/*/crash-*")]
-    crashed: dict[str, str] = {}
-    # Run folders are named by start time, so sorting by path puts the latest run last.
-    for crash_file in sorted(crash_files):
-        participant = crash_file.relative_to(output_dir).parts[0]
-        crashed[participant] = f"{crash_reason(crash_file)} ({crash_file.relative_to(output_dir)})"
-    return crashed
+    return latest_crash_reasons(find_crash_files(output_dir))
+
+
+def newest_crash(table: SessionTable, crashes: Iterable[CrashFile]) -> CrashFile | None:
+    """The newest of ``crashes`` that concerns ``table``: same participant, and its session or none named."""
+    concerning = [crash for crash in crashes if crash.participant_id == table.participant_id
+                  and (crash.session_id is None or table.session_id is None or crash.session_id == table.session_id)]
+    return max(concerning, key=lambda crash: crash.modified, default=None)
+
+
+def find_stale_tables(tables: Iterable[SessionTable], crashes: Iterable[CrashFile],
+                      modified: Mapping[Path, float]) -> dict[SessionTable, CrashFile]:
+    """The tables older than the newest crash file that concerns them, with that crash file.
+
+    ``modified`` gives each table's modification time (only tables of crashed participants are
+    looked up). Such a table is left over from an earlier run: the participant's latest run failed.
+    """
+    by_participant: dict[str, list[CrashFile]] = {}
+    for crash in crashes:
+        by_participant.setdefault(crash.participant_id, []).append(crash)
+    stale = {}
+    for table in tables:
+        crash = newest_crash(table, by_participant.get(table.participant_id, ()))
+        if crash is not None and crash.modified > modified[table.path]:
+            stale[table] = crash
+    return stale
+
+
+def stale_warnings(stale: Mapping[SessionTable, CrashFile], output_dir: Path) -> list[str]:
+    """One warning line per participant and crash file that made some of its tables stale."""
+    grouped: dict[tuple[str, Path], list[SessionTable]] = {}
+    for table, crash in stale.items():
+        grouped.setdefault((table.participant_id, crash.path), []).append(table)
+    lines = []
+    for (participant, crash_path), tables in sorted(grouped.items()):
+        names = ", ".join(sorted(table.path.relative_to(output_dir).as_posix() for table in tables))
+        lines.append(f"{participant}: its latest participant-level run failed ({crash_path.relative_to(output_dir)} "
+                     f"is newer than its lesion tables); its older outputs were left out of the group "
+                     f"statistics: {names}")
+    return lines
 
 
 def find_bids_sessions(bids_dir: Path) -> dict[str, list[str]]:
@@ -153,17 +240,24 @@ def read_lesion_tables(tables: Iterable[SessionTable], *, progress: bool = False
 
 
 def _missing_sessions(sessions: Sequence[SessionTable], expected_sessions: Mapping[str, Sequence[str]],
-                      crashed: Mapping[str, str]) -> list[ParticipantProblem]:
-    """Sessions of BIDS_DIR without a lesion table, for participants that have at least one table."""
+                      crashed: Mapping[str, str],
+                      stale: Mapping[SessionTable, CrashFile] | None = None) -> list[ParticipantProblem]:
+    """Sessions of BIDS_DIR (or with a stale table) without a usable lesion table, for participants
+    that have at least one usable table; a stale session's reason is the crash that made it stale."""
     found: dict[str, set[str]] = {}
     for table in sessions:
         found.setdefault(table.participant_id, set()).add(table.session_id or "")
+    stale_reasons = {(table.participant_id, table.session_id): crash.reason for table, crash in (stale or {}).items()
+                     if table.session_id is not None}
     problems = []
     for participant, with_table in sorted(found.items()):
-        for session in expected_sessions.get(participant, ()):
+        stale_sessions = {session for owner, session in stale_reasons if owner == participant}
+        for session in sorted(set(expected_sessions.get(participant, ())) | stale_sessions):
             if session in with_table:
                 continue
-            if participant in crashed:
+            if (participant, session) in stale_reasons:
+                problems.append(ParticipantProblem(participant, "failed", stale_reasons[participant, session], session))
+            elif participant in crashed:
                 problems.append(ParticipantProblem(participant, "failed", crashed[participant], session))
             else:
                 problems.append(ParticipantProblem(participant, "missing", "session in BIDS_DIR without a lesion "
@@ -179,17 +273,28 @@ def aggregate_lesion_tables(output_dir: Path, participant_ids: Iterable[str] = (
     ``participant_ids`` are those expected (``participants.tsv`` and BIDS_DIR's ``sub-*``
     folders, ``sub-`` prefixed); one of them with neither a table nor a crash file is *missing*.
     ``expected_sessions`` (from :func:`find_bids_sessions`) adds the sessions without a table.
+    Stale tables (older than a newer crash file, see :func:`find_stale_tables`) are left out,
+    with a warning, and their sessions or participants listed as *failed*.
     """
     expected_sessions = expected_sessions or {}
-    sessions = find_lesion_tables(output_dir)
+    crashes = find_crash_files(output_dir)
+    crashed = latest_crash_reasons(crashes)
+    tables = find_lesion_tables(output_dir)
+    modified = {table.path: table.path.stat().st_mtime for table in tables if table.participant_id in crashed}
+    stale = find_stale_tables(tables, crashes, modified)
+    for line in stale_warnings(stale, output_dir):
+        LOGGER.warning("%s", line)
+    sessions = [table for table in tables if table not in stale]
     lesions = read_lesion_tables(sessions, progress=progress)
     with_table = {table.participant_id for table in sessions}
-    crashed = find_crashed_participants(output_dir)
+    # A participant left without any usable table failed for the newest crash that made its tables stale.
+    crashed |= {table.participant_id: crash.reason for table, crash in
+                sorted(stale.items(), key=lambda item: item[1].modified) if table.participant_id not in with_table}
     problems = [ParticipantProblem(participant, "failed", reason)
                 for participant, reason in sorted(crashed.items()) if participant not in with_table]
     listed = {problem.participant_id for problem in problems} | with_table
     problems += [ParticipantProblem(participant, "missing", "no lesion table and no crash file in the output directory")
                  for participant in sorted(set(participant_ids) | set(expected_sessions)) if participant not in listed]
-    problems += _missing_sessions(sessions, expected_sessions, crashed)
+    problems += _missing_sessions(sessions, expected_sessions, crashed, stale)
     problems.sort(key=lambda problem: (problem.participant_id, problem.session_id or ""))
     return AggregatedTables(lesions=lesions, sessions=sessions, problems=problems)
