@@ -157,8 +157,8 @@ def run_participant_level(config: RunConfig) -> int:
         by_subject[unit.subject].append(unit)
     for subject in failed:  # a participant with one bad session is not processed at all
         by_subject.pop(subject, None)
-    LOGGER.info("Processing %d session(s) of %d participant(s): %s", len(units), len(by_subject),
-                ", ".join(f"sub-{s}" for s in by_subject))
+    LOGGER.info("Processing %d session(s) of %d participant(s): %s", sum(map(len, by_subject.values())),
+                len(by_subject), ", ".join(f"sub-{s}" for s in by_subject))
 
     if by_subject:
         workflow = init_bids_rim_wf(config, dict(by_subject), run_id=run_id, warnings=warnings)

@@ -14,6 +14,7 @@ no longer fit, and their temperature-only calibration gave probabilities near 0.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,9 @@ def load_checkpoint(path: Path, expected_arch: str | None = None) -> dict[str, A
         raise InputError(f"{path}: model file not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message here is advice on weights_only, not about the file
+        raise InputError(f"{path}: not a bids_rim model file (not written by torch.save, or it holds objects "
+                         "other than tensors and plain values, which are never loaded)") from None
     except Exception as error:  # torch raises many types for a file that is not a model file
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = next((line for line in lines if "error" in line.lower()), lines[0] if lines else type(error).__name__)
