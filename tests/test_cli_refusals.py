@@ -83,3 +83,17 @@ def test_a_filter_that_matches_nothing_is_a_usage_error(small_cohort: Path, tmp_
 def test_a_participant_named_twice_runs_once(small_cohort: Path) -> None:
     units, failures = collect_sessions(index_dataset(small_cohort), participant_labels=("001", "002", "001"))
     assert [unit.subject for unit in units] == ["001", "002"] and not failures
+
+
+def test_a_refused_run_leaves_no_empty_output_folder(small_cohort: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    output_dir = tmp_path / "derivatives" / "bids_rim"
+    code = main([str(small_cohort), str(output_dir), "participant", "--participant-label", "999",
+                 "--skip-bids-validation", "-w", str(tmp_path / "work")])
+    assert code == 64 and "sub-999" in _error_line(capsys)
+    assert not output_dir.exists()
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    assert main([str(small_cohort), str(existing), "participant", "--participant-label", "999",
+                 "--skip-bids-validation", "-w", str(tmp_path / "work")]) == 64
+    assert existing.is_dir()  # a folder the user made stays

@@ -15,7 +15,7 @@ import tomllib
 from argparse import ArgumentParser, Namespace, _CountAction
 from pathlib import Path
 
-from bids_rim.cli.exit_codes import EXIT_CANT_CREATE, EXIT_INTERNAL, EXIT_USAGE
+from bids_rim.cli.exit_codes import EXIT_CANT_CREATE, EXIT_INTERNAL, EXIT_INVALID_BIDS, EXIT_USAGE
 from bids_rim.cli.parser import build_parser
 from bids_rim.config import ExecutionSettings, LesionSettings, RunConfig, TrainingSettings, usable_cpus
 from bids_rim.errors import InputError, OutputError
@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = build_config(args)
         check_work_dir(config)
+        output_existed = config.output_dir.exists()
         check_output_dir(config)
     except InputError as error:
         print(f"bids_rim: error: {error}", file=sys.stderr)
@@ -293,7 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as error:
         print(f"bids_rim: error: {error}", file=sys.stderr)
         return EXIT_CANT_CREATE
+    code = dispatch(config)
+    if code in (EXIT_USAGE, EXIT_INVALID_BIDS) and not output_existed:
+        remove_if_empty(config.output_dir)  # a refused run leaves no trace, e.g. in BIDS_DIR/derivatives
+    return code
 
+
+def dispatch(config: RunConfig) -> int:
+    """Run the analysis level; every error ends as its exit code (the message already printed)."""
     try:
         if config.analysis_level == "participant":
             from bids_rim.cli.participant import run_participant_level
@@ -312,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         LOGGER.exception("internal error; please report it with this log")
         return EXIT_INTERNAL
 
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when nothing was written into it."""
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (or already gone): keep it
+        pass
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
