@@ -188,6 +188,10 @@ def test_cli_as_a_user_types_it(tmp_path):
     bad = subprocess.run([str(exe), str(tmp_path / "d"), "--jobs", "-1"],
                          capture_output=True, text=True, check=False)
     assert bad.returncode != 0 and "--jobs" in bad.stderr
+    again = subprocess.run([str(exe), str(tmp_path / "c"), "--subjects", "2", "--size", "small"],
+                           capture_output=True, text=True, check=False)  # over the cohort just written
+    assert again.returncode == 2 and f"{tmp_path / 'c'}: not empty" in again.stderr
+    assert sorted(path.name for path in (tmp_path / "c").glob("sub-*")) == ["sub-001"]
 
 
 @pytest.mark.parametrize("difficulty", ["easy", "hard"])

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print("bids_rim-synth: error: --jobs must be at least 0 (0: one per usable CPU)",
               file=sys.stderr)
         return 2
+    if args.out_dir.is_dir() and any(args.out_dir.iterdir()):
+        print(f"bids_rim-synth: error: {args.out_dir}: not empty; write the cohort into a new folder "
+              "(a cohort written over another mixes the two)", file=sys.stderr)
+        return 2
     try:
         summary = generate_cohort(args.out_dir, n_subjects=args.subjects, n_sites=args.sites,
                                   n_sessions=args.sessions, difficulty=args.difficulty,
