@@ -12,6 +12,7 @@ from bids_rim.preproc.checks import (
     InputError,
     check_finite,
     check_lesion_mask,
+    check_not_constant,
     check_overlap,
     check_qsm_units,
     ensure_3d,
@@ -101,6 +102,56 @@ def test_qsm_units_ppm_accepted_hz_and_radians_rejected(qsm_image):
         check_qsm_units(nib.Nifti1Image(phase, qsm_image.affine), "phase.nii.gz")
 
 
+def test_qsm_units_hint_names_ppb_only_when_the_values_fit_ppb(qsm_image):
+    data = np.asarray(qsm_image.dataobj)
+    # The phantom spans 0.091 ppm (1st-99th percentile): 91 in ppb, 11.7 in Hz at 3 T, 6.2 in radians.
+    as_ppb = nib.Nifti1Image(data * 1000.0, qsm_image.affine)
+    with pytest.raises(InputError) as error:
+        check_qsm_units(as_ppb, "sub-01_Chimap.nii.gz")
+    _one_line_naming(error, "sub-01_Chimap.nii.gz")
+    assert str(error.value).endswith("— is it in ppb (then divide it by 1000), Hz or radians?")
+    assert "span 91.1 between" in str(error.value)
+    as_hz = nib.Nifti1Image(data * 128.0, qsm_image.affine)
+    with pytest.raises(InputError) as error:
+        check_qsm_units(as_hz, "sub-01_Chimap.nii.gz")
+    assert str(error.value).endswith("— is it in Hz or radians?") and "ppb" not in str(error.value)
+    phase = np.where(data != 0, np.random.default_rng(0).uniform(-np.pi, np.pi, data.shape), 0.0)
+    with pytest.raises(InputError) as error:
+        check_qsm_units(nib.Nifti1Image(phase, qsm_image.affine), "phase.nii.gz")
+    assert "ppb" not in str(error.value)
+    # A range too wide even for ppb (here 10 ppm once divided by 1000) gets no ppb hint either.
+    wide = nib.Nifti1Image(data * (10_000.0 / 0.0911), qsm_image.affine)
+    with pytest.raises(InputError) as error:
+        check_qsm_units(wide, "wide.nii.gz")
+    assert "ppb" not in str(error.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint8])
+@pytest.mark.parametrize("value", [0, 100])
+def test_constant_image_rejected(dtype, value):
+    affine, shape = qsm_grid()
+    constant = nib.Nifti1Image(np.full(shape, value, dtype), affine)
+    with pytest.raises(InputError) as error:
+        check_not_constant(constant, "sub-01_FLAIR.nii.gz", "FLAIR")
+    _one_line_naming(error, "sub-01_FLAIR.nii.gz")
+    assert str(error.value) == (f"sub-01_FLAIR.nii.gz: the FLAIR image is constant (every voxel {value}); "
+                                "nothing to register")
+
+
+def test_constant_check_looks_at_finite_voxels_only_and_accepts_real_images(qsm_image):
+    affine, shape = qsm_grid()
+    data = np.full(shape, 100.0, np.float32)
+    data[0, 0, 0], data[1, 0, 0] = np.nan, np.inf
+    with pytest.raises(InputError, match=r"the GRE magnitude image is constant \(every voxel 100\)"):
+        check_not_constant(nib.Nifti1Image(data, affine), "mag.nii.gz", "GRE magnitude")
+    with pytest.raises(InputError, match="no finite voxel"):
+        check_not_constant(nib.Nifti1Image(np.full(shape, np.nan, np.float32), affine), "nan.nii.gz", "FLAIR")
+    data[2, 0, 0] = 100.5  # one voxel differs: not constant
+    check_not_constant(nib.Nifti1Image(data, affine), "mag.nii.gz", "GRE magnitude")
+    check_not_constant(qsm_image, "qsm.nii.gz", "QSM")
+    check_not_constant(Phantom().flair(affine, shape), "flair.nii.gz", "FLAIR")
+
+
 def test_images_that_do_not_overlap(qsm_image):
     shape = (40, 40, 30)
     overlapping = nib.Nifti1Image(np.ones(shape, np.float32), grid_affine(shape, 2.5, centre_mm=(5.0, 0.0, 0.0)))
@@ -114,11 +165,7 @@ def test_images_that_do_not_overlap(qsm_image):
 def test_lesion_mask_problems(qsm_image):
     affine, shape = qsm_grid()
     good = Phantom().lesion_mask(affine, shape)
-    check_lesion_mask(good, qsm_image, "mask.nii.gz")
-    empty = nib.Nifti1Image(np.zeros(shape, np.uint8), affine)
-    with pytest.raises(InputError, match="empty") as error:
-        check_lesion_mask(empty, qsm_image, "sub-01_mask.nii.gz")
-    _one_line_naming(error, "sub-01_mask.nii.gz")
+    assert check_lesion_mask(good, qsm_image, "mask.nii.gz") is None
     graded = nib.Nifti1Image(np.asarray(good.dataobj) * 0.7, affine)
     with pytest.raises(InputError, match="not binary"):
         check_lesion_mask(graded, qsm_image, "sub-01_mask.nii.gz")
@@ -128,6 +175,19 @@ def test_lesion_mask_problems(qsm_image):
     shifted = nib.Nifti1Image(np.asarray(good.dataobj), grid_affine(shape, 2.0, centre_mm=(3.0, 0.0, 0.0)))
     with pytest.raises(InputError, match="affine"):
         check_lesion_mask(shifted, qsm_image, "sub-01_mask.nii.gz")
+
+
+def test_empty_lesion_mask_gives_a_warning_not_an_error(qsm_image):
+    """A control or a patient without lesions: the session goes on with 0 lesions."""
+    affine, shape = qsm_grid()
+    for dtype in (np.uint8, np.float32):
+        empty = nib.Nifti1Image(np.zeros(shape, dtype), affine)
+        warning = check_lesion_mask(empty, qsm_image, "sub-01_mask.nii.gz")
+        assert warning == ("sub-01_mask.nii.gz: no lesion in this mask (no voxel is 1): "
+                           "the session will have 0 lesions")
+    # An empty mask must still be on the right grid.
+    with pytest.raises(InputError, match="does not match"):
+        check_lesion_mask(nib.Nifti1Image(np.zeros(shape[:2] + (40,), np.uint8), affine), qsm_image, "m.nii.gz")
 
 
 def test_thick_slice_flair_gives_a_warning_not_an_error():

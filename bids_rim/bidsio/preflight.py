@@ -13,25 +13,31 @@ from bids_rim.preproc import checks
 def check_session_inputs(unit: SessionInputs) -> list[str]:
     """Raise ``InputError`` for an unusable input of ``unit``; return warnings for usable ones.
 
-    Checks: readable 3D NIfTI (not zero-byte, not truncated, not 4D), finite voxels, QSM in
-    ppm, FLAIR and QSM overlapping in world space, a binary non-empty lesion mask on the FLAIR
-    or the QSM grid; warnings for thick-slice (2D) FLAIR and for a session without a GRE
-    magnitude (registration to QSM alone is less reliable).
+    Checks: readable 3D NIfTI (not zero-byte, not truncated, not 4D), finite voxels, FLAIR,
+    QSM and GRE magnitude not constant (all zero or one value), QSM in ppm, FLAIR and QSM
+    overlapping in world space, a binary lesion mask on the FLAIR or the QSM grid; warnings for
+    thick-slice (2D) FLAIR, for an empty lesion mask (the session has 0 lesions) and for a
+    session without a GRE magnitude (registration to QSM alone is less reliable).
     """
     flair = checks.ensure_3d(checks.load_nifti(unit.flair), unit.flair)
     qsm = checks.ensure_3d(checks.load_nifti(unit.qsm), unit.qsm)
     for image, path in ((flair, unit.flair), (qsm, unit.qsm)):
         checks.check_finite(image, path)
-    checks.check_qsm_units(qsm, unit.qsm)
+    checks.check_not_constant(flair, unit.flair, "FLAIR")
+    checks.check_qsm_units(qsm, unit.qsm)  # an all-zero QSM is named as such here
+    checks.check_not_constant(qsm, unit.qsm, "QSM")
     checks.check_overlap(qsm, flair, unit.qsm, unit.flair)
     if unit.magnitude is not None:
         magnitude = checks.ensure_3d(checks.load_nifti(unit.magnitude), unit.magnitude)
         checks.check_finite(magnitude, unit.magnitude)
+        checks.check_not_constant(magnitude, unit.magnitude, "GRE magnitude")
+    warnings = []
     if unit.lesion_mask is not None:
         mask = checks.ensure_3d(checks.load_nifti(unit.lesion_mask), unit.lesion_mask)
         on_qsm_grid = mask.shape[:3] == qsm.shape[:3]
-        checks.check_lesion_mask(mask, qsm if on_qsm_grid else flair, unit.lesion_mask)
-    warnings = []
+        empty = checks.check_lesion_mask(mask, qsm if on_qsm_grid else flair, unit.lesion_mask)
+        if empty:
+            warnings.append(empty)
     if unit.magnitude is None:
         warnings.append(f"{unit.qsm}: no GRE magnitude image in this session; FLAIR is registered to the QSM "
                         "map itself, which is less reliable — check the registration figure of the report")

@@ -2,7 +2,7 @@
 
 Every check raises :class:`InputError` (a ``ValueError``) whose message starts with the file
 name, so the CLI can print it as is. Conditions that still allow a useful run (thick-slice 2D
-FLAIR) return a warning string instead of raising.
+FLAIR, an empty lesion mask) return a warning string instead of raising.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from bids_rim.errors import InputError  # re-exported: preproc code and its call
 #: A susceptibility map in ppm has a robust (1st–99th percentile) range well under 1 ppm in brain;
 #: field maps in Hz (1 ppm ≈ 128 Hz at 3 T) or phase in radians (range about 2π) exceed this.
 MAX_QSM_ROBUST_RANGE_PPM = 2.0
+#: The least robust range of a plausible brain susceptibility map in ppm: a rejected map whose
+#: range divided by 1000 lies between this and the maximum above is probably in ppb.
+MIN_QSM_ROBUST_RANGE_PPM = 0.05
 #: Slices at least this thick mark a 2D FLAIR acquisition (typically 3–5 mm).
 THICK_SLICE_MM = 4.0
 #: Minimum fraction of the QSM field of view that must fall inside the FLAIR field of view.
@@ -78,21 +81,50 @@ def check_finite(img: nib.Nifti1Image, path: str | os.PathLike | None = None) ->
             raise InputError(f"{_name(path, img)}: {bad} voxels are NaN or Inf")
 
 
+def check_not_constant(img: nib.Nifti1Image, path: str | os.PathLike | None = None, what: str = "image") -> None:
+    """Raise if every finite voxel of the image has the same value (all zero, or a constant).
+
+    Such an image holds no contrast to correct or register (N4 and antsRegistration would fail
+    later with no file named). ``what`` names the image in the message ("FLAIR", "GRE magnitude").
+    Two reductions over the data (min and max) and no copy, unless NaN or Inf are present.
+    """
+    data = np.asanyarray(img.dataobj)
+    if data.size == 0:
+        raise InputError(f"{_name(path, img)}: the {what} image has no voxels")
+    low, high = data.min(), data.max()
+    if np.issubdtype(data.dtype, np.inexact) and not (np.isfinite(low) and np.isfinite(high)):
+        finite = data[np.isfinite(data)]
+        if finite.size == 0:
+            raise InputError(f"{_name(path, img)}: the {what} image has no finite voxel (all NaN or Inf)")
+        low, high = finite.min(), finite.max()
+    if low == high:
+        raise InputError(f"{_name(path, img)}: the {what} image is constant (every voxel {low:g}); nothing to register")
+
+
 def check_qsm_units(qsm: nib.Nifti1Image, path: str | os.PathLike | None = None) -> None:
-    """Raise if a susceptibility map does not look like ppm (Hz or radians instead)."""
+    """Raise if a susceptibility map does not look like ppm (ppb, Hz or radians instead).
+
+    The hint names ppb only when the range divided by 1000 is a plausible range in ppm.
+    """
     data = np.asarray(qsm.dataobj, dtype=np.float64)
     values = data[(data != 0) & np.isfinite(data)]
     if values.size == 0:
         raise InputError(f"{_name(path, qsm)}: QSM map is all zero")
     low, high = np.percentile(values, [1, 99])
-    if high - low > MAX_QSM_ROBUST_RANGE_PPM:
+    span = high - low
+    if span > MAX_QSM_ROBUST_RANGE_PPM:
+        if MIN_QSM_ROBUST_RANGE_PPM <= span / 1000 <= MAX_QSM_ROBUST_RANGE_PPM:
+            question = "is it in ppb (then divide it by 1000), Hz or radians?"
+        else:
+            question = "is it in Hz or radians?"
         raise InputError(
-            f"{_name(path, qsm)}: QSM values span {high - low:.3g} between the 1st and 99th percentiles; "
-            f"a map in ppm spans less than {MAX_QSM_ROBUST_RANGE_PPM} — is it in Hz or radians?"
+            f"{_name(path, qsm)}: QSM values span {span:.3g} between the 1st and 99th percentiles; "
+            f"a map in ppm spans less than {MAX_QSM_ROBUST_RANGE_PPM} — {question}"
         )
 
 
-def fov_overlap_fraction(qsm: nib.Nifti1Image, flair: nib.Nifti1Image, qsm_to_flair_ras: np.ndarray | None = None, points_per_axis: int = 12) -> float:
+def fov_overlap_fraction(qsm: nib.Nifti1Image, flair: nib.Nifti1Image, qsm_to_flair_ras: np.ndarray | None = None,
+                         points_per_axis: int = 12) -> float:
     """Fraction of a regular lattice over the QSM field of view that lies inside the FLAIR field of view."""
     axes = [np.linspace(0, n - 1, points_per_axis) for n in qsm.shape[:3]]
     ijk = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
@@ -115,11 +147,17 @@ def check_overlap(qsm: nib.Nifti1Image, flair: nib.Nifti1Image, qsm_path=None, f
         )
 
 
-def check_lesion_mask(mask: nib.Nifti1Image, reference: nib.Nifti1Image, path: str | os.PathLike | None = None) -> None:
-    """Raise if a lesion mask is empty, not binary (0/1), or not on the grid of its reference image."""
+def check_lesion_mask(mask: nib.Nifti1Image, reference: nib.Nifti1Image,
+                      path: str | os.PathLike | None = None) -> str | None:
+    """Raise if a lesion mask is not binary (0/1) or not on the grid of its reference image.
+
+    An empty mask (no voxel is 1: a control, or a patient without lesions) is valid; it returns
+    a warning instead, and the session gets an empty lesion table (0 lesions, 0 rim+).
+    """
     name = _name(path, mask)
     if mask.shape[:3] != reference.shape[:3] or len(mask.shape) != 3:
-        raise InputError(f"{name}: lesion mask shape {tuple(mask.shape)} does not match its image grid {tuple(reference.shape[:3])}")
+        raise InputError(f"{name}: lesion mask shape {tuple(mask.shape)} does not match its image grid "
+                         f"{tuple(reference.shape[:3])}")
     if not np.allclose(mask.affine, reference.affine, atol=1e-3):
         raise InputError(f"{name}: lesion mask affine differs from its image's affine (not on the same grid)")
     data = np.asanyarray(mask.dataobj)
@@ -128,7 +166,8 @@ def check_lesion_mask(mask: nib.Nifti1Image, reference: nib.Nifti1Image, path: s
         shown = ", ".join(f"{v:g}" for v in values[:6]) + (", …" if values.size > 6 else "")
         raise InputError(f"{name}: lesion mask is not binary (values {shown}); expected 0 and 1")
     if not np.any(data == 1):
-        raise InputError(f"{name}: lesion mask is empty (no voxel is 1)")
+        return f"{name}: no lesion in this mask (no voxel is 1): the session will have 0 lesions"
+    return None
 
 
 def thick_slice_warning(flair: nib.Nifti1Image, path: str | os.PathLike | None = None) -> str | None:
