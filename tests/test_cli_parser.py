@@ -48,11 +48,26 @@ def test_memory_units(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert parser.parse_args(base + ["16000"]).mem == 16000  # a bare number is MB, as in fMRIPrep
     assert parser.parse_args(base + ["1.5G"]).mem == 1500
     assert parser.parse_args(["--mem-mb", "8GB", *base[:-1]]).mem == 8000
+    assert parser.parse_args(base + ["2T"]).mem == parser.parse_args(base + ["2TB"]).mem == 2_000_000
     for bad in ("lots", "16"):  # "16" was surely meant in GB: refused, not read as 16 MB
         with pytest.raises(SystemExit) as raised:
             parser.parse_args(base + [bad])
         assert raised.value.code == 2
     assert "write 16GB for gigabytes" in capsys.readouterr().err
+
+
+
+def test_a_file_where_a_folder_belongs_is_named_so(dataset: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    for arguments in ([str(a_file), str(tmp_path / "o"), "participant"], [str(dataset), str(a_file), "participant"]):
+        with pytest.raises(SystemExit) as raised:
+            build_parser().parse_args(arguments)
+        assert raised.value.code == 2
+        assert f"{a_file}: a file, not a directory" in capsys.readouterr().err
+    folder_output = build_parser().parse_args([str(dataset), str(tmp_path / "x" / ".." / "o"), "participant"])
+    assert folder_output.output_dir == tmp_path / "o"  # named plainly in logs and checks
 
 
 def test_config_file_gives_defaults_and_command_line_wins(dataset: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def _with_underscore_spellings(names: tuple[str, ...]) -> tuple[str, ...]:
 
 def _existing_dir(value: str) -> Path:
     path = Path(value).expanduser()
+    if path.is_file():
+        raise argparse.ArgumentTypeError(f"{value}: a file, not a directory")
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{value}: no such directory")
     return path.absolute()
@@ -71,13 +74,19 @@ def _existing_dir(value: str) -> Path:
 
 def _existing_file(value: str) -> Path:
     path = Path(value).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: a directory, not a file")
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{value}: no such file")
     return path.absolute()
 
 
 def _output_dir(value: str) -> Path:
-    return Path(value).expanduser().absolute()
+    """A folder to write into, normalised (``..`` resolved) so that logs and checks name it plainly."""
+    path = Path(os.path.normpath(Path(value).expanduser().absolute()))
+    if path.is_file():
+        raise argparse.ArgumentTypeError(f"{value}: a file, not a directory")
+    return path
 
 
 def _bids_label(value: str) -> str:
@@ -106,18 +115,18 @@ SMALLEST_BARE_MEMORY_MB = 1000
 
 
 def _memory_mb(value: str) -> int:
-    """Parse ``16000``, ``16000MB``, ``16GB`` or ``16G`` into megabytes.
+    """Parse ``16000``, ``16000MB``, ``16GB``, ``16G`` or ``1TB`` into megabytes.
 
     A bare number is MB, as in fMRIPrep's ``--mem``/``--mem_mb``; one under
     :data:`SMALLEST_BARE_MEMORY_MB` is refused rather than read as a few MB.
     """
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([GgMm]?)[Bb]?\s*", value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([GgMmTt]?)[Bb]?\s*", value)
     if not match:
-        raise argparse.ArgumentTypeError(f"{value!r}: memory must look like 16000, 16000MB or 16GB")
+        raise argparse.ArgumentTypeError(f"{value!r}: memory must look like 16000, 16000MB, 16GB or 1TB")
     amount, unit = float(match.group(1)), match.group(2).upper()
     if not unit and amount < SMALLEST_BARE_MEMORY_MB:
         raise argparse.ArgumentTypeError(f"{value!r}: a bare number is MB; write {value.strip()}GB for gigabytes")
-    return int(amount * 1000 if unit == "G" else amount)
+    return int(amount * {"T": 1_000_000, "G": 1000}.get(unit, 1))
 
 
 def positive_int(value: str) -> int:
@@ -363,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mem-mb",
         type=_memory_mb,
         metavar="MEMORY",
-        help="memory Nipype's MultiProc plugin may plan with (16000, 16000MB or 16GB; a bare number is MB, as "
+        help="memory Nipype's MultiProc plugin may plan with (16000, 16000MB, 16GB or 1TB; a bare number is MB, as "
         "in fMRIPrep); a scheduling limit, not enforced, and unused with --nprocs 1 or --use-plugin",
     )
     performance.add_argument(
