@@ -14,6 +14,8 @@ EXIT_USAGE = 64  # EX_USAGE
 EXIT_INVALID_BIDS = 65  # EX_DATAERR
 EXIT_INTERNAL = 70  # EX_SOFTWARE
 EXIT_CANT_CREATE = 73  # EX_CANTCREAT
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 #: What each non-zero code means, as the README says it.
 DESCRIPTIONS = {
@@ -28,6 +30,10 @@ DESCRIPTIONS = {
     EXIT_INVALID_BIDS: "the input dataset is not valid BIDS, or the BIDS validator could not run "
     "(see --skip-bids-validation)",
     EXIT_INTERNAL: "an internal error, a bug at either level (the log holds the traceback; please report it)",
+    EXIT_INTERRUPTED: "stopped by Ctrl-C (SIGINT): the outputs written so far are complete; rerun with the same "
+    "working directory to resume",
+    EXIT_TERMINATED: "stopped by SIGTERM (a scheduler's time limit): the outputs written so far are complete; rerun "
+    "with the same working directory to resume",
     EXIT_CANT_CREATE: "the output directory cannot be created or written, lies inside the input dataset, or is "
     "another dataset (a -d input, or another pipeline's derivatives)",
 }

@@ -2,7 +2,7 @@
 
 Each participant's nodes write crash files to ``OUTPUT_DIR/sub-X/log/<run id>/``; a failed
 participant is named with the one-line reason of its crash, the others go on, and the exit
-code is the number of participants that failed.
+code says whether any failed. Ctrl-C or SIGTERM stops the whole run (:mod:`bids_rim.cli.interruption`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from bids_rim.bidsio.inputs import SessionInputs, collect_sessions, index_datase
 from bids_rim.bidsio.preflight import check_session_inputs
 from bids_rim.bidsio.validator import validate_dataset
 from bids_rim.cli.exit_codes import EXIT_INVALID_BIDS, EXIT_PARTICIPANTS_FAILED, EXIT_USAGE
+from bids_rim.cli.interruption import Interruption, plugin_args_with_callback, remove_crash_files_since, stop_on_signals
 from bids_rim.config import RunConfig
 from bids_rim.errors import InputError
 from bids_rim.preproc.template_space import resolve_template
@@ -114,6 +115,15 @@ def record_failure(output_dir: Path, subject: str, run_id: str, message: str) ->
     return path
 
 
+
+def _stopped(interruption: Interruption, log_dirs: list[Path], config: RunConfig) -> int:
+    """After a stop signal: remove the crash files the stop caused, say what is left, return 130/143."""
+    name = interruption.signal.name if interruption.signal else "SIGINT"
+    remove_crash_files_since(log_dirs, interruption.time or time.time())
+    print(f"bids_rim: stopped by {name}; the outputs in {config.output_dir} written so far are complete (every "
+          f"write is atomic); rerun with the same -w {config.execution.work_dir} to resume", file=sys.stderr)
+    return interruption.exit_code
+
 def run_participant_level(config: RunConfig) -> int:
     """Process every selected participant; returns the exit code."""
     from bids_rim.workflows.participant import init_bids_rim_wf
@@ -162,10 +172,15 @@ def run_participant_level(config: RunConfig) -> int:
 
     if by_subject:
         workflow = init_bids_rim_wf(config, dict(by_subject), run_id=run_id, warnings=warnings)
-        try:
-            workflow.run(plugin=config.execution.plugin, plugin_args=dict(config.execution.plugin_args))
-        except RuntimeError as error:  # Nipype raises once at the end when any node failed
-            LOGGER.debug("Workflow finished with failures: %s", error)
+        log_dirs = [config.output_dir / f"sub-{subject}" / "log" / run_id for subject in by_subject]
+        with stop_on_signals() as interruption:
+            try:
+                workflow.run(plugin=config.execution.plugin, plugin_args=plugin_args_with_callback(
+                    config.execution.plugin, config.execution.plugin_args, interruption))
+            except RuntimeError as error:  # Nipype raises once at the end when any node failed
+                LOGGER.debug("Workflow finished with failures: %s", error)
+            except KeyboardInterrupt:
+                return _stopped(interruption, log_dirs, config)
 
     for subject in by_subject:
         crash_dir = config.output_dir / f"sub-{subject}" / "log" / run_id

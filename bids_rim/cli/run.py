@@ -15,7 +15,7 @@ import tomllib
 from argparse import ArgumentParser, Namespace, _CountAction
 from pathlib import Path
 
-from bids_rim.cli.exit_codes import EXIT_CANT_CREATE, EXIT_INTERNAL, EXIT_INVALID_BIDS, EXIT_USAGE
+from bids_rim.cli.exit_codes import EXIT_CANT_CREATE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID_BIDS, EXIT_USAGE
 from bids_rim.cli.parser import build_parser
 from bids_rim.config import ExecutionSettings, LesionSettings, RunConfig, TrainingSettings, usable_cpus
 from bids_rim.errors import InputError, OutputError
@@ -316,6 +316,9 @@ def dispatch(config: RunConfig) -> int:
     except OutputError as error:
         print(f"bids_rim: error: {error}", file=sys.stderr)
         return EXIT_CANT_CREATE
+    except KeyboardInterrupt:  # Ctrl-C outside the workflow (during validation or the group level)
+        print("bids_rim: stopped by SIGINT", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception:  # a bug, not bad input: never exit 1 (= some participants failed)
         LOGGER.exception("internal error; please report it with this log")
         return EXIT_INTERNAL
