@@ -120,6 +120,8 @@ def _stopped(interruption: Interruption, log_dirs: list[Path], config: RunConfig
     """After a stop signal: remove the crash files the stop caused, say what is left, return 130/143."""
     name = interruption.signal.name if interruption.signal else "SIGINT"
     remove_crash_files_since(log_dirs, interruption.time or time.time())
+    if next(config.output_dir.glob("sub-*/**/*_desc-lesions_table.tsv"), None) is not None:  # some finished
+        write_dataset_description(config.output_dir, dataset_roots(config.bids_dir, config.derivatives))
     print(f"bids_rim: stopped by {name}; the outputs in {config.output_dir} written so far are complete (every "
           f"write is atomic); rerun with the same -w {config.execution.work_dir} to resume", file=sys.stderr)
     return interruption.exit_code

@@ -78,7 +78,8 @@ def check_finite(img: nib.Nifti1Image, path: str | os.PathLike | None = None) ->
     if np.issubdtype(data.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
-            raise InputError(f"{_name(path, img)}: {bad} voxels are NaN or Inf")
+            raise InputError(f"{_name(path, img)}: {bad} voxels are NaN or Inf (a NaN background? bids_rim reads 0 as "
+                             "outside the map: set them to 0, e.g. fslmaths IN -nan OUT)")
 
 
 def check_not_constant(img: nib.Nifti1Image, path: str | os.PathLike | None = None, what: str = "image") -> None:
