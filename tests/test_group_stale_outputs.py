@@ -159,7 +159,8 @@ def test_auditor_repro_through_the_command_line(cohort_copy, tmp_path, capsys):
     flair = cohort_copy / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_FLAIR.nii.gz"
     flair.write_bytes(flair.read_bytes()[:1000])
     code = main([str(cohort_copy), str(output_dir), "participant", "--participant-label", "001",
-                 "--skip-bids-validation", "--no-inference", "--nprocs", "1", "--omp-nthreads", "1"])
+                 "--skip-bids-validation", "--no-inference", "--nprocs", "1", "--omp-nthreads", "1",
+                 "-w", str(tmp_path / "work")])
     assert code == 1
     crash = next(output_dir.glob("sub-001/log/*/crash-*"))
 

@@ -20,9 +20,9 @@ from bids_rim.bidsio.inputs import SessionInputs
 from bids_rim.bidsio.preflight import check_session_inputs
 from bids_rim.cli.run import main
 from bids_rim.errors import InputError
-from tests.test_preproc_phantom import Phantom, qsm_grid
 
 from .conftest import FAST_OPTIONS
+from .test_preproc_phantom import Phantom, qsm_grid
 
 EMPTY_MASK_WARNING = "no lesion in this mask (no voxel is 1): the session will have 0 lesions"
 
