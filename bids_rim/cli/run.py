@@ -1,9 +1,9 @@
 """``bids_rim`` entry point: parse, configure, validate, build, run, summarise.
 
-Exit codes (:mod:`bids_rim.cli.exit_codes`): 0 success; N (1–63) the number of participants
-that failed at participant level; 2 a malformed command line; 64 a bad option or input
-dataset; 65 the input dataset is not valid BIDS; 70 an internal error (a bug); 73 the
-output directory cannot be used.
+Exit codes (:mod:`bids_rim.cli.exit_codes`): 0 success; 1 some participants failed at
+participant level; 2 a malformed command line; 64 a bad option or input dataset; 65 the input
+dataset is not valid BIDS; 70 an internal error (a bug); 73 the output directory cannot be
+used; 130 and 143 stopped by SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
