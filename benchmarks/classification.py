@@ -225,6 +225,7 @@ def check_work_folder(settings: BenchmarkSettings, work: Path) -> None:
 def prepare_cohort(settings: BenchmarkSettings, execution: Execution, work: Path,
                    clock: StageClock) -> tuple[Path, Path, dict]:
     """Write the cohort and run the participant level once (both reused when ``work`` already has them)."""
+    from bids_rim.cli.exit_codes import EXIT_INTERRUPTED, EXIT_TERMINATED
     from bids_rim.cli.run import main as bids_rim_main
 
     bids_dir, output_dir = work / "bids", work / "derivatives"
@@ -250,6 +251,8 @@ def prepare_cohort(settings: BenchmarkSettings, execution: Execution, work: Path
                               "--patch-size", str(settings.patch_size),
                               "--patch-spacing", str(settings.patch_spacing_mm),
                               "--lesion-outline", settings.lesion_outline])
+        if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):  # stopped: no record, so the next run redoes it
+            raise KeyboardInterrupt
         clock.record("participant level", wall, cpu)
         expected = sorted(p.name for p in bids_dir.glob("sub-*") if p.is_dir())
         done = {p.name for p in output_dir.glob("sub-*") if any(p.rglob("*_desc-lesions_patches.npz"))}

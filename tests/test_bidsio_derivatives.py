@@ -30,3 +30,15 @@ def test_dataset_links_name_every_source_dataset(tmp_path: Path) -> None:
     links = description["DatasetLinks"]
     assert {name: unquote(urlparse(uri).path) for name, uri in links.items()} == roots
     assert sorted(source["URL"] for source in description["SourceDatasets"]) == sorted(links.values())
+
+
+def test_a_symlinked_input_keeps_its_own_path(tmp_path: Path) -> None:
+    """DataLad datasets hold every image as a link into .git/annex: the source is the link's BIDS path."""
+    raw = tmp_path / "raw"
+    annexed = raw / ".git" / "annex" / "objects" / "KEY.nii.gz"
+    annexed.parent.mkdir(parents=True)
+    annexed.write_bytes(b"")
+    link = raw / "sub-01" / "anat" / "sub-01_FLAIR.nii.gz"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(annexed)
+    assert bids_uri(link, dataset_roots(raw)) == "bids:raw:sub-01/anat/sub-01_FLAIR.nii.gz"

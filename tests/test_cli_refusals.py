@@ -97,3 +97,39 @@ def test_a_refused_run_leaves_no_empty_output_folder(small_cohort: Path, tmp_pat
     assert main([str(small_cohort), str(existing), "participant", "--participant-label", "999",
                  "--skip-bids-validation", "-w", str(tmp_path / "work")]) == 64
     assert existing.is_dir()  # a folder the user made stays
+
+
+@pytest.mark.parametrize(("filters", "expected"), [
+    ({"flair": {"suffix": "FLAIR", "datatype": "anat"}}, "are chosen by bids_rim"),
+    ({"qsm": {"session": "01"}}, "are chosen by bids_rim"),
+    ({"flair": "3D"}, "is not an object of entities"),
+    ({"flair": None}, "is not an object of entities"),
+])
+def test_filters_bids_rim_cannot_take_are_refused(small_cohort: Path, tmp_path: Path, filters: dict,
+                                                  expected: str, capsys: pytest.CaptureFixture) -> None:
+    filter_file = tmp_path / "filter.json"
+    filter_file.write_text(json.dumps(filters))
+    assert _participant(small_cohort, tmp_path / "out", "--bids-filter-file", str(filter_file),
+                        "-w", str(tmp_path / "work")) == 64
+    assert expected in _error_line(capsys)
+
+
+def test_a_malformed_description_in_the_output_is_another_dataset(small_cohort: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    for index, content in enumerate((b'{"GeneratedBy": {"Name": "fMRIPrep"}}', b"\xff\xfe not text")):
+        other = tmp_path / f"other{index}"
+        other.mkdir()
+        (other / "dataset_description.json").write_bytes(content)
+        assert _participant(small_cohort, other, "-w", str(tmp_path / "work")) == 73
+        assert "holds another dataset" in _error_line(capsys)
+
+
+def test_a_filter_is_not_blamed_for_a_dataset_without_qsm(cohort_copy: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    for qsm in (cohort_copy / "sub-001" / "ses-01" / "anat").glob("*_Chimap.*"):
+        qsm.unlink()
+    filter_file = tmp_path / "filter.json"
+    filter_file.write_text(json.dumps({"flair": {"extension": ".nii.gz"}}))
+    assert _participant(cohort_copy, tmp_path / "out", "--bids-filter-file", str(filter_file),
+                        "-w", str(tmp_path / "work")) == 1  # the participant failed: no QSM map, filter or not
+    assert "no QSM map" in capsys.readouterr().err

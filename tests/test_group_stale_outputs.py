@@ -29,8 +29,10 @@ NOW = time.time()
 
 
 def write_crash(output_dir: Path, participant: str, text: str, *, age_s: float = 0.0,
-                name: str = "crash-20250102-030405-user-n4_flair-0.txt", run: str = "20250102-030405") -> Path:
-    """A crash file under ``sub-X/log/<run>/`` modified ``age_s`` seconds before ``NOW``."""
+                name: str = "crash-20250102-030405-user-n4_flair-0.txt") -> Path:
+    """A crash file of a run that started ``age_s`` seconds before ``NOW`` (its ``log/<run id>/`` folder,
+    named as the participant level names it), modified then too."""
+    run = time.strftime("%Y%m%d-%H%M%S", time.localtime(NOW - age_s))
     path = output_dir / participant / "log" / run / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -91,6 +93,18 @@ def test_an_older_crash_does_not_discard_a_later_success(cohort, caplog):
     assert not [p for p in result.problems if p.status == "failed"]
     assert not any("left out" in record.getMessage() for record in caplog.records)
 
+
+
+def test_a_crash_of_the_run_that_wrote_the_tables_does_not_discard_them(cohort, caplog):
+    """The report node of the run that wrote sub-001's table an hour ago crashed after it: the run started
+    before the table, so the table is that run's own, not stale (the participant is failed, its table kept)."""
+    crash = write_crash(cohort.output_dir, "sub-001", "Node: bids_rim_wf.sub_001_wf.report\nOSError: disk full\n",
+                        age_s=3700)
+    age(crash, 3500)  # written after the table, by the same run
+    with caplog.at_level(logging.WARNING, logger="bids_rim.group"):
+        result = run_group_level(cohort.bids_dir, cohort.output_dir, progress=False)
+    assert "sub-001" in set(result.subjects["participant_id"]) and len(result.subjects) == 16
+    assert not any("left out" in record.getMessage() for record in caplog.records)
 
 def write_session_tables(tmp_path: Path, participant: str = "sub-02") -> tuple[Path, Path]:
     """BIDS_DIR with ses-01 and ses-02 folders, OUTPUT_DIR with an hour-old table for each."""

@@ -148,7 +148,8 @@ def bids_uri(path: str | Path, roots: dict[str, str]) -> str:
     """``bids:<name>:<relative path>`` for ``path`` in the most specific dataset of ``roots`` that holds it
     (a lesion mask under ``raw/derivatives/lesion_masks`` names that derivative dataset, not raw);
     a ``file://`` URI where none holds it."""
-    resolved = Path(path).resolve()
+    absolute = Path(os.path.abspath(path))
+    resolved = absolute.parent.resolve() / absolute.name  # not the file's own link: DataLad's point into .git
     holders = [(name, Path(root)) for name, root in roots.items() if resolved.is_relative_to(root)]
     if not holders:
         return resolved.as_uri()

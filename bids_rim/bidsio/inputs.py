@@ -80,6 +80,10 @@ def index_dataset(bids_dir: Path, derivatives: tuple[Path, ...] = ()) -> BIDSLay
         raise InputError(f"{bids_dir}: pybids cannot index the dataset ({error})") from error
 
 
+#: Query entities bids_rim sets itself, never from --bids-filter-file.
+CHOSEN_BY_BIDS_RIM = ("subject", "session", "suffix", "scope")
+
+
 def collect_sessions(
     layout: BIDSLayout,
     *,
@@ -99,8 +103,15 @@ def collect_sessions(
     if unknown:
         raise InputError(f"--bids-filter-file: unknown key(s) {unknown}; allowed: {list(FILTER_KEYS)}")
 
-    entities = set(layout.get_entities())
+    entities = set(layout.get_entities()) - set(CHOSEN_BY_BIDS_RIM)
     for role, wanted in filters.items():
+        if not isinstance(wanted, dict):
+            raise InputError(f"--bids-filter-file: {role}: {wanted!r} is not an object of entities, "
+                             'e.g. {"acquisition": "3D"}')
+        chosen = sorted(set(wanted) & set(CHOSEN_BY_BIDS_RIM))
+        if chosen:
+            raise InputError(f"--bids-filter-file: {role}: {chosen} are chosen by bids_rim (the role's suffix, "
+                             "--participant-label, --session-label); filter on other entities")
         unknown_entities = sorted(set(wanted) - entities)
         if unknown_entities:
             hints = {name: difflib.get_close_matches(name, entities, n=1) for name in unknown_entities}
@@ -131,10 +142,17 @@ def collect_sessions(
         units.extend(subject_units)
     if not units and not failures:
         raise InputError(f"{layout.root}: nothing to process with the given participant/session labels")
-    if not units and filters:
+    if not units and filters and _usable_without_filters(layout, subjects, session_labels):
         raise InputError(f"{layout.root}: nothing to process: with --bids-filter-file {json.dumps(filters)} no "
                          f"selected session has both a FLAIR and a QSM map (e.g. {next(iter(failures.values()))})")
     return units, failures
+
+
+def _usable_without_filters(layout: BIDSLayout, subjects: list[str], session_labels: tuple[str, ...]) -> bool:
+    """Whether some selected session has a FLAIR and a QSM map when no filter applies: then a filter
+    that leaves none is the user's mistake, not the dataset's."""
+    _units, failures = collect_sessions(layout, participant_labels=tuple(subjects), session_labels=session_labels)
+    return len(failures) < len(subjects)
 
 
 def _query(layout: BIDSLayout, subject: str, session: str | None, **entities: Any) -> list[BIDSFile]:

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from bids_rim.cli.exit_codes import EXIT_INTERRUPTED, EXIT_TERMINATED
 from bids_rim.cli.parser import positive_int
 from bids_rim.cli.run import configure_logging
 from bids_rim.cli.run import main as bids_rim_main
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                  "--seed", str(args.seed)]
     participant_code = bids_rim_main(common + ["participant", "-d", str(bids_dir / "derivatives" / "lesion_masks")]
                                      + execution)
+    if participant_code in (EXIT_INTERRUPTED, EXIT_TERMINATED):  # stopped by the user: no group level
+        return participant_code
     group_code = bids_rim_main(common + ["group"])  # the statistics read none of the execution options
     print()
     print(f"Participant reports: {output_dir}/sub-*.html")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 from pathlib import Path
 
@@ -82,8 +81,8 @@ def _existing_file(value: str) -> Path:
 
 
 def _output_dir(value: str) -> Path:
-    """A folder to write into, normalised (``..`` resolved) so that logs and checks name it plainly."""
-    path = Path(os.path.normpath(Path(value).expanduser().absolute()))
+    """A folder to write into, made absolute (``..`` kept: through a symbolic link it means what the system says)."""
+    path = Path(value).expanduser().absolute()
     if path.is_file():
         raise argparse.ArgumentTypeError(f"{value}: a file, not a directory")
     return path

@@ -18,7 +18,7 @@ from bids_rim.bidsio.inputs import SessionInputs, collect_sessions, index_datase
 from bids_rim.bidsio.preflight import check_session_inputs
 from bids_rim.bidsio.validator import validate_dataset
 from bids_rim.cli.exit_codes import EXIT_INVALID_BIDS, EXIT_PARTICIPANTS_FAILED, EXIT_USAGE
-from bids_rim.cli.interruption import Interruption, plugin_args_with_callback, remove_crash_files_since, stop_on_signals
+from bids_rim.cli.interruption import Interruption, plugin_args_with_callback, stop_on_signals
 from bids_rim.config import RunConfig
 from bids_rim.errors import InputError
 from bids_rim.preproc.template_space import resolve_template
@@ -116,10 +116,10 @@ def record_failure(output_dir: Path, subject: str, run_id: str, message: str) ->
 
 
 
-def _stopped(interruption: Interruption, log_dirs: list[Path], config: RunConfig) -> int:
+def _stopped(interruption: Interruption, config: RunConfig) -> int:
     """After a stop signal: remove the crash files the stop caused, say what is left, return 130/143."""
     name = interruption.signal.name if interruption.signal else "SIGINT"
-    remove_crash_files_since(log_dirs, interruption.time or time.time())
+    interruption.remove_crash_files_of_the_stop()
     if next(config.output_dir.glob("sub-*/**/*_desc-lesions_table.tsv"), None) is not None:  # some finished
         write_dataset_description(config.output_dir, dataset_roots(config.bids_dir, config.derivatives))
     print(f"bids_rim: stopped by {name}; the outputs in {config.output_dir} written so far are complete (every "
@@ -175,14 +175,18 @@ def run_participant_level(config: RunConfig) -> int:
     if by_subject:
         workflow = init_bids_rim_wf(config, dict(by_subject), run_id=run_id, warnings=warnings)
         log_dirs = [config.output_dir / f"sub-{subject}" / "log" / run_id for subject in by_subject]
-        with stop_on_signals() as interruption:
+        with stop_on_signals(log_dirs) as interruption:
             try:
                 workflow.run(plugin=config.execution.plugin, plugin_args=plugin_args_with_callback(
                     config.execution.plugin, config.execution.plugin_args, interruption))
             except RuntimeError as error:  # Nipype raises once at the end when any node failed
                 LOGGER.debug("Workflow finished with failures: %s", error)
             except KeyboardInterrupt:
-                return _stopped(interruption, log_dirs, config)
+                if interruption.signal is None:  # not a signal of ours: let it end the run as it would
+                    raise
+                # cleaned up below, once the handlers are restored (a second Ctrl-C then stops at once)
+        if interruption.signal is not None:
+            return _stopped(interruption, config)
 
     for subject in by_subject:
         crash_dir = config.output_dir / f"sub-{subject}" / "log" / run_id

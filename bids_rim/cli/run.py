@@ -242,8 +242,9 @@ def dataset_owner(folder: Path) -> str | None:
         return None
     try:
         generated_by = json.loads(description.read_text()).get("GeneratedBy") or [{}]
-        return str(generated_by[0].get("Name") or "unnamed")
-    except (json.JSONDecodeError, AttributeError, IndexError, TypeError):
+        first = generated_by[0] if isinstance(generated_by, list) else generated_by
+        return str(first.get("Name") or "unnamed")
+    except (OSError, ValueError, AttributeError, IndexError, KeyError, TypeError):  # unreadable or not BIDS
         return "unnamed"
 
 def check_output_dir(config: RunConfig) -> None:

@@ -17,8 +17,8 @@ has a crash file, else *missing*), so that a participant whose second visit cras
 silently analysed on its first one.
 
 A failed rerun writes nothing, so the tables of an earlier successful run stay in OUTPUT_DIR.
-A lesion table older than the newest crash file that concerns it (one of its participant's
-crash files naming its session, or naming no single session) is *stale*: it is left out, its
+A lesion table written before the latest failed run that concerns it started (a crash file of
+that run naming its session, or naming no single session) is *stale*: it is left out, its
 session (or, when none of its tables is left, its participant) is *failed*, and a warning
 names the crash file. Nothing is deleted.
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -79,7 +80,7 @@ class CrashFile:
     participant_id: str
     session_id: str | None  # the one session it names; None: the whole participant
     path: Path
-    modified: float  # modification time (seconds since the epoch)
+    modified: float  # when its run started (seconds since the epoch; see run_start)
     reason: str  # one line, ending with the crash file's path relative to OUTPUT_DIR
 
 
@@ -144,9 +145,22 @@ def find_crash_files(output_dir: Path) -> list[CrashFile]:
         relative = path.relative_to(output_dir)
         # A pre-flight refusal stops the whole participant, even when it names one bad session.
         session = None if path.name.endswith("-preflight.txt") else crash_session(path.read_text(errors="replace"))
-        crashes.append(CrashFile(relative.parts[0], session, path, path.stat().st_mtime,
+        crashes.append(CrashFile(relative.parts[0], session, path, run_start(path),
                                  f"{crash_reason(path)} ({relative})"))
     return crashes
+
+
+def run_start(crash_file: Path) -> float:
+    """When the run that wrote ``crash_file`` started: its ``log/<YYYYmmdd-HHMMSS>/`` folder (local time,
+    as the participant level names it), else the file's modification time.
+
+    A table is stale when the failed run started after it was written; one written by that same
+    run (a session's sink before the participant's report node crashed) is not.
+    """
+    try:
+        return time.mktime(time.strptime(crash_file.parent.name, "%Y%m%d-%H%M%S"))
+    except ValueError:
+        return crash_file.stat().st_mtime
 
 
 def latest_crash_reasons(crashes: Iterable[CrashFile]) -> dict[str, str]:
@@ -168,7 +182,7 @@ def newest_crash(table: SessionTable, crashes: Iterable[CrashFile]) -> CrashFile
 
 def find_stale_tables(tables: Iterable[SessionTable], crashes: Iterable[CrashFile],
                       modified: Mapping[Path, float]) -> dict[SessionTable, CrashFile]:
-    """The tables older than the newest crash file that concerns them, with that crash file.
+    """The tables written before the newest failed run that concerns them started, with its crash file.
 
     ``modified`` gives each table's modification time (only tables of crashed participants are
     looked up). Such a table is left over from an earlier run: the participant's latest run failed.
@@ -193,8 +207,8 @@ def stale_warnings(stale: Mapping[SessionTable, CrashFile], output_dir: Path) ->
     for (participant, crash_path), tables in sorted(grouped.items()):
         names = ", ".join(sorted(table.path.relative_to(output_dir).as_posix() for table in tables))
         lines.append(f"{participant}: its latest participant-level run failed ({crash_path.relative_to(output_dir)} "
-                     f"is newer than its lesion tables); its older outputs were left out of the group "
-                     f"statistics: {names}")
+                     "is from a run that started after its lesion tables were written); its older outputs were "
+                     f"left out of the group statistics: {names}")
     return lines
 
 
@@ -273,7 +287,7 @@ def aggregate_lesion_tables(output_dir: Path, participant_ids: Iterable[str] = (
     ``participant_ids`` are those expected (``participants.tsv`` and BIDS_DIR's ``sub-*``
     folders, ``sub-`` prefixed); one of them with neither a table nor a crash file is *missing*.
     ``expected_sessions`` (from :func:`find_bids_sessions`) adds the sessions without a table.
-    Stale tables (older than a newer crash file, see :func:`find_stale_tables`) are left out,
+    Stale tables (written before a later failed run, see :func:`find_stale_tables`) are left out,
     with a warning, and their sessions or participants listed as *failed*.
     """
     expected_sessions = expected_sessions or {}
