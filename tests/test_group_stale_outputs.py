@@ -185,3 +185,25 @@ def test_auditor_repro_through_the_command_line(cohort_copy, tmp_path, capsys):
     assert re.search(r"<td>sub-001</td>\s*<td>all</td><td>failed</td>", html)
     assert crash.relative_to(output_dir).as_posix() in html
     assert (output_dir / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_desc-lesions_table.tsv").is_file()
+
+
+def test_group_training_leaves_stale_sessions_out(participant_run, tmp_path, caplog):
+    """group --train reads patches, not the group tables: a participant whose rerun failed is left out there too."""
+    import shutil
+
+    from bids_rim.bidsio.training_data import load_training_set
+
+    output_dir = tmp_path / "out"
+    shutil.copytree(participant_run["output"], output_dir)
+    for table in output_dir.glob("sub-*/ses-*/anat/*_desc-lesions_table.tsv"):
+        age(table, 3600)
+    write_crash(output_dir, "sub-002", "bids_rim pre-flight check failed\nInputError: bad FLAIR\n", age_s=60,
+                name="crash-20250102-030405-preflight.txt")
+    everyone = sorted(path.name for path in output_dir.glob("sub-*") if path.is_dir())
+    participants = pd.DataFrame({"participant_id": everyone})
+    with caplog.at_level(logging.WARNING, logger="bids_rim.group"):
+        annotations = participant_run["bids"] / "derivatives" / "rim_annotations"
+        training = load_training_set(output_dir, participants, annotations)
+    assert "sub-002" in everyone and set(training.meta["participant_id"]) == set(everyone) - {"sub-002"}
+    assert any(record.getMessage().startswith("sub-002: its latest participant-level run failed")
+               for record in caplog.records)

@@ -93,7 +93,8 @@ def load_training_set(
     *,
     max_distance_mm: float = 4.0,
 ) -> TrainingSet:
-    """Every participant-level patch under ``output_dir``, labelled where annotations exist."""
+    """Every participant-level patch under ``output_dir``, labelled where annotations exist; the
+    sessions the group level calls stale (written before a failed rerun) are left out, with a warning."""
     annotation_files: dict[tuple[str, str | None], Path] = {}
     if annotations_dir is not None:
         for path in sorted(annotations_dir.rglob("sub-*_desc-rim_annotations.tsv")):
@@ -102,10 +103,15 @@ def load_training_set(
             raise InputError(f"{annotations_dir}: no *_desc-rim_annotations.tsv files found")
     sites = participants.set_index("participant_id")["site"] if "site" in participants else pd.Series(dtype=str)
 
+    from bids_rim.group.aggregate import stale_tables_of
+
+    stale = {table.path for table in stale_tables_of(output_dir)}  # left over from before a failed rerun
     all_patches, metas, spacings, outlines = [], [], [], {}
     for patch_file in sorted(output_dir.glob("sub-*/**/anat/sub-*_desc-lesions_patches.npz")):
         subject, session = _session_key(patch_file)
         table_file = patch_file.with_name(patch_file.name.replace("_patches.npz", "_table.tsv"))
+        if table_file in stale:
+            continue
         labels_file = patch_file.with_name(
             patch_file.name.replace("_desc-lesions_patches.npz", "_space-QSM_desc-lesions_dseg.nii.gz"))
         patches, lesion_ids = load_patches(patch_file)

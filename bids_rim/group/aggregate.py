@@ -212,6 +212,19 @@ def stale_warnings(stale: Mapping[SessionTable, CrashFile], output_dir: Path) ->
     return lines
 
 
+def stale_tables_of(output_dir: Path) -> dict[SessionTable, CrashFile]:
+    """The stale lesion tables of OUTPUT_DIR (:func:`find_stale_tables`), each logged as a warning once:
+    what the group statistics and ``group --train`` leave out."""
+    crashes = find_crash_files(output_dir)
+    crashed = {crash.participant_id for crash in crashes}
+    tables = find_lesion_tables(output_dir)
+    modified = {table.path: table.path.stat().st_mtime for table in tables if table.participant_id in crashed}
+    stale = find_stale_tables(tables, crashes, modified)
+    for line in stale_warnings(stale, output_dir):
+        LOGGER.warning("%s", line)
+    return stale
+
+
 def find_bids_sessions(bids_dir: Path) -> dict[str, list[str]]:
     """``{participant_id: [session_id, ...]}`` from the ``sub-*/ses-*`` folders of a raw BIDS dataset.
 
@@ -291,14 +304,9 @@ def aggregate_lesion_tables(output_dir: Path, participant_ids: Iterable[str] = (
     with a warning, and their sessions or participants listed as *failed*.
     """
     expected_sessions = expected_sessions or {}
-    crashes = find_crash_files(output_dir)
-    crashed = latest_crash_reasons(crashes)
-    tables = find_lesion_tables(output_dir)
-    modified = {table.path: table.path.stat().st_mtime for table in tables if table.participant_id in crashed}
-    stale = find_stale_tables(tables, crashes, modified)
-    for line in stale_warnings(stale, output_dir):
-        LOGGER.warning("%s", line)
-    sessions = [table for table in tables if table not in stale]
+    crashed = latest_crash_reasons(find_crash_files(output_dir))
+    stale = stale_tables_of(output_dir)
+    sessions = [table for table in find_lesion_tables(output_dir) if table not in stale]
     lesions = read_lesion_tables(sessions, progress=progress)
     with_table = {table.participant_id for table in sessions}
     # A participant left without any usable table failed for the newest crash that made its tables stale.
