@@ -42,3 +42,15 @@ def test_a_symlinked_input_keeps_its_own_path(tmp_path: Path) -> None:
     link.parent.mkdir(parents=True)
     link.symlink_to(annexed)
     assert bids_uri(link, dataset_roots(raw)) == "bids:raw:sub-01/anat/sub-01_FLAIR.nii.gz"
+
+
+def test_names_of_an_earlier_run_stay_when_other_datasets_are_given(tmp_path: Path) -> None:
+    """Run 1 links two lesion-mask datasets of one folder name; run 2, given only the second, must not
+    rename it, or run 1's sidecars would point into the wrong dataset."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    first, second = tmp_path / "a" / "lesion_masks", tmp_path / "b" / "lesion_masks"
+    write_dataset_description(out, dataset_roots(raw, (first, second), out))
+    again = dataset_roots(raw, (second,), out)
+    assert again["lesion_masks2"] == str(second.resolve()) and again["lesion_masks"] == str(first.resolve())
+    third = tmp_path / "c" / "lesion_masks"
+    assert dataset_roots(raw, (third,), out)["lesion_masks3"] == str(third.resolve())

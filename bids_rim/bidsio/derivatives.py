@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
@@ -132,16 +133,34 @@ def container_entry() -> dict[str, str] | None:
     return None
 
 
-def dataset_roots(bids_dir: Path, derivatives: Sequence[Path] = ()) -> dict[str, str]:
+def dataset_roots(bids_dir: Path, derivatives: Sequence[Path] = (), output_dir: Path | None = None) -> dict[str, str]:
     """The datasets the outputs come from, by the name ``DatasetLinks`` gives them: ``raw`` for the input
-    dataset, and each ``--derivatives`` dataset under its folder name (made unique); absolute paths."""
-    roots = {"raw": str(bids_dir.resolve())}
+    dataset, and each ``--derivatives`` dataset under its folder name (made unique); absolute paths.
+
+    With ``output_dir``, the links an earlier run wrote there are kept under their names, so that
+    the sidecars of that run still resolve when this run is given other ``-d`` datasets.
+    """
+    earlier = {name: path for name, path in linked_roots(output_dir).items() if name != "raw"} if output_dir else {}
+    roots = {"raw": str(bids_dir.resolve()), **earlier}
     for derivative in derivatives:
+        path = str(derivative.resolve())
+        if path in roots.values():
+            continue
         name, number = derivative.resolve().name, 2
         while name in roots:
             name, number = f"{derivative.resolve().name}{number}", number + 1
-        roots[name] = str(derivative.resolve())
+        roots[name] = path
     return roots
+
+
+def linked_roots(output_dir: Path) -> dict[str, str]:
+    """The local datasets (``file://``) that ``output_dir``'s ``dataset_description.json`` links, by name."""
+    try:
+        links = json.loads((output_dir / "dataset_description.json").read_text()).get("DatasetLinks") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {name: unquote(urlparse(uri).path) for name, uri in links.items()
+            if isinstance(uri, str) and uri.startswith("file://")}
 
 
 def bids_uri(path: str | Path, roots: dict[str, str]) -> str:

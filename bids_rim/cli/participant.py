@@ -121,7 +121,8 @@ def _stopped(interruption: Interruption, config: RunConfig) -> int:
     name = interruption.signal.name if interruption.signal else "SIGINT"
     interruption.remove_crash_files_of_the_stop()
     if next(config.output_dir.glob("sub-*/**/*_desc-lesions_table.tsv"), None) is not None:  # some finished
-        write_dataset_description(config.output_dir, dataset_roots(config.bids_dir, config.derivatives))
+        write_dataset_description(config.output_dir, dataset_roots(config.bids_dir, config.derivatives,
+                                                                    config.output_dir))
     print(f"bids_rim: stopped by {name}; the outputs in {config.output_dir} written so far are complete (every "
           f"write is atomic); rerun with the same -w {config.execution.work_dir} to resume", file=sys.stderr)
     return interruption.exit_code
@@ -196,7 +197,8 @@ def run_participant_level(config: RunConfig) -> int:
     succeeded = [s for s in by_subject if s not in failed]
     subjects = sorted(set(by_subject) | set(failed))
     if succeeded:
-        write_dataset_description(config.output_dir, dataset_roots(config.bids_dir, config.derivatives))
+        write_dataset_description(config.output_dir, dataset_roots(config.bids_dir, config.derivatives,
+                                                                    config.output_dir))
     for subject, reason in failed.items():
         print(f"bids_rim: sub-{subject} failed: {reason} "
               f"(crash files in {config.output_dir / f'sub-{subject}' / 'log' / run_id})", file=sys.stderr)

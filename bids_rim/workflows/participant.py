@@ -124,7 +124,7 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
         sources["lesion_mask"] = str(unit.lesion_mask)
     sink = pe.Node(DerivativesSink(output_dir=str(config.output_dir), entities=unit.entities,
                                    source_files=sources,
-                                   dataset_roots=dataset_roots(config.bids_dir, config.derivatives),
+                                   dataset_roots=dataset_roots(config.bids_dir, config.derivatives, config.output_dir),
                                    parameters=_parameters(config),
                                    warnings=list(warnings or [])),
                    name="sink", overwrite=True)
