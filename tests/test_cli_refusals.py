@@ -91,7 +91,7 @@ def test_a_refused_run_leaves_no_empty_output_folder(small_cohort: Path, tmp_pat
     code = main([str(small_cohort), str(output_dir), "participant", "--participant-label", "999",
                  "--skip-bids-validation", "-w", str(tmp_path / "work")])
     assert code == 64 and "sub-999" in _error_line(capsys)
-    assert not output_dir.exists()
+    assert not (tmp_path / "derivatives").exists()  # nor the parent it made
     existing = tmp_path / "kept"
     existing.mkdir()
     assert main([str(small_cohort), str(existing), "participant", "--participant-label", "999",

@@ -15,7 +15,14 @@ import tomllib
 from argparse import ArgumentParser, Namespace, _CountAction
 from pathlib import Path
 
-from bids_rim.cli.exit_codes import EXIT_CANT_CREATE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_INVALID_BIDS, EXIT_USAGE
+from bids_rim.cli.exit_codes import (
+    EXIT_CANT_CREATE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_BIDS,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+)
 from bids_rim.cli.parser import build_parser
 from bids_rim.config import ExecutionSettings, LesionSettings, RunConfig, TrainingSettings, usable_cpus
 from bids_rim.errors import InputError, OutputError
@@ -287,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = build_config(args)
         check_work_dir(config)
-        output_existed = config.output_dir.exists()
+        first_created = first_missing_folder(config.output_dir)
         check_output_dir(config)
     except InputError as error:
         print(f"bids_rim: error: {error}", file=sys.stderr)
@@ -296,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bids_rim: error: {error}", file=sys.stderr)
         return EXIT_CANT_CREATE
     code = dispatch(config)
-    if code in (EXIT_USAGE, EXIT_INVALID_BIDS) and not output_existed:
-        remove_if_empty(config.output_dir)  # a refused run leaves no trace, e.g. in BIDS_DIR/derivatives
+    if code in (EXIT_USAGE, EXIT_INVALID_BIDS, EXIT_INTERRUPTED, EXIT_TERMINATED) and first_created is not None:
+        remove_empty_folders(config.output_dir, first_created)  # a refused run leaves no empty folders
     return code
 
 
@@ -325,12 +332,25 @@ def dispatch(config: RunConfig) -> int:
         return EXIT_INTERNAL
 
 
-def remove_if_empty(folder: Path) -> None:
-    """Remove ``folder`` when nothing was written into it."""
-    try:
-        folder.rmdir()
-    except OSError:  # not empty (or already gone): keep it
-        pass
+def first_missing_folder(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (None: ``folder`` exists)."""
+    missing = None
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return missing
+        missing = candidate
+    return missing
+
+
+def remove_empty_folders(folder: Path, up_to: Path) -> None:
+    """Remove ``folder`` and its parents up to ``up_to`` (included) while nothing was written into them."""
+    for candidate in (folder, *folder.parents):
+        try:
+            candidate.rmdir()
+        except OSError:  # not empty (or already gone): keep it and what holds it
+            return
+        if candidate == up_to:
+            return
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
