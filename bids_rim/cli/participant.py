@@ -115,7 +115,6 @@ def record_failure(output_dir: Path, subject: str, run_id: str, message: str) ->
     return path
 
 
-
 def _stopped(interruption: Interruption, config: RunConfig) -> int:
     """After a stop signal: remove the crash files the stop caused, say what is left, return 130/143."""
     name = interruption.signal.name if interruption.signal else "SIGINT"
@@ -126,6 +125,7 @@ def _stopped(interruption: Interruption, config: RunConfig) -> int:
     print(f"bids_rim: stopped by {name}; the outputs in {config.output_dir} written so far are complete (every "
           f"write is atomic); rerun with the same -w {config.execution.work_dir} to resume", file=sys.stderr)
     return interruption.exit_code
+
 
 def run_participant_level(config: RunConfig) -> int:
     """Process every selected participant; returns the exit code."""

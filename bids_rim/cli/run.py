@@ -240,7 +240,6 @@ def check_work_dir(config: RunConfig) -> None:
                          f"dataset {bids_dir} (the default is ./work: run from another folder or give -w)")
 
 
-
 def dataset_owner(folder: Path) -> str | None:
     """Who made the dataset in ``folder``: the first ``GeneratedBy`` name of its
     ``dataset_description.json`` ("unnamed" when it has none, ``None`` when there is no such file)."""
@@ -253,6 +252,7 @@ def dataset_owner(folder: Path) -> str | None:
         return str(first.get("Name") or "unnamed")
     except (OSError, ValueError, AttributeError, IndexError, KeyError, TypeError):  # unreadable or not BIDS
         return "unnamed"
+
 
 def check_output_dir(config: RunConfig) -> None:
     """The output directory must lie outside the input dataset, be no other dataset (not a ``-d``
