@@ -151,7 +151,6 @@ def test_a_failing_subject_does_not_stop_the_others(cohort_copy: Path, tmp_path:
     assert (output_dir / "sub-002" / "ses-01" / "anat" / "sub-002_ses-01_desc-lesions_table.tsv").is_file()
 
 
-
 def test_two_failed_participants_exit_1_not_the_command_line_code(cohort_copy: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
     """Two participants without a QSM map: exit 1 (some failed), never argparse's 2 (a malformed command)."""

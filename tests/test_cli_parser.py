@@ -56,7 +56,6 @@ def test_memory_units(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "write 16GB for gigabytes" in capsys.readouterr().err
 
 
-
 def test_a_file_where_a_folder_belongs_is_named_so(dataset: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     a_file = tmp_path / "notes.txt"

@@ -94,7 +94,6 @@ def test_an_older_crash_does_not_discard_a_later_success(cohort, caplog):
     assert not any("left out" in record.getMessage() for record in caplog.records)
 
 
-
 def test_a_crash_of_the_run_that_wrote_the_tables_does_not_discard_them(cohort, caplog):
     """The report node of the run that wrote sub-001's table an hour ago crashed after it: the run started
     before the table, so the table is that run's own, not stale (the participant is failed, its table kept)."""
@@ -105,6 +104,7 @@ def test_a_crash_of_the_run_that_wrote_the_tables_does_not_discard_them(cohort, 
         result = run_group_level(cohort.bids_dir, cohort.output_dir, progress=False)
     assert "sub-001" in set(result.subjects["participant_id"]) and len(result.subjects) == 16
     assert not any("left out" in record.getMessage() for record in caplog.records)
+
 
 def write_session_tables(tmp_path: Path, participant: str = "sub-02") -> tuple[Path, Path]:
     """BIDS_DIR with ses-01 and ses-02 folders, OUTPUT_DIR with an hour-old table for each."""

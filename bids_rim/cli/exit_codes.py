@@ -39,7 +39,6 @@ DESCRIPTIONS = {
 }
 
 
-
 def all_descriptions() -> dict[int, str]:
     """Every non-zero exit code and its meaning, in order (``boutiques.json``'s error-codes)."""
     return dict(sorted(DESCRIPTIONS.items()))
