@@ -612,4 +612,5 @@ def test_a_traced_fold_that_drifts_names_both_cpus(tmp_path: Path) -> None:
     (tmp_path / "classification.md").write_text("# Classification benchmark\n\n- Machine: AMD EPYC; 2 logical CPUs\n")
     assert trace.reproduction_words(trace.REPRODUCTION_TOLERANCE, tmp_path) == "reproduced"
     drifted = trace.reproduction_words(0.14, tmp_path)
-    assert drifted.startswith("NOT reproduced") and drifted.endswith(f"the run's CPU: AMD EPYC, this one: {cpu_model()}")
+    assert drifted.startswith("NOT reproduced")
+    assert drifted.endswith(f"the run's CPU: AMD EPYC, this one: {cpu_model()}")
