@@ -133,3 +133,24 @@ def test_a_filter_is_not_blamed_for_a_dataset_without_qsm(cohort_copy: Path, tmp
     assert _participant(cohort_copy, tmp_path / "out", "--bids-filter-file", str(filter_file),
                         "-w", str(tmp_path / "work")) == 1  # the participant failed: no QSM map, filter or not
     assert "no QSM map" in capsys.readouterr().err
+
+
+def test_a_broken_plugin_file_is_one_line_with_its_place(small_cohort: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    plugin_file = tmp_path / "plugin.yml"
+    plugin_file.write_text("plugin: [MultiProc\nplugin_args: {\n")
+    assert _participant(small_cohort, tmp_path / "out", "--use-plugin", str(plugin_file),
+                        "-w", str(tmp_path / "work")) == 64
+    line = _error_line(capsys)
+    assert str(plugin_file) in line and "at line 2, column" in line
+
+
+def test_help_lists_every_exit_code(capsys: pytest.CaptureFixture) -> None:
+    from bids_rim.cli.exit_codes import all_descriptions
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "exit codes: 0 success;" in help_text
+    for code, text in all_descriptions().items():
+        assert f"{code} {' '.join(text.split()[:3])}" in help_text

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from bids_rim import __version__
+from bids_rim.cli.exit_codes import all_descriptions
 
 #: Names of lesion masks that are recognised in derivative datasets (``-d``).
 LESION_MASK_PATTERNS = (
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
             "tables into statistics across subjects and sites, or trains a model (--train)."
         ),
         formatter_class=_HelpFormatter,
+        epilog="exit codes: 0 success; " + "; ".join(f"{code} {text}" for code, text in all_descriptions().items()),
     )
     parser.add_argument("bids_dir", type=_existing_dir, help="the root of the raw BIDS dataset")
     parser.add_argument(

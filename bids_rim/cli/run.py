@@ -159,7 +159,10 @@ def _load_plugin(path: Path | None, nprocs: int, mem_mb: int | None) -> tuple[st
     try:
         settings = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise InputError(f"{path}: not a valid YAML/JSON plugin file ({error})") from error
+        where = getattr(error, "problem_mark", None)  # YAML's own message spans several lines
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise InputError(f"{path}: not a valid YAML/JSON plugin file ({problem}{at})") from error
     if not isinstance(settings, dict) or "plugin" not in settings:
         raise InputError(f"{path}: a plugin file needs a 'plugin' key (e.g. plugin: MultiProc)")
     plugin = str(settings["plugin"])
