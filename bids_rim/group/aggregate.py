@@ -168,11 +168,6 @@ def latest_crash_reasons(crashes: Iterable[CrashFile]) -> dict[str, str]:
     return {crash.participant_id: crash.reason for crash in crashes}
 
 
-def find_crashed_participants(output_dir: Path) -> dict[str, str]:
-    """``{participant_id: reason}`` for every participant with a crash file (latest run wins)."""
-    return latest_crash_reasons(find_crash_files(output_dir))
-
-
 def newest_crash(table: SessionTable, crashes: Iterable[CrashFile]) -> CrashFile | None:
     """The newest of ``crashes`` that concerns ``table``: same participant, and its session or none named."""
     concerning = [crash for crash in crashes if crash.participant_id == table.participant_id
