@@ -103,9 +103,10 @@ def load_training_set(
             raise InputError(f"{annotations_dir}: no *_desc-rim_annotations.tsv files found")
     sites = participants.set_index("participant_id")["site"] if "site" in participants else pd.Series(dtype=str)
 
-    from bids_rim.group.aggregate import stale_tables_of
+    from bids_rim.group.aggregate import find_crash_files, find_lesion_tables, stale_tables_of
 
-    stale = {table.path for table in stale_tables_of(output_dir)}  # left over from before a failed rerun
+    stale = {table.path for table in stale_tables_of(  # left over from before a failed rerun
+        output_dir, find_lesion_tables(output_dir), find_crash_files(output_dir))}
     all_patches, metas, spacings, outlines = [], [], [], {}
     for patch_file in sorted(output_dir.glob("sub-*/**/anat/sub-*_desc-lesions_patches.npz")):
         subject, session = _session_key(patch_file)

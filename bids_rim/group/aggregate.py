@@ -207,12 +207,11 @@ def stale_warnings(stale: Mapping[SessionTable, CrashFile], output_dir: Path) ->
     return lines
 
 
-def stale_tables_of(output_dir: Path) -> dict[SessionTable, CrashFile]:
-    """The stale lesion tables of OUTPUT_DIR (:func:`find_stale_tables`), each logged as a warning once:
-    what the group statistics and ``group --train`` leave out."""
-    crashes = find_crash_files(output_dir)
+def stale_tables_of(output_dir: Path, tables: Sequence[SessionTable], crashes: Sequence[CrashFile]
+                    ) -> dict[SessionTable, CrashFile]:
+    """Which of OUTPUT_DIR's ``tables`` are stale (:func:`find_stale_tables`), each logged as a warning
+    once: what the group statistics and ``group --train`` leave out."""
     crashed = {crash.participant_id for crash in crashes}
-    tables = find_lesion_tables(output_dir)
     modified = {table.path: table.path.stat().st_mtime for table in tables if table.participant_id in crashed}
     stale = find_stale_tables(tables, crashes, modified)
     for line in stale_warnings(stale, output_dir):
@@ -299,9 +298,10 @@ def aggregate_lesion_tables(output_dir: Path, participant_ids: Iterable[str] = (
     with a warning, and their sessions or participants listed as *failed*.
     """
     expected_sessions = expected_sessions or {}
-    crashed = latest_crash_reasons(find_crash_files(output_dir))
-    stale = stale_tables_of(output_dir)
-    sessions = [table for table in find_lesion_tables(output_dir) if table not in stale]
+    crashes, tables = find_crash_files(output_dir), find_lesion_tables(output_dir)
+    crashed = latest_crash_reasons(crashes)
+    stale = stale_tables_of(output_dir, tables, crashes)
+    sessions = [table for table in tables if table not in stale]
     lesions = read_lesion_tables(sessions, progress=progress)
     with_table = {table.participant_id for table in sessions}
     # A participant left without any usable table failed for the newest crash that made its tables stale.
