@@ -80,7 +80,7 @@ class CrashFile:
     participant_id: str
     session_id: str | None  # the one session it names; None: the whole participant
     path: Path
-    modified: float  # when its run started (seconds since the epoch; see run_start)
+    run_started: float  # seconds since the epoch (see run_start)
     reason: str  # one line, ending with the crash file's path relative to OUTPUT_DIR
 
 
@@ -169,10 +169,11 @@ def latest_crash_reasons(crashes: Iterable[CrashFile]) -> dict[str, str]:
 
 
 def newest_crash(table: SessionTable, crashes: Iterable[CrashFile]) -> CrashFile | None:
-    """The newest of ``crashes`` that concerns ``table``: same participant, and its session or none named."""
+    """The crash of the latest run among ``crashes`` that concerns ``table``: same participant, and its
+    session or none named."""
     concerning = [crash for crash in crashes if crash.participant_id == table.participant_id
                   and (crash.session_id is None or table.session_id is None or crash.session_id == table.session_id)]
-    return max(concerning, key=lambda crash: crash.modified, default=None)
+    return max(concerning, key=lambda crash: crash.run_started, default=None)
 
 
 def find_stale_tables(tables: Iterable[SessionTable], crashes: Iterable[CrashFile],
@@ -188,7 +189,7 @@ def find_stale_tables(tables: Iterable[SessionTable], crashes: Iterable[CrashFil
     stale = {}
     for table in tables:
         crash = newest_crash(table, by_participant.get(table.participant_id, ()))
-        if crash is not None and crash.modified > modified[table.path]:
+        if crash is not None and crash.run_started > modified[table.path]:
             stale[table] = crash
     return stale
 
@@ -306,7 +307,7 @@ def aggregate_lesion_tables(output_dir: Path, participant_ids: Iterable[str] = (
     with_table = {table.participant_id for table in sessions}
     # A participant left without any usable table failed for the newest crash that made its tables stale.
     crashed |= {table.participant_id: crash.reason for table, crash in
-                sorted(stale.items(), key=lambda item: item[1].modified) if table.participant_id not in with_table}
+                sorted(stale.items(), key=lambda item: item[1].run_started) if table.participant_id not in with_table}
     problems = [ParticipantProblem(participant, "failed", reason)
                 for participant, reason in sorted(crashed.items()) if participant not in with_table]
     listed = {problem.participant_id for problem in problems} | with_table
