@@ -3,6 +3,7 @@ an earlier successful run left its lesion tables in OUTPUT_DIR (they are stale: 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ from bids_rim.group.aggregate import (
     crash_session,
     find_bids_sessions,
     find_stale_tables,
+    table_run_starts,
 )
 from bids_rim.group.run import run_group_level
 from bids_rim.group.simulate import lesion_table_text, simulate_cohort_tables
@@ -32,8 +34,7 @@ def write_crash(output_dir: Path, participant: str, text: str, *, age_s: float =
                 name: str = "crash-20250102-030405-user-n4_flair-0.txt") -> Path:
     """A crash file of a run that started ``age_s`` seconds before ``NOW`` (its ``log/<run id>/`` folder,
     named as the participant level names it), modified then too."""
-    run = time.strftime("%Y%m%d-%H%M%S", time.localtime(NOW - age_s))
-    path = output_dir / participant / "log" / run / name
+    path = output_dir / participant / "log" / run_id(age_s) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     os.utime(path, (NOW - age_s, NOW - age_s))
@@ -43,6 +44,22 @@ def write_crash(output_dir: Path, participant: str, text: str, *, age_s: float =
 def age(path: Path, age_s: float) -> None:
     """Set a file's modification time ``age_s`` seconds before ``NOW``."""
     os.utime(path, (NOW - age_s, NOW - age_s))
+
+
+def run_id(age_s: float) -> str:
+    """The id of a participant-level run that started ``age_s`` seconds before ``NOW``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(NOW - age_s))
+
+
+def record_run(output_dir: Path, table: Path, age_s: float) -> Path:
+    """Record, as the participant level's sink does, that a run started ``age_s`` seconds before ``NOW``
+    wrote ``table`` (its manifest in ``sub-X/log/<run id>/``); the table's file time is left alone."""
+    relative = table.relative_to(output_dir)
+    manifest = output_dir / relative.parts[0] / "log" / run_id(age_s) / table.name.replace(
+        "_desc-lesions_table.tsv", "_outputs.json")
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"ParticipantLevelRun": run_id(age_s), "Outputs": {"table": relative.as_posix()}}))
+    return manifest
 
 
 @pytest.fixture()
@@ -106,6 +123,47 @@ def test_a_crash_of_the_run_that_wrote_the_tables_does_not_discard_them(cohort, 
     assert not any("left out" in record.getMessage() for record in caplog.records)
 
 
+def test_run_manifests_decide_where_file_times_were_lost(cohort, caplog):
+    """OUTPUT_DIR copied without its file times: the run manifests still say that sub-001's table predates
+    its failed rerun, and that sub-002's is its failed run's own (the report node crashed after the sink)."""
+    out = cohort.output_dir
+    tables = {participant: out / participant / "anat" / f"{participant}_desc-lesions_table.tsv"
+              for participant in ("sub-001", "sub-002")}
+    record_run(out, tables["sub-001"], 3600)
+    age(tables["sub-001"], 0)  # file time: just now, after the crash
+    write_crash(out, "sub-001", "RuntimeError: N4 diverged\n", age_s=60)
+    record_run(out, tables["sub-002"], 60)
+    age(tables["sub-002"], 7200)  # file time: long before the crash
+    write_crash(out, "sub-002", "Node: bids_rim_wf.sub_002_wf.report\nOSError: disk full\n", age_s=60)
+    with caplog.at_level(logging.WARNING, logger="bids_rim.group"):
+        result = run_group_level(cohort.bids_dir, out, progress=False)
+    analysed = set(result.subjects["participant_id"])
+    assert "sub-001" not in analysed and "sub-002" in analysed and len(analysed) == 15
+    warnings = [record.getMessage() for record in caplog.records if "left out" in record.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("sub-001: ")
+
+
+def test_table_run_starts_read_the_latest_manifest_else_the_file_time(tmp_path):
+    out = tmp_path / "out"
+    tables = [SessionTable("sub-1", None, out / "sub-1" / "anat" / "sub-1_desc-lesions_table.tsv"),
+              SessionTable("sub-2", None, out / "sub-2" / "anat" / "sub-2_desc-lesions_table.tsv")]
+    for table in tables:
+        table.path.parent.mkdir(parents=True)
+        table.path.write_text("lesion_id\n")
+        age(table.path, 500)
+    assert table_run_starts(out, tables) == pytest.approx({t.path: NOW - 500 for t in tables})  # no manifests
+    record_run(out, tables[0].path, 7200)
+    record_run(out, tables[0].path, 3600)  # a later run wrote it again
+    unreadable = record_run(out, tables[1].path, 100)
+    unreadable.write_text("[1, 2]")  # not an object: passed over
+    (out / "sub-2" / "log" / "not-a-run").mkdir()
+    (out / "sub-2" / "log" / "not-a-run" / "x_outputs.json").write_text(json.dumps({"Outputs": {"t": "sub-2/anat/"
+                                                                                    "sub-2_desc-lesions_table.tsv"}}))
+    starts = table_run_starts(out, tables)
+    assert abs(starts[tables[0].path] - (NOW - 3600)) < 1.0  # run ids have whole seconds
+    assert starts[tables[1].path] == pytest.approx(NOW - 500)
+
+
 def write_session_tables(tmp_path: Path, participant: str = "sub-02") -> tuple[Path, Path]:
     """BIDS_DIR with ses-01 and ses-02 folders, OUTPUT_DIR with an hour-old table for each."""
     bids_dir, output_dir = tmp_path / "bids", tmp_path / "out"
@@ -161,7 +219,8 @@ def test_crash_session_and_stale_tables_are_pure():
 
 
 def test_auditor_repro_through_the_command_line(cohort_copy, tmp_path, capsys):
-    """Tables from an earlier run, then a real participant-level rerun that fails on a truncated FLAIR."""
+    """Tables from an earlier run (by their sidecars' run ids), then a real participant-level rerun that
+    fails on a truncated FLAIR."""
     output_dir = tmp_path / "out"
     rng = np.random.default_rng(1)
     participants = sorted(path.name for path in cohort_copy.glob("sub-*"))
@@ -169,7 +228,7 @@ def test_auditor_repro_through_the_command_line(cohort_copy, tmp_path, capsys):
         table = output_dir / participant / "ses-01" / "anat" / f"{participant}_ses-01_desc-lesions_table.tsv"
         table.parent.mkdir(parents=True)
         table.write_text(lesion_table_text(rng, 2, 4))
-        age(table, 3600)
+        record_run(output_dir, table, 3600)  # its file time stays new, as after a copy that lost it
     flair = cohort_copy / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_FLAIR.nii.gz"
     flair.write_bytes(flair.read_bytes()[:1000])
     code = main([str(cohort_copy), str(output_dir), "participant", "--participant-label", "001",
@@ -195,8 +254,10 @@ def test_group_training_leaves_stale_sessions_out(participant_run, tmp_path, cap
 
     output_dir = tmp_path / "out"
     shutil.copytree(participant_run["output"], output_dir)
-    for table in output_dir.glob("sub-*/ses-*/anat/*_desc-lesions_table.tsv"):
-        age(table, 3600)
+    for manifest in list(output_dir.glob("sub-*/log/*/*_outputs.json")):  # the copied runs become an hour old
+        older = manifest.parent.with_name(run_id(3600)) / manifest.name
+        older.parent.mkdir(exist_ok=True)
+        manifest.replace(older)
     write_crash(output_dir, "sub-002", "bids_rim pre-flight check failed\nInputError: bad FLAIR\n", age_s=60,
                 name="crash-20250102-030405-preflight.txt")
     everyone = sorted(path.name for path in output_dir.glob("sub-*") if path.is_dir())

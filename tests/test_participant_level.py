@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,20 @@ def test_outputs_exist_with_bids_names(participant_run: dict[str, Path]) -> None
         for role, path in _session_files(output_dir, subject).items():
             assert path.is_file(), f"{role} missing: {path}"
         assert (output_dir / f"sub-{subject}.html").is_file()
+
+
+def test_each_run_records_the_tables_it_wrote(participant_run: dict[str, Path]) -> None:
+    """The group level tells an earlier run's table from a failed rerun's by these manifests, not by file times."""
+    output_dir = participant_run["output"]
+    for subject in ("001", "002", "003"):
+        manifests = sorted(output_dir.glob(f"sub-{subject}/log/*/sub-{subject}_ses-01_outputs.json"))
+        assert manifests, subject
+        manifest = json.loads(manifests[-1].read_text())
+        assert manifest["ParticipantLevelRun"] == manifests[-1].parent.name
+        assert re.fullmatch(r"\d{8}-\d{6}", manifest["ParticipantLevelRun"])
+        written = {role: output_dir / path for role, path in manifest["Outputs"].items()}
+        assert written["table"] == _session_files(output_dir, subject)["table"]
+        assert all(path.is_file() for path in written.values())
 
 
 def test_every_source_resolves_through_the_dataset_links(participant_run: dict[str, Path]) -> None:

@@ -17,15 +17,19 @@ has a crash file, else *missing*), so that a participant whose second visit cras
 silently analysed on its first one.
 
 A failed rerun writes nothing, so the tables of an earlier successful run stay in OUTPUT_DIR.
-A lesion table written before the latest failed run that concerns it started (a crash file of
-that run naming its session, or naming no single session) is *stale*: it is left out, its
-session (or, when none of its tables is left, its participant) is *failed*, and a warning
-names the crash file. Nothing is deleted.
+A lesion table written by a run that started before the latest failed run that concerns it (a
+crash file of that run naming its session, or naming no single session) is *stale*: it is left
+out, its session (or, when none of its tables is left, its participant) is *failed*, and a
+warning names the crash file. Nothing is deleted. Runs are told apart by their ids, the
+``log/<YYYYmmdd-HHMMSS>/`` folders that hold a run's crash files and the manifest of the tables
+it wrote, so copying OUTPUT_DIR without its file times changes nothing; only tables and crash
+files of versions before run manifests fall back to their modification times.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import time
@@ -150,17 +154,63 @@ def find_crash_files(output_dir: Path) -> list[CrashFile]:
     return crashes
 
 
-def run_start(crash_file: Path) -> float:
-    """When the run that wrote ``crash_file`` started: its ``log/<YYYYmmdd-HHMMSS>/`` folder (local time,
-    as the participant level names it), else the file's modification time.
-
-    A table is stale when the failed run started after it was written; one written by that same
-    run (a session's sink before the participant's report node crashed) is not.
-    """
+def run_id_start(run_id: str) -> float | None:
+    """The start of the participant-level run named ``run_id`` (``YYYYmmdd-HHMMSS``, local time, as the
+    participant level names its runs) in seconds since the epoch; None if ``run_id`` is not such a name."""
     try:
-        return time.mktime(time.strptime(crash_file.parent.name, "%Y%m%d-%H%M%S"))
+        return time.mktime(time.strptime(run_id, "%Y%m%d-%H%M%S"))
     except ValueError:
-        return crash_file.stat().st_mtime
+        return None
+
+
+def run_start(crash_file: Path) -> float:
+    """When the run that wrote ``crash_file`` started: its ``log/<run id>/`` folder, else (a crash file
+    of a version before run folders) the file's modification time.
+
+    A table is stale when the failed run started after the run that wrote it; one written by that
+    same run (a session's sink before the participant's report node crashed) is not.
+    """
+    started = run_id_start(crash_file.parent.name)
+    return crash_file.stat().st_mtime if started is None else started
+
+
+def written_by_runs(output_dir: Path, participant_id: str) -> dict[Path, float]:
+    """``{file: start of the latest run that wrote it}`` from the participant's run manifests
+    (``sub-X/log/<run id>/*_outputs.json``, written by each run's derivatives sink).
+
+    A manifest that cannot be read, or whose folder is not a run id, is passed over: the table
+    then falls back to its modification time (:func:`table_run_starts`).
+    """
+    runs: dict[Path, float] = {}
+    for manifest in sorted((output_dir / participant_id / "log").glob("*/*_outputs.json")):
+        started = run_id_start(manifest.parent.name)
+        try:
+            outputs = json.loads(manifest.read_text()).get("Outputs", {})
+            paths = [output_dir / relative for relative in outputs.values()]
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+        if started is None:
+            continue
+        for path in paths:
+            runs[path] = max(started, runs.get(path, started))
+    return runs
+
+
+def table_run_starts(output_dir: Path, tables: Iterable[SessionTable]) -> dict[Path, float]:
+    """When the run that wrote each table started: from the run manifests (:func:`written_by_runs`),
+    else (a table of a version before manifests) from the table's modification time.
+
+    A table's run starts no later than it is written, so the fallback keeps the rule of
+    :func:`find_stale_tables` for a table of the same run as a crash.
+    """
+    starts: dict[Path, float] = {}
+    manifests: dict[str, dict[Path, float]] = {}
+    for table in tables:
+        if table.participant_id not in manifests:
+            manifests[table.participant_id] = written_by_runs(output_dir, table.participant_id)
+        recorded = manifests[table.participant_id].get(table.path)
+        starts[table.path] = table.path.stat().st_mtime if recorded is None else recorded
+    return starts
 
 
 def latest_crash_reasons(crashes: Iterable[CrashFile]) -> dict[str, str]:
@@ -177,11 +227,12 @@ def newest_crash(table: SessionTable, crashes: Iterable[CrashFile]) -> CrashFile
 
 
 def find_stale_tables(tables: Iterable[SessionTable], crashes: Iterable[CrashFile],
-                      modified: Mapping[Path, float]) -> dict[SessionTable, CrashFile]:
-    """The tables written before the newest failed run that concerns them started, with its crash file.
+                      table_runs: Mapping[Path, float]) -> dict[SessionTable, CrashFile]:
+    """The tables whose run started before the newest failed run that concerns them, with its crash file.
 
-    ``modified`` gives each table's modification time (only tables of crashed participants are
-    looked up). Such a table is left over from an earlier run: the participant's latest run failed.
+    ``table_runs`` gives when each table's run started (:func:`table_run_starts`; only tables of
+    crashed participants are looked up). Such a table is left over from an earlier run: the
+    participant's latest run failed.
     """
     by_participant: dict[str, list[CrashFile]] = {}
     for crash in crashes:
@@ -189,7 +240,7 @@ def find_stale_tables(tables: Iterable[SessionTable], crashes: Iterable[CrashFil
     stale = {}
     for table in tables:
         crash = newest_crash(table, by_participant.get(table.participant_id, ()))
-        if crash is not None and crash.run_started > modified[table.path]:
+        if crash is not None and crash.run_started > table_runs[table.path]:
             stale[table] = crash
     return stale
 
@@ -203,7 +254,7 @@ def stale_warnings(stale: Mapping[SessionTable, CrashFile], output_dir: Path) ->
     for (participant, crash_path), tables in sorted(grouped.items()):
         names = ", ".join(sorted(table.path.relative_to(output_dir).as_posix() for table in tables))
         lines.append(f"{participant}: its latest participant-level run failed ({crash_path.relative_to(output_dir)} "
-                     "is from a run that started after its lesion tables were written); its older outputs were "
+                     "is from a run that started after the run that wrote its lesion tables); its older outputs were "
                      f"left out of the group statistics: {names}")
     return lines
 
@@ -213,8 +264,8 @@ def stale_tables_of(output_dir: Path, tables: Sequence[SessionTable], crashes: S
     """Which of OUTPUT_DIR's ``tables`` are stale (:func:`find_stale_tables`), each logged as a warning
     once: what the group statistics and ``group --train`` leave out."""
     crashed = {crash.participant_id for crash in crashes}
-    modified = {table.path: table.path.stat().st_mtime for table in tables if table.participant_id in crashed}
-    stale = find_stale_tables(tables, crashes, modified)
+    table_runs = table_run_starts(output_dir, [table for table in tables if table.participant_id in crashed])
+    stale = find_stale_tables(tables, crashes, table_runs)
     for line in stale_warnings(stale, output_dir):
         LOGGER.warning("%s", line)
     return stale

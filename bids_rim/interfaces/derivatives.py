@@ -41,6 +41,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     patches = File(exists=True, mandatory=True)
     parameters = traits.Dict(desc="processing parameters recorded in the table's sidecar")
     warnings = traits.List(traits.Str, desc="the session's warnings from the checks before the run")
+    run_id = traits.Str(mandatory=True, desc="the participant-level run (YYYYmmdd-HHMMSS): its manifest of the "
+                                             "written files goes to sub-X/log/<run id>/")
     template_maps = traits.List(traits.Dict, desc="{space, desc, path, lesion_share_inside_brain} of "
                                                   "template-space masks")
     template_warnings = traits.List(traits.Str, desc="warnings of the normalisations' quality checks")
@@ -128,7 +130,25 @@ class DerivativesSink(SimpleInterface):
                 warning = normalisation_warning(item["space"], item.get("lesion_share_inside_brain"))
                 if item["desc"] == "lesions" and warning is not None:
                     LOGGER.warning("%s: %s", path, warning)
+        write_run_manifest(out, f"sub-{entities['subject']}", self.inputs.run_id, table_path, written)
         written["qsm"] = self.inputs.source_files["qsm"]  # the report shows the untouched input QSM
         self._results["out_files"] = written
         return runtime
 
+
+def write_run_manifest(output_dir: Path, participant: str, run_id: str, table: Path, written: dict[str, str]) -> Path:
+    """Record which files of OUTPUT_DIR this run wrote for one session: ``<participant>/log/<run id>/
+    <session>_outputs.json``, beside the crash files a failed run leaves there.
+
+    The group level reads it to tell a lesion table of an earlier run from one of the run that
+    crashed (:func:`bids_rim.group.aggregate.table_run_start`) without file times, which a copy of
+    OUTPUT_DIR may reset. It lives in ``log/``, not in the table's sidecar, so that a rerun leaves
+    every derivative byte-identical.
+    """
+    name = table.name.replace("_desc-lesions_table.tsv", "_outputs.json")
+    manifest = output_dir / participant / "log" / run_id / name
+    atomic_write_json(manifest, {
+        "ParticipantLevelRun": run_id,
+        "Outputs": {role: Path(path).relative_to(output_dir).as_posix() for role, path in sorted(written.items())},
+    })
+    return manifest

@@ -54,7 +54,7 @@ def init_bids_rim_wf(config: RunConfig, units_by_subject: dict[str, list[Session
         "hash_method": "content",
     }
     for subject, units in units_by_subject.items():
-        participant_wf = init_participant_wf(config, subject, units, warnings or {})
+        participant_wf = init_participant_wf(config, subject, units, warnings or {}, run_id=run_id)
         crash_dir = config.output_dir / f"sub-{subject}" / "log" / run_id
         for node_name in participant_wf.list_node_names():
             node = participant_wf.get_node(node_name)
@@ -64,7 +64,7 @@ def init_bids_rim_wf(config: RunConfig, units_by_subject: dict[str, list[Session
 
 
 def init_participant_wf(config: RunConfig, subject: str, units: list[SessionInputs],
-                        warnings: dict[str, list[str]]) -> pe.Workflow:
+                        warnings: dict[str, list[str]], *, run_id: str) -> pe.Workflow:
     """One participant: a session workflow per session/run, then the participant's report.
 
     ::
@@ -79,14 +79,18 @@ def init_participant_wf(config: RunConfig, subject: str, units: list[SessionInpu
                                        parameters=config.as_report_dict()),
                      name="report", overwrite=True)
     for index, unit in enumerate(units, start=1):
-        session_wf = init_session_wf(config, unit, warnings.get(unit.name))
+        session_wf = init_session_wf(config, unit, warnings.get(unit.name), run_id=run_id)
         workflow.connect(session_wf, "outputnode.out_files", merge, f"in{index}")
     workflow.connect(merge, "out", report, "session_outputs")
     return workflow
 
 
-def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] | None = None) -> pe.Workflow:
+def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] | None = None, *,
+                    run_id: str) -> pe.Workflow:
     """One session: FLAIR and QSM in, lesion table, patches and maps out.
+
+    ``run_id`` names the participant-level run (its ``log/<run id>/`` folder); the lesion table's
+    sidecar records it, so that the group level can tell a table of an earlier run from this one's.
 
     ::
 
@@ -126,7 +130,7 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
                                    source_files=sources,
                                    dataset_roots=dataset_roots(config.bids_dir, config.derivatives, config.output_dir),
                                    parameters=_parameters(config),
-                                   warnings=list(warnings or [])),
+                                   warnings=list(warnings or []), run_id=run_id),
                    name="sink", overwrite=True)
 
     workflow.connect([
