@@ -26,7 +26,8 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     TEMPLATEFLOW_HOME=/opt/templateflow \
     TEMPLATEFLOW_AUTOUPDATE=0 \
-    NIPYPE_NO_ET=1
+    NIPYPE_NO_ET=1 \
+    BIDS_RIM_DOCKER=1
 # A fixed, unprivileged user; Apptainer runs as the calling user instead, so everything the app
 # reads from the image is world-readable.
 RUN groupadd --gid 1000 bids_rim \

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import pytest
+
 from bids_rim.bidsio.derivatives import bids_uri, dataset_roots, write_dataset_description
 
 
@@ -54,3 +56,34 @@ def test_names_of_an_earlier_run_stay_when_other_datasets_are_given(tmp_path: Pa
     assert again["lesion_masks2"] == str(second.resolve()) and again["lesion_masks"] == str(first.resolve())
     third = tmp_path / "c" / "lesion_masks"
     assert dataset_roots(raw, (third,), out)["lesion_masks3"] == str(third.resolve())
+
+
+def test_each_output_names_the_inputs_it_was_made_from():
+    from bids_rim.interfaces.derivatives import input_roles_of
+
+    with_magnitude = {"flair": "f", "qsm": "q", "magnitude": "m", "lesion_mask": "l"}
+    without = {"flair": "f", "qsm": "q"}
+    assert input_roles_of("flair_on_qsm", with_magnitude, "qsm-support") == ["flair", "qsm", "magnitude"]
+    assert input_roles_of("flair_on_qsm", without, "qsm-support") == ["flair", "qsm"]
+    assert input_roles_of("brain_mask", with_magnitude, "qsm-support") == ["qsm"]
+    assert input_roles_of("brain_mask", with_magnitude, "magnitude") == ["magnitude"]
+    assert input_roles_of("brain_mask", without, "template MNI152NLin2009cAsym") == ["flair", "qsm"]
+    assert input_roles_of("lesion_labels", with_magnitude, "magnitude") == list(with_magnitude)
+    assert input_roles_of("table", without, "qsm-support") == ["flair", "qsm"]
+
+
+@pytest.mark.parametrize(("environment", "expected"), [
+    ({}, None),  # pip-installed, even inside some other Docker container (/.dockerenv)
+    ({"BIDS_RIM_DOCKER": "1"}, "docker"),
+    ({"BIDS_RIM_DOCKER": "1", "APPTAINER_CONTAINER": "/x/bids_rim.sif"}, "singularity"),
+    ({"SINGULARITY_CONTAINER": "/x/other.sif"}, None),  # another image
+])
+def test_container_entry_names_only_the_bids_rim_image(monkeypatch, environment, expected):
+    from bids_rim.bidsio.derivatives import container_entry
+
+    for name in ("BIDS_RIM_DOCKER", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    entry = container_entry()
+    assert (entry and entry["Type"]) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,11 @@ def test_each_lesion_outline_runs_the_bundled_model_trained_on_it(dataset: Path,
     path = bundled_model_path(outline)
     assert load_checkpoint(path)["training"].get("data", {}).get("lesion_outline", "given") == outline
     assert model_outline_warning(config) is None
-    assert _parameters(config)["Model"] == BUNDLED_MODELS[outline]
+    parameters = _parameters(config)
+    assert parameters["Model"] == BUNDLED_MODELS[outline]
+    assert parameters["ModelSHA256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert parameters["DecisionThreshold"] == pytest.approx(float(load_checkpoint(path)["threshold"]), abs=1e-6)
+    assert 0 < parameters["DecisionThreshold"] < 1
     assert path.with_name(path.name.replace("_model.pt", "_modelcard.md")).is_file()
 
 

@@ -252,6 +252,7 @@ def test_apptainer_definition_builds_from_the_docker_image(instructions: list[In
     assert layer.cmd == 'exec bids_rim "$@"'
     docker_env = " ".join(item.arguments for item in instructions if item.keyword == "ENV")
     assert layer.environ  # the definition sets the image's variables (an empty list would check nothing)
+    assert "BIDS_RIM_DOCKER=1" in docker_env  # what dataset_description.json's GeneratedBy.Container relies on
     for setting in layer.environ:
         name, value = setting.split("=", 1)
         assert f"{name}={value}" in docker_env, f"{setting} differs from the Docker image's environment"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bids_rim.cli.demo import build_parser
@@ -20,6 +22,14 @@ def test_demo_runs_the_whole_product(tmp_path: Path) -> None:
     tables = sorted(output_dir.glob("sub-*/ses-*/anat/*_desc-lesions_table.tsv"))
     assert len(tables) == 3
     assert all("rim_probability" in table.read_text().splitlines()[0] for table in tables)
+    # Each table's sidecar names the model and the cut-off that made rim_label (probabilities have 4 decimals).
+    for table_path in tables:
+        parameters = json.loads(table_path.with_suffix(".json").read_text())["ProcessingParameters"]
+        assert parameters["Model"] == "bids_rim_default_model.pt" and len(parameters["ModelSHA256"]) == 64
+        table = pd.read_csv(table_path, sep="\t")
+        clear = (table["rim_probability"] - parameters["DecisionThreshold"]).abs() > 1e-4
+        called = (table["rim_probability"] >= parameters["DecisionThreshold"]).astype(int)
+        assert clear.any() and (called == table["rim_label"])[clear].all()
     assert len(list(output_dir.glob("sub-*.html"))) == 3
     assert (output_dir / "group.html").is_file()
     assert "Group report:" in completed.stdout

@@ -53,6 +53,8 @@ def test_outputs_exist_with_bids_names(participant_run: dict[str, Path]) -> None
     for subject in ("001", "002", "003"):
         for role, path in _session_files(output_dir, subject).items():
             assert path.is_file(), f"{role} missing: {path}"
+            if path.name.endswith(".nii.gz"):
+                assert nib.load(path).header.get_xyzt_units()[0] == "mm", path
         assert (output_dir / f"sub-{subject}.html").is_file()
 
 
@@ -82,6 +84,26 @@ def test_every_source_resolves_through_the_dataset_links(participant_run: dict[s
     for source in sources:
         _, name, relative = source.split(":", 2)
         assert (roots[name] / relative).is_file(), source
+
+
+def test_each_output_cites_the_inputs_it_was_made_from(participant_run: dict[str, Path]) -> None:
+    """The GRE magnitude (the registration's fixed image) is cited by what the registration shaped; the
+    QSM-support brain mask cites the QSM alone; the lesion table cites every input."""
+    files = _session_files(participant_run["output"], "001")
+
+    def cited(role: str) -> set[str]:
+        sidecar = files[role].with_name(files[role].name.replace(".nii.gz", ".json").replace(".tsv", ".json"))
+        return {Path(source).name for source in json.loads(sidecar.read_text())["Sources"]}
+
+    flair, qsm, magnitude = "sub-001_ses-01_FLAIR.nii.gz", "sub-001_ses-01_Chimap.nii.gz", \
+        "sub-001_ses-01_part-mag_T2starw.nii.gz"
+    assert json.loads(files["brain"].with_name(files["brain"].name.replace(".nii.gz", ".json")).read_text())[
+        "Description"].endswith("(qsm-support)")
+    assert cited("brain") == {qsm}
+    assert cited("flair") == {flair, qsm, magnitude}
+    table_sources = cited("table")
+    assert {flair, qsm, magnitude} < table_sources and any("lesion" in name for name in table_sources)
+    assert cited("dseg") == table_sources
 
 
 def test_lesion_table_columns_are_documented(participant_run: dict[str, Path]) -> None:

@@ -108,6 +108,31 @@ def test_flair_and_qsm_are_misaligned_in_world_space(cohort):
     assert max(offsets) > 1.0
 
 
+def test_sidecars_and_participants_describe_the_images(cohort):
+    """The FLAIR's SliceThickness is its voxel size across slices; EDSS is never written as -0.0."""
+    for prefix, anat in _sessions(cohort):
+        flair = nib.load(anat / f"{prefix}_FLAIR.nii.gz")
+        sidecar = json.loads((anat / f"{prefix}_FLAIR.json").read_text())
+        assert sidecar["SliceThickness"] == pytest.approx(flair.header.get_zooms()[2], abs=1e-3), prefix
+    participants = (cohort / "participants.tsv").read_text()
+    assert "EDSS" in participants.splitlines()[0] and "\t-0.0" not in participants
+
+
+def test_a_zero_edss_is_written_without_a_sign():
+    """Rounding a small negative draw gives -0.0, which participants.tsv would spell "-0.0"."""
+    import math
+
+    from bids_rim.synth.params import get_params
+    from bids_rim.synth.population import draw_participant, draw_sites
+
+    params = get_params("realistic")
+    site = draw_sites(np.random.default_rng(0), 1, params.sites)[0]
+    rng = np.random.default_rng(5)
+    zeros = [person.edss for person in (draw_participant(rng, number, site, params.prl_counts, params.lesions)
+                                        for number in range(1, 400)) if person.edss == 0]
+    assert zeros and all(math.copysign(1.0, edss) == 1.0 for edss in zeros)
+
+
 def test_qsm_is_in_ppm_with_plausible_spread(cohort):
     """The small crop lies inside the brain; QSM spread is tissue + noise, in ppm (not ppb)."""
     prefix, anat = next(_sessions(cohort))

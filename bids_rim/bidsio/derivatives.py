@@ -125,12 +125,17 @@ def atomic_write_tsv(path: Path, table: pd.DataFrame, sidecar: dict[str, Any] | 
 
 
 def container_entry() -> dict[str, str] | None:
-    """GeneratedBy's Container entry when running in Docker or Apptainer/Singularity."""
+    """GeneratedBy's Container entry when running in the bids_rim image, under Docker or
+    Apptainer/Singularity (which sets ``APPTAINER_CONTAINER``/``SINGULARITY_CONTAINER``).
+
+    The image sets ``BIDS_RIM_DOCKER``; ``/.dockerenv`` is not enough, since it marks any Docker
+    container, including one where bids_rim was installed with pip and no image of ours exists.
+    """
+    if not os.environ.get("BIDS_RIM_DOCKER"):
+        return None
     if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
         return {"Type": "singularity", "Tag": f"bids_rim:{__version__}"}
-    if Path("/.dockerenv").exists() or os.environ.get("BIDS_RIM_DOCKER"):
-        return {"Type": "docker", "Tag": f"bids_rim:{__version__}"}
-    return None
+    return {"Type": "docker", "Tag": f"bids_rim:{__version__}"}
 
 
 def dataset_roots(bids_dir: Path, derivatives: Sequence[Path] = (), output_dir: Path | None = None) -> dict[str, str]:

@@ -17,26 +17,33 @@ LESION_TABLE_COLUMNS: dict[str, dict[str, str]] = {
     "centroid_y_mm": {"Description": "Lesion centroid in QSM world coordinates, RAS+ y", "Units": "mm"},
     "centroid_z_mm": {"Description": "Lesion centroid in QSM world coordinates, RAS+ z", "Units": "mm"},
     "volume_mm3": {"Description": "Lesion volume on the QSM grid", "Units": "mm^3"},
-    "qsm_shell_ppb": {"Description": "Median susceptibility of the lesion's edge shell, relative to "
-                                     "normal-appearing white matter", "Units": "ppb"},
-    "qsm_core_ppb": {"Description": "Median susceptibility of the lesion core (eroded interior), relative "
-                                    "to normal-appearing white matter", "Units": "ppb"},
+    "qsm_shell_ppb": {"Description": "Mean susceptibility of the lesion's edge shell (the voxels within "
+                                     "1.5 mm, or one voxel where voxels are larger, of the lesion border, "
+                                     "inside and outside it; other lesions and voxels outside the brain excluded), relative to the "
+                                     "normal-appearing white matter median", "Units": "ppb"},
+    "qsm_core_ppb": {"Description": "Mean susceptibility of the lesion core (the lesion voxels deeper than "
+                                    "the shell; in a lesion too small to have such voxels, its deepest "
+                                    "voxels), relative to the normal-appearing white matter median",
+                     "Units": "ppb"},
     "qsm_shell_minus_core_ppb": {"Description": "Edge shell minus core susceptibility: a rim shows as a "
                                                 "positive value", "Units": "ppb"},
-    "qsm_lesion_minus_nawm_ppb": {"Description": "Median susceptibility of the whole lesion minus normal-"
-                                                 "appearing white matter", "Units": "ppb"},
+    "qsm_lesion_minus_nawm_ppb": {"Description": "Mean susceptibility of the whole lesion minus the "
+                                                 "normal-appearing white matter median", "Units": "ppb"},
     "flair_contrast": {"Description": "Mean FLAIR intensity of the lesion divided by the median of normal-"
                                       "appearing white matter", "Units": "ratio"},
     "distance_to_ventricles_mm": {"Description": "Smallest distance from a lesion voxel to a ventricle voxel "
                                                  "(0 where they overlap; ventricles estimated from FLAIR; n/a "
                                                  "when none were found)",
                                   "Units": "mm"},
-    "flag_confluent": {"Description": "1 when the lesion was split from a confluent lesion, else 0"},
-    "flag_touches_brain_edge": {"Description": "1 when the lesion touches the edge of the brain mask, "
-                                               "where QSM is least reliable, else 0"},
+    "flag_confluent": {"Description": "Whether the lesion was split from a confluent lesion",
+                       "Levels": {"1": "split from a confluent lesion", "0": "a lesion on its own"}},
+    "flag_touches_brain_edge": {"Description": "Whether the lesion touches the edge of the brain mask, "
+                                               "where QSM is least reliable",
+                                "Levels": {"1": "touches the brain edge", "0": "inside the brain"}},
     "patch_spacing_mm": {"Description": "Isotropic voxel size of this lesion's patch", "Units": "mm"},
-    "flag_patch_rescaled": {"Description": "1 when the lesion did not fit the patch at the requested "
-                                           "spacing and was sampled coarser so that it fits whole, else 0"},
+    "flag_patch_rescaled": {"Description": "Whether the lesion did not fit the patch at the requested "
+                                           "spacing and was sampled coarser so that it fits whole",
+                            "Levels": {"1": "sampled coarser", "0": "at the requested spacing"}},
     "rim_probability": {"Description": "Calibrated (Platt-scaled) probability that the lesion is a "
                                        "paramagnetic rim lesion: the mean over the model's deterministic "
                                        "views (by default the final model on the patch and on its "
@@ -44,8 +51,10 @@ LESION_TABLE_COLUMNS: dict[str, dict[str, str]] = {
     "rim_uncertainty": {"Description": "Standard deviation of the rim probability across those views "
                                        "and Monte Carlo dropout samples of the classifier head (and the "
                                        "fold models, when the ensemble is used)"},
-    "rim_label": {"Description": "1 (rim+) when rim_probability reaches the model's decision threshold, "
-                                 "chosen on validation data, else 0"},
+    "rim_label": {"Description": "The model's call: rim+ when rim_probability reaches the model's decision "
+                                 "threshold (chosen on validation data; ProcessingParameters."
+                                 "DecisionThreshold in this sidecar)",
+                  "Levels": {"1": "rim+ (paramagnetic rim lesion)", "0": "rim-"}},
 }
 
 

@@ -62,7 +62,12 @@ class DerivativesSink(SimpleInterface):
         out = Path(self.inputs.output_dir)
         entities = dict(self.inputs.entities)
         roots = dict(self.inputs.dataset_roots)
-        sources = [bids_uri(path, roots) for path in self.inputs.source_files.values()]
+        source_files = dict(self.inputs.source_files)
+        sources = [bids_uri(path, roots) for path in source_files.values()]
+
+        def sources_of(role: str) -> list[str]:
+            return [bids_uri(source_files[name], roots)
+                    for name in input_roles_of(role, source_files, self.inputs.brain_mask_method)]
 
         def target(suffix: str, extension: str, **extra: str) -> Path:
             return derivative_path(out, {**entities, **extra}, suffix, extension)
@@ -84,7 +89,7 @@ class DerivativesSink(SimpleInterface):
         for role, (source, path, metadata) in images.items():
             atomic_copy(Path(source), path)
             atomic_write_json(path.with_name(path.name.replace(".nii.gz", ".json")),
-                              {**metadata, "Sources": sources, "SpatialReference": qsm_reference})
+                              {**metadata, "Sources": sources_of(role), "SpatialReference": qsm_reference})
             written[role] = str(path)
 
         xfm_path = target("xfm", ".txt", **{"from": "FLAIR", "to": "QSM", "mode": "image"})
@@ -104,7 +109,7 @@ class DerivativesSink(SimpleInterface):
         atomic_copy(Path(self.inputs.patches), patches_path)
         atomic_write_json(patches_path.with_suffix(".json"), {
             "Description": "One 3D patch per lesion (numpy .npz): array 'patches' (lesions x channels x "
-                           "P x P x P, float32), 'lesion_id', 'spacing_mm'",
+                           "P x P x P, float32), 'lesion_id', 'spacing_mm', 'channels' (the channel names, in order)",
             "Channels": ["qsm_ppm: QSM minus the normal-appearing white matter median (ppm)",
                          "flair_nawm: FLAIR divided by its normal-appearing white matter median",
                          "lesion_mask: this lesion (1) or not (0)"],
@@ -134,6 +139,25 @@ class DerivativesSink(SimpleInterface):
         written["qsm"] = self.inputs.source_files["qsm"]  # the report shows the untouched input QSM
         self._results["out_files"] = written
         return runtime
+
+
+def input_roles_of(output: str, inputs: dict[str, str], brain_mask_method: str) -> list[str]:
+    """The inputs (roles of ``inputs``: flair, qsm, magnitude, lesion_mask) an output was made from, for
+    its ``Sources``.
+
+    The registration's fixed image is the GRE magnitude when there is one, else the QSM: it shapes
+    FLAIR on the QSM grid and everything cut from it. The brain mask comes from the QSM's own
+    support, the magnitude, or a template registered to FLAIR (``brain_mask_method``). Lesion
+    labels, tables and patches use everything.
+    """
+    registration = ["flair", "magnitude" if "magnitude" in inputs else "qsm"]
+    by_output = {
+        "flair_on_qsm": ["flair", "qsm", *registration[1:]],
+        "brain_mask": {"qsm-support": ["qsm"], "magnitude": ["magnitude"]}.get(
+            brain_mask_method, ["qsm", *registration]),
+    }
+    wanted = by_output.get(output, list(inputs))
+    return [role for role in inputs if role in wanted]
 
 
 def write_run_manifest(output_dir: Path, participant: str, run_id: str, table: Path, written: dict[str, str]) -> Path:

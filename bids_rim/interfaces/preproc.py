@@ -21,6 +21,9 @@ from bids_rim.preproc import checks
 
 
 def _save(img: nib.Nifti1Image, cwd: str, name: str) -> str:
+    """Write ``img`` into the node's folder with millimetres as its spatial unit (its affine is in mm;
+    images built from an array and an affine would otherwise say "unknown")."""
+    img.header.set_xyzt_units(xyz="mm")
     path = os.path.join(cwd, name)
     img.to_filename(path)
     return path

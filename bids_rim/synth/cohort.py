@@ -204,7 +204,8 @@ def _write_session(out: Path, person, subject, lesions, veins, params, size, ses
                          images.vessel_fraction)
     anat = out / sub / ses / "anat"
     write_nifti(anat / f"{prefix}_FLAIR.nii.gz", images.flair, images.flair_affine, np.int16)
-    write_json(anat / f"{prefix}_FLAIR.json", flair_sidecar(person.site))
+    slice_thickness_mm = float(np.linalg.norm(images.flair_affine[:3, 2]))
+    write_json(anat / f"{prefix}_FLAIR.json", flair_sidecar(person.site, slice_thickness_mm))
     write_nifti(anat / f"{prefix}_Chimap.nii.gz", images.qsm_ppm, images.qsm_affine, np.float32)
     write_json(anat / f"{prefix}_Chimap.json", qsm_sidecar(person.site))
     write_nifti(anat / f"{prefix}_part-mag_T2starw.nii.gz", images.magnitude, images.qsm_affine,

@@ -69,7 +69,8 @@ def draw_participant(rng: np.random.Generator, number: int, site: Site, model: P
     """Draw demographics, then rim+ count (NegBin) and the total lesion count (log-normal)."""
     age = int(np.clip(rng.normal(40, 10), 18, 70))
     duration = int(np.clip(rng.gamma(2.0, 4.0), 0, age - 15))
-    edss = float(np.clip(np.round(2 * (1.0 + 0.15 * duration + rng.normal(0, 1.2))) / 2, 0, 7.5))
+    # + 0.0 turns the -0.0 that rounding a small negative value gives into 0.0 (participants.tsv)
+    edss = float(np.clip(np.round(2 * (1.0 + 0.15 * duration + rng.normal(0, 1.2))) / 2, 0, 7.5)) + 0.0
     mu = expected_rim_positive_count(edss, site.index, model)
     k = model.dispersion_size
     n_pos = int(min(rng.negative_binomial(k, k / (k + mu)), model.max_count))

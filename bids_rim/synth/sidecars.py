@@ -29,11 +29,13 @@ def dataset_description(kind: str, version: str) -> dict:
             "DatasetLinks": {"raw": RAW_FROM_DERIVATIVE}}
 
 
-def flair_sidecar(site: Site) -> dict:
+def flair_sidecar(site: Site, slice_thickness_mm: float) -> dict:
+    """The FLAIR's sidecar; ``slice_thickness_mm`` is the image's voxel size across its slices (the
+    ``small`` cohorts are sampled coarser than the site's protocol)."""
     two_d = site.flair_protocol == "2D"
     return {**_SCANNER, "InstitutionName": site.label, "MRAcquisitionType": site.flair_protocol,
             "EchoTime": 0.12, "RepetitionTime": 9.0 if two_d else 5.0,
-            "InversionTime": 2.5 if two_d else 1.8, "SliceThickness": 3.0 if two_d else 1.0}
+            "InversionTime": 2.5 if two_d else 1.8, "SliceThickness": round(float(slice_thickness_mm), 3)}
 
 
 def qsm_sidecar(site: Site) -> dict:

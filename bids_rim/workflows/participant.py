@@ -7,6 +7,8 @@ read the run configuration; the nodes get explicit arguments.
 
 from __future__ import annotations
 
+import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -76,7 +78,7 @@ def init_participant_wf(config: RunConfig, subject: str, units: list[SessionInpu
     workflow = pe.Workflow(name=f"sub_{subject}_wf")
     merge = pe.Node(niu.Merge(len(units)), name="merge_sessions")
     report = pe.Node(ParticipantReport(output_dir=str(config.output_dir), subject=subject,
-                                       parameters=config.as_report_dict()),
+                                       parameters={**config.as_report_dict(), "model": model_provenance(config)}),
                      name="report", overwrite=True)
     for index, unit in enumerate(units, start=1):
         session_wf = init_session_wf(config, unit, warnings.get(unit.name), run_id=run_id)
@@ -124,6 +126,8 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
     table = pe.Node(LesionTableAndPatches(seed=execution.seed, patch_size=settings.patch_size,
                                           patch_spacing_mm=settings.patch_spacing_mm), name="lesion_table")
     sources = {"flair": str(unit.flair), "qsm": str(unit.qsm)}
+    if unit.magnitude is not None:
+        sources["magnitude"] = str(unit.magnitude)
     if use_mask:
         sources["lesion_mask"] = str(unit.lesion_mask)
     sink = pe.Node(DerivativesSink(output_dir=str(config.output_dir), entities=unit.entities,
@@ -197,6 +201,11 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
 
 
 def _parameters(config: RunConfig) -> dict:
+    """The lesion table sidecar's ``ProcessingParameters``: what, besides the inputs, made its numbers.
+
+    ``LesionSourceOption`` is the option as given (``auto`` included); the sidecar's top-level
+    ``LesionSource`` says which source the session actually used.
+    """
     settings = config.lesions
     return {
         "MinLesionVolume_mm3": settings.min_volume_mm3,
@@ -204,11 +213,37 @@ def _parameters(config: RunConfig) -> dict:
         "LesionOutline": settings.outline,
         "PatchSize_voxels": settings.patch_size,
         "PatchSpacing_mm": settings.patch_spacing_mm,
-        "LesionSource": settings.source,
+        "LesionSourceOption": settings.source,
         "Seed": config.execution.seed,
-        "Model": str(config.model_path or bundled_model_path(config.lesions.outline).name) if config.run_inference else None,
+        **model_provenance(config),
         "bids_rim_version": __version__,
     }
+
+
+def model_provenance(config: RunConfig) -> dict:
+    """``Model`` (the bundled model's file name, or the path given with ``--model``), ``ModelSHA256``
+    and ``DecisionThreshold`` (the probability from which ``rim_label`` is 1); all None without inference.
+
+    With them a lesion table names the exact model and cut-off that made its ``rim_label``, even
+    after ``group --train`` has replaced the file at the same path.
+    """
+    if not config.run_inference:
+        return {"Model": None, "ModelSHA256": None, "DecisionThreshold": None}
+    path = config.model_path or bundled_model_path(config.lesions.outline)
+    stat = Path(path).stat()
+    sha256, threshold = _model_identity(Path(path), stat.st_mtime_ns, stat.st_size)
+    return {"Model": str(config.model_path) if config.model_path else path.name,
+            "ModelSHA256": sha256, "DecisionThreshold": threshold}
+
+
+@lru_cache(maxsize=8)
+def _model_identity(path: Path, mtime_ns: int, size: int) -> tuple[str, float]:
+    """The SHA-256 of a model file and its decision threshold (read once per file version and process:
+    ``mtime_ns`` and ``size`` only key the cache, so that a model retrained in place is read again)."""
+    from bids_rim.training.checkpoint import load_checkpoint
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest, round(float(load_checkpoint(path)["threshold"]), 6)
 
 
 def _mask_transform(mask: str, qsm: str, xfm: str) -> str:
