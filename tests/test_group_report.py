@@ -131,3 +131,69 @@ def test_template_masks_on_different_grids_are_refused(cohort):
     with pytest.raises(InputError, match="sub-002_space-MNI152NLin2009cAsym_desc-lesions_mask.nii.gz: template-space "
                                          "mask on another grid"):
         run_group_level(cohort.bids_dir, cohort.output_dir, progress=False)
+
+
+def write_thresholds(cohort, thresholds: dict[str, float | None]) -> None:
+    """Write each lesion table's JSON sidecar with ``ProcessingParameters.DecisionThreshold``, as the participant
+    level does (a participant absent from ``thresholds`` gets a sidecar without the key)."""
+    for table in cohort.output_dir.glob("sub-*/anat/*_desc-lesions_table.tsv"):
+        participant = table.name.split("_")[0]
+        parameters = {"Model": "bids_rim_default_model.pt"}
+        if participant in thresholds:
+            parameters["DecisionThreshold"] = thresholds[participant]
+        table.with_suffix(".json").write_text(json.dumps({"ProcessingParameters": parameters}))
+
+
+@pytest.fixture()
+def histogram_axes(monkeypatch):
+    """The axes of the rim-probability histograms, captured as the report saves them."""
+    from bids_rim.reports import figures
+
+    captured = {}
+    save = figures.save_figure_png
+
+    def capture(figure, out_png, **kwargs):
+        if "rimprobability" in str(out_png):
+            captured["axes"] = [axis for axis in figure.axes if axis.get_visible()]
+        return save(figure, out_png, **kwargs)
+
+    monkeypatch.setattr(figures, "save_figure_png", capture)
+    return captured
+
+
+def vertical_lines(axis) -> list[float]:
+    return [line.get_xdata()[0] for line in axis.get_lines()]
+
+
+def test_histograms_mark_the_decision_threshold_the_tables_share(cohort, histogram_axes):
+    write_thresholds(cohort, {participant: 0.27 for participant in cohort.participants["participant_id"]})
+    html = run_group_level(cohort.bids_dir, cohort.output_dir, progress=False).report.read_text()
+    axes = histogram_axes["axes"]
+    assert [axis.get_title() for axis in axes] == [f"{site} ({n} lesions)" for site, n in
+                                                   (("A", _lesions(cohort, "A")), ("B", _lesions(cohort, "B")))]
+    assert all(vertical_lines(axis) == [0.27] for axis in axes)
+    assert axes[0].get_legend().get_texts()[0].get_text() == "decision threshold 0.27"
+    assert "Dashed line: the model&#39;s decision threshold 0.27" in html
+
+
+def _lesions(cohort, site: str) -> int:
+    """Lesions of a simulated site's patients (one session each)."""
+    import pandas as pd
+
+    participants = cohort.participants.loc[cohort.participants["site"] == site, "participant_id"]
+    return sum(len(pd.read_csv(cohort.output_dir / p / "anat" / f"{p}_desc-lesions_table.tsv", sep="\t"))
+               for p in participants)
+
+
+def test_no_threshold_line_when_the_tables_disagree_or_do_not_say(cohort, histogram_axes):
+    participants = list(cohort.participants["participant_id"])
+    write_thresholds(cohort, {participant: 0.27 for participant in participants} | {participants[3]: 0.31})
+    html = run_group_level(cohort.bids_dir, cohort.output_dir, progress=False).report.read_text()
+    assert all(vertical_lines(axis) == [] for axis in histogram_axes["axes"])
+    assert "No threshold line: the lesion tables were scored at different decision thresholds (0.27, 0.31;" in html
+
+    write_thresholds(cohort, {participant: 0.27 for participant in participants[1:]} | {participants[2]: None})
+    html = run_group_level(cohort.bids_dir, cohort.output_dir, progress=False).report.read_text()
+    assert all(vertical_lines(axis) == [] for axis in histogram_axes["axes"])
+    assert ("No threshold line: 2 of 16 scored lesion tables do not record the model&#39;s decision threshold in "
+            "their sidecar (ProcessingParameters.DecisionThreshold)") in html

@@ -16,16 +16,25 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from bids_rim.bidsio.derivatives import atomic_write_tsv
+from bids_rim.bidsio.sidecars import DECIMALS_BY_SUFFIX, tidy_lesion_table
 from bids_rim.errors import InputError
 from bids_rim.group import sidecars, stats
-from bids_rim.group.aggregate import AggregatedTables, ParticipantProblem, aggregate_lesion_tables, find_bids_sessions
+from bids_rim.group.aggregate import (
+    AggregatedTables,
+    ParticipantProblem,
+    SessionTable,
+    aggregate_lesion_tables,
+    find_bids_sessions,
+)
 from bids_rim.group.frequency import FrequencyMap, write_frequency_maps
 
 LOGGER = logging.getLogger("bids_rim.group")
@@ -59,10 +68,101 @@ def read_participants_tsv(bids_dir: Path) -> pd.DataFrame:
         raise InputError(f"{path}: no participant_id column")
     ids = table["participant_id"].astype(str).str.strip()
     table["participant_id"] = ids.where(ids.str.startswith("sub-"), "sub-" + ids)
+    duplicated = table["participant_id"][table["participant_id"].duplicated()]
+    if len(duplicated):
+        # Two rows for one participant could give it two sites or two ages: which one is right is the user's call.
+        raise InputError(f"{path}: participant_id {duplicated.iloc[0]!r} is listed more than once")
     if "site" not in table.columns:
         LOGGER.warning("%s has no site column: all participants pooled as one site", path)
         table["site"] = pd.NA
     return table
+
+
+def read_acquisition_times(bids_dir: Path, participant_ids: Iterable[str]) -> dict[tuple[str, str], pd.Timestamp]:
+    """``acq_time`` of each session from ``BIDS_DIR/sub-X/sub-X_sessions.tsv``, where present and parseable.
+
+    Keys are ``(participant_id, session_id)``; sessions without a usable time are absent, so
+    that their participant falls back to natural label order.
+    """
+    times: dict[tuple[str, str], pd.Timestamp] = {}
+    for participant in sorted(set(participant_ids)):
+        path = bids_dir / participant / f"{participant}_sessions.tsv"
+        if not path.is_file():
+            continue
+        try:
+            table = pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a"], keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            LOGGER.warning("%s: not a readable TSV (%s); its sessions are ordered by label", path, error)
+            continue
+        if not {"session_id", "acq_time"} <= set(table.columns):
+            continue
+        sessions = table["session_id"].astype(str).str.strip()
+        sessions = sessions.where(sessions.str.startswith("ses-"), "ses-" + sessions)
+        parsed = pd.to_datetime(table["acq_time"].str.strip(), errors="coerce", utc=True, format="ISO8601")
+        times.update({(participant, session): time for session, time in zip(sessions, parsed) if pd.notna(time)})
+    return times
+
+
+def decision_threshold(tables: Sequence[SessionTable]) -> tuple[float | None, str]:
+    """The decision threshold the scored lesion tables share (their sidecars' ``ProcessingParameters``), and a caption.
+
+    None, with the caption saying why, when there is no scored table, when a sidecar does not
+    record it or when the tables disagree: a line drawn at one model's threshold over lesions
+    scored by another would mislead.
+    """
+    if not tables:
+        return None, "No threshold line: no lesion has a rim probability."
+    found: dict[Path, float | None] = {}
+    for table in tables:
+        value = None
+        try:
+            parameters = json.loads(table.path.with_suffix(".json").read_text()).get("ProcessingParameters") or {}
+            value = parameters.get("DecisionThreshold") if isinstance(parameters, dict) else None
+        except (OSError, json.JSONDecodeError):
+            pass
+        found[table.path] = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    absent = [path for path, value in found.items() if value is None]
+    if absent:
+        return None, (f"No threshold line: {len(absent)} of {len(found)} scored lesion tables do not record the "
+                      f"model's decision threshold in their sidecar (ProcessingParameters.DecisionThreshold), "
+                      f"e.g. {absent[0].name}.")
+    values = sorted({round(value, 6) for value in found.values()})
+    if len(values) > 1:
+        return None, (f"No threshold line: the lesion tables were scored at different decision thresholds "
+                      f"({', '.join(f'{value:.3g}' for value in values)}; models of different runs?).")
+    return values[0], (f"Dashed line: the model's decision threshold {values[0]:.3g} (ProcessingParameters."
+                       "DecisionThreshold of every scored lesion table); lesions at or above it are rim+.")
+
+
+#: Significant digits of statistics whose magnitude varies (p-values, ratios, coefficients):
+#: a fixed number of decimals would round a p-value of 1e-6 to 0.
+SIGNIFICANT_DIGITS = 4
+SIGNIFICANT_PREFIXES = ("p_", "statistic", "coefficient", "std_error", "rate_ratio")
+
+
+def round_significant(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """``value`` to ``digits`` significant digits (NaN and inf unchanged)."""
+    return float(f"{value:.{digits}g}") if np.isfinite(value) else value
+
+
+def tidy_group_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Floats rounded to meaningful precision for the TSV: sums like 6796.419999999999 become 6796.42.
+
+    The participant tables' rule (:data:`DECIMALS_BY_SUFFIX`: mm³ to 0.01, mm to 0.001, ppb to
+    0.01, else 4 decimals), except for p-values, probabilities, test statistics and rate
+    ratios, which keep 4 significant digits.
+    """
+    tidy = table.copy()
+    for column in tidy.columns:
+        values = tidy[column]
+        if not pd.api.types.is_float_dtype(values):
+            continue
+        decimals = next((d for key, d in DECIMALS_BY_SUFFIX if key in column), None)
+        if decimals is None and column.startswith(SIGNIFICANT_PREFIXES):
+            tidy[column] = values.map(round_significant)
+        else:
+            tidy[column] = values.round(4 if decimals is None else decimals)
+    return tidy
 
 
 def _lesion_sidecar(aggregated: AggregatedTables, lesions: pd.DataFrame) -> dict:
@@ -80,8 +180,9 @@ def _lesion_sidecar(aggregated: AggregatedTables, lesions: pd.DataFrame) -> dict
 
 
 def write_tables(group_dir: Path, aggregated: AggregatedTables, subjects: pd.DataFrame, sites: pd.DataFrame,
-                 site_tests: pd.DataFrame, count_model: stats.CountModelResult) -> dict[str, Path]:
-    """Write the group TSVs and their sidecars atomically; returns their paths by name."""
+                 site_tests: pd.DataFrame, count_model: stats.CountModelResult,
+                 session_note: str = sidecars.PATIENT_LEVEL_NOTE) -> dict[str, Path]:
+    """Write the group TSVs (floats rounded, missing values n/a) and their sidecars atomically; returns their paths."""
     lesions = aggregated.lesions
     model_sidecar = sidecars.describe_columns(count_model.table, sidecars.COUNT_MODEL_COLUMNS, "")
     model_sidecar["Model"] = {
@@ -91,17 +192,24 @@ def write_tables(group_dir: Path, aggregated: AggregatedTables, subjects: pd.Dat
         "Alpha": count_model.alpha,
         "NParticipants": count_model.n_patients,
         "NExcluded": count_model.n_excluded,
-        "Notes": count_model.notes + [sidecars.PATIENT_LEVEL_NOTE],
+        "SiteLikelihoodRatioTest": count_model.site_lr_test and {
+            key: round_significant(value) if key != "DF" else value for key, value in count_model.site_lr_test.items()},
+        "Notes": count_model.notes + [session_note],
     }
+    if count_model.alpha is not None:
+        model_sidecar["Model"]["Alpha"] = round_significant(count_model.alpha)
     sites_sidecar = sidecars.describe_columns(sites, sidecars.SITE_COLUMNS, "")
-    sites_sidecar["Notes"] = [sidecars.PATIENT_LEVEL_NOTE]
+    sites_sidecar["Notes"] = [session_note]
+    subjects_sidecar = sidecars.describe_columns(subjects, sidecars.SUBJECT_COLUMNS,
+                                                 "Column of participants.tsv (see its participants.json)")
+    subjects_sidecar["Notes"] = [session_note]
     outputs = {
-        "lesions": (lesions, _lesion_sidecar(aggregated, lesions)),
-        "subjects": (subjects, sidecars.describe_columns(subjects, sidecars.SUBJECT_COLUMNS,
-                                                         "Column of participants.tsv (see its participants.json)")),
-        "sites": (sites, sites_sidecar),
-        "sitetests": (site_tests, sidecars.describe_columns(site_tests, sidecars.SITE_TEST_COLUMNS, "")),
-        "countmodel": (count_model.table, model_sidecar),
+        "lesions": (tidy_lesion_table(lesions), _lesion_sidecar(aggregated, lesions)),
+        "subjects": (tidy_group_table(subjects), subjects_sidecar),
+        "sites": (tidy_group_table(sites), sites_sidecar),
+        "sitetests": (tidy_group_table(site_tests),
+                      sidecars.describe_columns(site_tests, sidecars.SITE_TEST_COLUMNS, "")),
+        "countmodel": (tidy_group_table(count_model.table), model_sidecar),
     }
     return {name: atomic_write_tsv(group_dir / f"desc-{name}_table.tsv", table, sidecar)
             for name, (table, sidecar) in outputs.items()}
@@ -126,6 +234,8 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, covariates: Sequence[st
                             columns=["participant_id", "session_id"])
     lesions = aggregated.lesions.assign(session_id=aggregated.lesions["session_id"].fillna("n/a"))
     subjects = stats.subject_table(lesions, sessions, participants)
+    if not subjects.empty:
+        subjects = stats.natural_session_order(subjects)
     unscored = stats.unscored_sessions(subjects)
     unscored_problems = [
         ParticipantProblem(participant, "unscored", "lesion table without rim probabilities (participant level run "
@@ -136,25 +246,39 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, covariates: Sequence[st
     problems = sorted(aggregated.problems + unscored_problems,
                       key=lambda problem: (problem.participant_id, problem.session_id or ""))
     subjects = subjects[~unscored].reset_index(drop=True)
+    if subjects.empty:
+        raise InputError("no lesion table has rim probabilities: the participant level ran without a model "
+                         "(--no-inference?); the group statistics need rim probabilities")
     unlisted = sorted(set(subjects["participant_id"]) - set(participants["participant_id"]))
     if unlisted:
         LOGGER.warning("not in participants.tsv (no site or covariates): %s", ", ".join(unlisted))
-    patients = stats.patient_level(subjects)
+    times = read_acquisition_times(bids_dir, subjects["participant_id"])
+    acquisition_times = pd.Series([times.get(key, pd.NaT) for key in subjects[["participant_id", "session_id"]]
+                                   .itertuples(index=False, name=None)], index=subjects.index, dtype=object)
+    chosen, session_note = stats.patient_sessions(subjects, acquisition_times if times else None)
+    subjects = subjects.assign(patient_level_session=subjects.index.isin(chosen).astype(int))
+    patients = subjects.loc[chosen].sort_values("participant_id", kind="stable").reset_index(drop=True)
+    # Default covariates were not asked for: one that cannot be encoded is left out with a note, not fatal.
     encoded = stats.encode_covariates(patients, stats.choose_covariates(participants, covariates),
-                                      str(bids_dir / "participants.tsv"))
+                                      str(bids_dir / "participants.tsv"), drop_unusable=not covariates)
     model = stats.fit_count_model(patients, encoded, count_model)
     for note in model.notes:
         LOGGER.info("Count model: %s", note)
     sites = stats.site_table(patients, lesions)
     site_tests = stats.site_difference_tests(patients)
 
-    tables = write_tables(output_dir / "group", aggregated, subjects, sites, site_tests, model)
+    tables = write_tables(output_dir / "group", aggregated, subjects, sites, site_tests, model, session_note)
+    scored = subjects.loc[subjects["n_lesions"] > subjects["n_lesions_without_probability"],
+                          ["participant_id", "session_id"]].itertuples(index=False, name=None)
+    by_session = {(table.participant_id, table.session_id or "n/a"): table for table in aggregated.sessions}
+    threshold, threshold_caption = decision_threshold([by_session[key] for key in scored if key in by_session])
     frequency_maps = write_frequency_maps(output_dir, patients[["participant_id", "session_id"]].itertuples(
         index=False, name=None))
     for item in frequency_maps:
         LOGGER.info("Frequency map (%s, %d patients): %s", item.desc, item.n_patients, item.path)
     report = write_group_report(output_dir, lesions=lesions, subjects=subjects, patients=patients, sites=sites,
                                 site_tests=site_tests, count_model=model, problems=problems,
-                                tables=tables, frequency_maps=frequency_maps)
+                                tables=tables, frequency_maps=frequency_maps, session_note=session_note,
+                                decision_threshold=threshold, threshold_caption=threshold_caption)
     return GroupResult(report=report, tables=tables, subjects=subjects, sites=sites, site_tests=site_tests,
                        count_model=model, problems=problems, frequency_maps=frequency_maps)

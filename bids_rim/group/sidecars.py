@@ -6,7 +6,9 @@ from typing import Any
 
 import pandas as pd
 
-PATIENT_LEVEL_NOTE = "Patient-level analyses use each participant's last session in label order."
+PATIENT_LEVEL_NOTE = ("Patient-level analyses use one session per participant: the latest by acq_time "
+                      "(sub-X_sessions.tsv) when every session of the participant has one, else the last in "
+                      "natural label order (ses-2 before ses-10).")
 
 SUBJECT_COLUMNS: dict[str, dict[str, str]] = {
     "participant_id": {"Description": "Participant label (sub-<label>)"},
@@ -17,13 +19,21 @@ SUBJECT_COLUMNS: dict[str, dict[str, str]] = {
     "rim_positive_count": {"Description": "Rim+ lesions (PRL) at the model's threshold: sum of rim_label"},
     "prl_volume_mm3": {"Description": "Total volume of the rim+ lesions", "Units": "mm^3"},
     "expected_rim_positive_count": {"Description": "Expected rim+ count: sum of rim_probability over lesions"},
-    "expected_count_ci_low": {"Description": "2.5 % quantile of the rim+ count's Poisson-binomial distribution "
-                                             "(lesions as independent trials with their rim probabilities)"},
-    "expected_count_ci_high": {"Description": "97.5 % quantile of that Poisson-binomial distribution"},
+    "rim_count_pi_low": {"Description": "95 % prediction interval of the rim+ count (Poisson-binomial: assumes "
+                                        "independent, calibrated probabilities), lower bound: the 2.5 % quantile "
+                                        "of the count's distribution when each lesion is rim+ with its "
+                                        "rim_probability. Not a confidence interval of the expected count"},
+    "rim_count_pi_high": {"Description": "95 % prediction interval of the rim+ count (Poisson-binomial: assumes "
+                                         "independent, calibrated probabilities), upper bound: the 97.5 % quantile"},
     "p_at_least_1_prl": {"Description": "Probability of at least one rim+ lesion (Poisson-binomial)"},
     "p_at_least_4_prl": {"Description": "Probability of at least four rim+ lesions, the common clinical criterion "
                                         "(Poisson-binomial)"},
     "prl_ge4_decision": {"Description": "1 when rim_positive_count >= 4 (decision at the model's threshold), else 0"},
+    "patient_level_session": {"Description": "1 for the session the patient-level analyses (sites, site tests, "
+                                             "count model, frequency maps) use for this participant, else 0: the "
+                                             "latest by acq_time (sub-X_sessions.tsv) when every session of the "
+                                             "participant has one, else the last in natural label order (ses-2 "
+                                             "before ses-10)"},
 }
 
 LESION_ID_COLUMNS: dict[str, dict[str, str]] = {
@@ -55,11 +65,16 @@ SITE_COLUMNS: dict[str, dict[str, str]] = {
 
 SITE_TEST_COLUMNS: dict[str, dict[str, str]] = {
     "test": {"Description": "kruskal_wallis (rim+ counts across sites), fisher_exact (2 sites) or chi_square "
-                            "(more sites) on having at least one rim+ lesion"},
+                            "(more sites) on having at least one rim+ lesion; chi_square_permutation (more sites, "
+                            "an expected cell count below 5): the same statistic with a Monte Carlo permutation "
+                            "p-value"},
     "outcome": {"Description": "What is compared across sites"},
-    "statistic": {"Description": "H for Kruskal-Wallis, odds ratio for Fisher, chi-square statistic otherwise"},
+    "statistic": {"Description": "H for Kruskal-Wallis; for Fisher the odds ratio: odds of at least one rim+ "
+                                 "lesion at the second site over the odds at the first (the note names both, "
+                                 "sites in natural order); chi-square statistic otherwise"},
     "p_value": {"Description": "Two-sided p-value"},
-    "note": {"Description": "Why a test could not run, or how to read its statistic"},
+    "note": {"Description": "Why a test could not run, how to read its statistic, or why its approximation is "
+                            "unreliable (n/a: nothing to add)"},
 }
 
 COUNT_MODEL_COLUMNS: dict[str, dict[str, str]] = {

@@ -21,6 +21,7 @@ import pandas as pd
 
 from bids_rim.group.aggregate import ParticipantProblem
 from bids_rim.group.frequency import FrequencyMap, template_background
+from bids_rim.group.sidecars import PATIENT_LEVEL_NOTE
 from bids_rim.group.stats import PRL_COUNT_THRESHOLD, CountModelResult
 from bids_rim.preproc.normalisation_qc import MIN_LESION_SHARE_INSIDE_BRAIN
 from bids_rim.reports import figures
@@ -71,8 +72,13 @@ def plot_counts_per_site(patients: pd.DataFrame, sites: pd.DataFrame, out_png: P
 
 
 def plot_probability_histograms(lesions: pd.DataFrame, patients: pd.DataFrame, sites: pd.DataFrame,
-                                out_png: Path) -> Path:
-    """Histogram of lesion rim probabilities per site (analysed sessions), one panel per site."""
+                                out_png: Path, decision_threshold: float | None = None) -> Path:
+    """Histogram of lesion rim probabilities per site (analysed sessions), one panel per site.
+
+    A dashed line marks ``decision_threshold``, the model's rim+ cut-off, when the lesion tables
+    agree on one; none is drawn otherwise (0.5 is not the threshold of a recalibrated model, and
+    a line there would put rim+ lesions on its "negative" side).
+    """
     analysed = lesions.merge(patients[["participant_id", "session_id", "site"]], on=["participant_id", "session_id"])
     n_sites = max(len(sites), 1)
     columns = min(n_sites, 4)
@@ -84,12 +90,16 @@ def plot_probability_histograms(lesions: pd.DataFrame, patients: pd.DataFrame, s
         selected = analysed["site"].isna() if pd.isna(site) else analysed["site"] == site
         values = analysed.loc[selected, "rim_probability"].dropna()
         axis.hist(values, bins=bins, color=SITE_COLOURS[position % len(SITE_COLOURS)], alpha=0.85)
-        axis.axvline(0.5, color="#868e96", linestyle="--", linewidth=1)
-        axis.set_title(f"site {_site_labels(pd.Series([site]))[0]} ({len(values)} lesions)", fontsize=10)
+        if decision_threshold is not None:
+            axis.axvline(decision_threshold, color="#868e96", linestyle="--", linewidth=1,
+                         label=f"decision threshold {decision_threshold:.3g}")
+        axis.set_title(f"{_site_labels(pd.Series([site]))[0]} ({len(values)} lesions)", fontsize=10)
         axis.set_xlabel("P(rim+)")
     for axis in list(axes.flat)[n_sites:]:
         axis.set_visible(False)
     axes[0, 0].set_ylabel("lesions")
+    if decision_threshold is not None:
+        axes[0, 0].legend(frameon=False, fontsize=8, loc="upper right")
     figures.save_figure_png(figure, out_png)
     plt.close(figure)
     return out_png
@@ -170,13 +180,20 @@ def _rows(table: pd.DataFrame, columns: Sequence[str]) -> list[list[str]]:
 def write_group_report(output_dir: Path, *, lesions: pd.DataFrame, subjects: pd.DataFrame, patients: pd.DataFrame,
                        sites: pd.DataFrame, site_tests: pd.DataFrame, count_model: CountModelResult,
                        problems: Sequence[ParticipantProblem], tables: dict[str, Path],
-                       frequency_maps: Sequence[FrequencyMap] = ()) -> Path:
-    """Draw the figures and write ``OUTPUT_DIR/group.html``; returns its path."""
+                       frequency_maps: Sequence[FrequencyMap] = (), session_note: str = PATIENT_LEVEL_NOTE,
+                       decision_threshold: float | None = None,
+                       threshold_caption: str = "No threshold line: the decision threshold is not known.") -> Path:
+    """Draw the figures and write ``OUTPUT_DIR/group.html``; returns its path.
+
+    ``session_note`` says which session stands for each participant, ``threshold_caption`` why the
+    histograms do or do not show ``decision_threshold``.
+    """
     output_dir = Path(output_dir)
     figure_dir = output_dir / "group" / "figures"
     drawn = {
         "counts": plot_counts_per_site(patients, sites, figure_dir / "desc-sitecounts_plot.png"),
-        "histograms": plot_probability_histograms(lesions, patients, sites, figure_dir / "desc-rimprobability_plot.png"),
+        "histograms": plot_probability_histograms(lesions, patients, sites, figure_dir / "desc-rimprobability_plot.png",
+                                                  decision_threshold),
     }
     if len(count_model.table):
         drawn["forest"] = plot_rate_ratio_forest(count_model.table, count_model.model,
@@ -187,7 +204,7 @@ def write_group_report(output_dir: Path, *, lesions: pd.DataFrame, subjects: pd.
         drawn[f"frequency_{space}"] = plot_frequency_maps(maps, template_background(space),
                                                           figure_dir / f"space-{space}_desc-frequency_plot.png")
     subject_columns = ["participant_id", "session_id", "site", "n_lesions", "rim_positive_count",
-                       "expected_rim_positive_count", "expected_count_ci_low", "expected_count_ci_high",
+                       "expected_rim_positive_count", "rim_count_pi_low", "rim_count_pi_high",
                        "p_at_least_4_prl", "prl_ge4_decision", "lesion_volume_mm3", "prl_volume_mm3"]
     subject_rows = [{"cells": [_format(row[c], 1 if c.endswith("mm3") else 2) for c in subject_columns],
                      "link": f"{row['participant_id']}.html"
@@ -225,6 +242,8 @@ def write_group_report(output_dir: Path, *, lesions: pd.DataFrame, subjects: pd.
                     "left_out": next((list(item.left_out) for item in frequency_maps if item.space == space), [])}
                    for space in spaces],
         min_share_inside_brain=MIN_LESION_SHARE_INSIDE_BRAIN,
+        session_note=session_note,
+        threshold_caption=threshold_caption,
     )
     report = output_dir / "group.html"
     figures.atomic_write_bytes(report, html.encode("utf-8"))
