@@ -30,6 +30,11 @@ def test_demo_runs_the_whole_product(tmp_path: Path) -> None:
         clear = (table["rim_probability"] - parameters["DecisionThreshold"]).abs() > 1e-4
         called = (table["rim_probability"] >= parameters["DecisionThreshold"]).astype(int)
         assert clear.any() and (called == table["rim_label"])[clear].all()
+    # The methods text names that model; every report carries it.
+    citation = (output_dir / "logs" / "CITATION.md").read_text()
+    assert parameters["ModelSHA256"] in citation and "## References" in citation
+    report = (output_dir / "sub-001.html").read_text()
+    assert 'id="methods"' in report and parameters["ModelSHA256"] in report
     assert len(list(output_dir.glob("sub-*.html"))) == 3
     assert (output_dir / "group.html").is_file()
     assert "Group report:" in completed.stdout

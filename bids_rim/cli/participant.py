@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bids_rim.bidsio.derivatives import dataset_roots, write_dataset_description
+from bids_rim.bidsio.derivatives import atomic_write_text, dataset_roots, write_dataset_description
 from bids_rim.bidsio.inputs import SessionInputs, collect_sessions, index_dataset
 from bids_rim.bidsio.preflight import check_session_inputs
 from bids_rim.bidsio.validator import validate_dataset
@@ -129,7 +129,7 @@ def _stopped(interruption: Interruption, config: RunConfig) -> int:
 
 def run_participant_level(config: RunConfig) -> int:
     """Process every selected participant; returns the exit code."""
-    from bids_rim.workflows.participant import init_bids_rim_wf
+    from bids_rim.workflows.participant import init_bids_rim_wf, run_methods
 
     if not _validate_input(config):
         return EXIT_INVALID_BIDS
@@ -199,6 +199,8 @@ def run_participant_level(config: RunConfig) -> int:
     if succeeded:
         write_dataset_description(config.output_dir, dataset_roots(config.bids_dir, config.derivatives,
                                                                     config.output_dir))
+        citation = atomic_write_text(config.output_dir / "logs" / "CITATION.md", run_methods(config).markdown())
+        LOGGER.info("Methods text for your manuscript: %s", citation)
     for subject, reason in failed.items():
         print(f"bids_rim: sub-{subject} failed: {reason} "
               f"(crash files in {config.output_dir / f'sub-{subject}' / 'log' / run_id})", file=sys.stderr)

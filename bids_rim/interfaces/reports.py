@@ -6,7 +6,15 @@ import json
 from pathlib import Path
 
 from bids.layout import parse_file_entities
-from nipype.interfaces.base import BaseInterfaceInputSpec, Directory, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
 
 
 class _ReportInputSpec(BaseInterfaceInputSpec):
@@ -14,6 +22,8 @@ class _ReportInputSpec(BaseInterfaceInputSpec):
     subject = traits.Str(mandatory=True)
     session_outputs = traits.List(traits.Dict, mandatory=True, desc="the sinks' role -> path dicts")
     parameters = traits.Dict(desc="run configuration shown in the report")
+    methods = traits.List(traits.Str, desc="the run's methods paragraphs, citing references as [n]")
+    references = traits.List(traits.Str, desc="the numbered references the methods cite, in order")
 
 
 class _ReportOutputSpec(TraitedSpec):
@@ -27,6 +37,7 @@ class ParticipantReport(SimpleInterface):
     output_spec = _ReportOutputSpec
 
     def _run_interface(self, runtime):
+        from bids_rim.reports.boilerplate import Boilerplate
         from bids_rim.reports.participant import SessionReportInputs, write_participant_report
 
         sessions = []
@@ -42,6 +53,9 @@ class ParticipantReport(SimpleInterface):
                 lesion_table=table,
                 warnings=tuple(sidecar.get("Warnings", [])),
             ))
+        methods = Boilerplate(tuple(self.inputs.methods), tuple(self.inputs.references)) \
+            if isdefined(self.inputs.methods) else None
         self._results["out_report"] = str(write_participant_report(
-            Path(self.inputs.output_dir), self.inputs.subject, sessions, dict(self.inputs.parameters)))
+            Path(self.inputs.output_dir), self.inputs.subject, sessions, dict(self.inputs.parameters),
+            methods=methods))
         return runtime

@@ -23,6 +23,7 @@ import pandas as pd
 
 from bids_rim.errors import InputError
 from bids_rim.reports import figures
+from bids_rim.reports.boilerplate import Boilerplate
 
 #: Per-patient rim+ count at or above which the common clinical threshold is met.
 PRL_COUNT_THRESHOLD = 4
@@ -294,11 +295,12 @@ def _remove_stale_reportlets(figures_dir: Path, subject: str, written: set[Path]
 
 def write_participant_report(output_dir: Path | str, subject_label: str, sessions: Sequence[SessionReportInputs],
                              parameters: Mapping[str, Any], *, errors: Sequence[str] = (),
-                             warnings: Sequence[str] = ()) -> Path:
+                             warnings: Sequence[str] = (), methods: Boilerplate | None = None) -> Path:
     """Write ``OUTPUT_DIR/sub-X.html`` and its reportlets; return the HTML path.
 
     ``parameters`` (run configuration, software versions) is shown as given, sorted by key;
-    ``errors``/``warnings`` are subject-wide messages (sessions carry their own).
+    ``errors``/``warnings`` are subject-wide messages (sessions carry their own); ``methods``, the
+    run's methods text (:mod:`bids_rim.reports.boilerplate`), gets its own section.
     """
     output_dir = Path(output_dir)
     subject = _clean_label(str(subject_label), "sub", "participant")
@@ -314,6 +316,7 @@ def write_participant_report(output_dir: Path | str, subject_label: str, session
         subject=subject,
         sessions=session_contexts,
         parameters=_flatten_parameters(parameters),
+        methods=methods,
         errors=list(errors),
         warnings=list(warnings),
         prl_threshold=PRL_COUNT_THRESHOLD,

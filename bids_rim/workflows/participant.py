@@ -7,7 +7,6 @@ read the run configuration; the nodes get explicit arguments.
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from bids_rim.interfaces.preproc import (
     TemplateMaps,
 )
 from bids_rim.interfaces.reports import ParticipantReport
+from bids_rim.reports.boilerplate import Boilerplate, methods_boilerplate
 
 BUNDLED_MODELS = {"given": "bids_rim_default_model.pt", "refined": "bids_rim_refined_outline_model.pt"}
 
@@ -55,8 +55,9 @@ def init_bids_rim_wf(config: RunConfig, units_by_subject: dict[str, list[Session
         "remove_unnecessary_outputs": False,
         "hash_method": "content",
     }
+    methods = run_methods(config)
     for subject, units in units_by_subject.items():
-        participant_wf = init_participant_wf(config, subject, units, warnings or {}, run_id=run_id)
+        participant_wf = init_participant_wf(config, subject, units, warnings or {}, run_id=run_id, methods=methods)
         crash_dir = config.output_dir / f"sub-{subject}" / "log" / run_id
         for node_name in participant_wf.list_node_names():
             node = participant_wf.get_node(node_name)
@@ -66,7 +67,7 @@ def init_bids_rim_wf(config: RunConfig, units_by_subject: dict[str, list[Session
 
 
 def init_participant_wf(config: RunConfig, subject: str, units: list[SessionInputs],
-                        warnings: dict[str, list[str]], *, run_id: str) -> pe.Workflow:
+                        warnings: dict[str, list[str]], *, run_id: str, methods: Boilerplate) -> pe.Workflow:
     """One participant: a session workflow per session/run, then the participant's report.
 
     ::
@@ -78,7 +79,8 @@ def init_participant_wf(config: RunConfig, subject: str, units: list[SessionInpu
     workflow = pe.Workflow(name=f"sub_{subject}_wf")
     merge = pe.Node(niu.Merge(len(units)), name="merge_sessions")
     report = pe.Node(ParticipantReport(output_dir=str(config.output_dir), subject=subject,
-                                       parameters={**config.as_report_dict(), "model": model_provenance(config)}),
+                                       parameters={**config.as_report_dict(), "model": model_provenance(config)},
+                                       methods=list(methods.paragraphs), references=list(methods.references)),
                      name="report", overwrite=True)
     for index, unit in enumerate(units, start=1):
         session_wf = init_session_wf(config, unit, warnings.get(unit.name), run_id=run_id)
@@ -240,10 +242,28 @@ def model_provenance(config: RunConfig) -> dict:
 def _model_identity(path: Path, mtime_ns: int, size: int) -> tuple[str, float]:
     """The SHA-256 of a model file and its decision threshold (read once per file version and process:
     ``mtime_ns`` and ``size`` only key the cache, so that a model retrained in place is read again)."""
-    from bids_rim.training.checkpoint import load_checkpoint
+    from bids_rim.training.checkpoint import file_sha256, load_checkpoint
 
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digest, round(float(load_checkpoint(path)["threshold"]), 6)
+    return file_sha256(path), round(float(load_checkpoint(path)["threshold"]), 6)
+
+
+def run_methods(config: RunConfig) -> Boilerplate:
+    """The methods text of this run (``logs/CITATION.md`` and each report's Methods section): its lesion
+    settings and, with inference, the model file it applies."""
+    settings = config.lesions
+    model = None
+    if config.run_inference:
+        from bids_rim.training.checkpoint import load_checkpoint
+
+        provenance = model_provenance(config)
+        checkpoint = load_checkpoint(Path(config.model_path or bundled_model_path(settings.outline)))
+        model = {"name": Path(provenance["Model"]).name, "sha256": provenance["ModelSHA256"],
+                 "threshold": provenance["DecisionThreshold"], "arch": checkpoint["arch"],
+                 "training": checkpoint.get("training", {})}
+    return methods_boilerplate({"min_volume_mm3": settings.min_volume_mm3,
+                                "confluent_policy": settings.confluent_policy, "outline": settings.outline,
+                                "source": settings.source, "patch_size": settings.patch_size,
+                                "patch_spacing_mm": settings.patch_spacing_mm}, model)
 
 
 def _mask_transform(mask: str, qsm: str, xfm: str) -> str:
