@@ -59,6 +59,7 @@ class TrainingSettings:
     pretrain_epochs: int = 10
     finetune_epochs: int = 30
     batch_size: int = 32
+    init_from: str | None = None  # a model file to fine-tune, or "bundled" (the bundled model)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@ label map contains its centroid, else to the lesion with the nearest centroid wi
 ``max_distance_mm``. A lesion that receives several annotations (a confluent lesion the
 pipeline kept whole) is rim+ when any of them is. Lesions without an annotation stay
 unlabelled (NaN): self-supervised pretraining still uses them.
+
+Annotations are counted per file, matched or not (:class:`AnnotationMatch`): a file with rows
+that match no lesion is warned about, and a folder none of whose rows match is refused
+(:func:`check_annotation_matches`), so that annotations in the wrong space or of the wrong
+dataset never train a model on silently fewer labels.
 """
 
 from __future__ import annotations
@@ -28,13 +33,35 @@ ANNOTATION_COLUMNS = ("x_mm", "y_mm", "z_mm", "rim")
 
 
 @dataclass(frozen=True)
+class AnnotationMatch:
+    """How many rows of one annotation file found a lesion (``rows - matched`` did not)."""
+
+    file: Path
+    rows: int
+    matched: int
+
+    @property
+    def unmatched(self) -> int:
+        return self.rows - self.matched
+
+
+@dataclass(frozen=True)
 class TrainingSet:
     """Patches (N, 3, P, P, P) and one metadata row per patch."""
 
     patches: np.ndarray
-    meta: pd.DataFrame  # participant_id, session_id, site, lesion_id, label (1, 0 or NaN)
+    # participant_id, session_id, site, lesion_id, label (1, 0 or NaN), spacing_mm (of the patch)
+    meta: pd.DataFrame
     spacing_mm: np.ndarray  # (N,) isotropic voxel size of each patch
     lesion_outline: str = "given"  # the participant level's --lesion-outline (one for all sessions)
+    annotation_matches: tuple[AnnotationMatch, ...] = ()  # one per annotation file that was read
+    annotations_left_out: tuple[Path, ...] = ()  # annotation files of sessions whose outputs failed
+    max_distance_mm: float = 4.0  # the matching tolerance the annotations were matched with
+
+    def annotation_summary(self, annotations_dir: Path | None = None) -> dict:
+        """Matched and unmatched annotation counts, JSON-friendly, for the model card and model file."""
+        return annotation_summary(self.annotation_matches, self.annotations_left_out, self.max_distance_mm,
+                                  annotations_dir)
 
     @property
     def nominal_spacing_mm(self) -> float:
@@ -58,11 +85,19 @@ def match_annotations(
     lesions: pd.DataFrame, labels: nib.Nifti1Image, annotations: pd.DataFrame, *, max_distance_mm: float = 4.0
 ) -> pd.Series:
     """The rim label of each lesion of ``lesions`` (indexed like it; NaN when unannotated)."""
+    return match_annotations_counted(lesions, labels, annotations, max_distance_mm=max_distance_mm)[0]
+
+
+def match_annotations_counted(
+    lesions: pd.DataFrame, labels: nib.Nifti1Image, annotations: pd.DataFrame, *, max_distance_mm: float = 4.0
+) -> tuple[pd.Series, int]:
+    """:func:`match_annotations` and how many annotation rows found a lesion (the rest are lost)."""
     label_data = np.asarray(labels.dataobj)
     to_voxel = np.linalg.inv(labels.affine)
     centroids = lesions[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy(dtype=float)
     result = pd.Series(np.nan, index=lesions.index, dtype=float)
     row_of_id = {int(lesion_id): row for row, lesion_id in zip(lesions.index, lesions["lesion_id"])}
+    matched = 0
     for _, annotation in annotations.iterrows():
         point = annotation[["x_mm", "y_mm", "z_mm"]].to_numpy(dtype=float)
         voxel = np.rint(nib.affines.apply_affine(to_voxel, point)).astype(int)
@@ -76,9 +111,55 @@ def match_annotations(
                 row = lesions.index[nearest]
         if row is None:
             continue
+        matched += 1
         rim = float(annotation["rim"])
         result[row] = rim if np.isnan(result[row]) else max(result[row], rim)
-    return result
+    return result, matched
+
+
+def annotation_summary(matches: tuple[AnnotationMatch, ...], left_out: tuple[Path, ...], max_distance_mm: float,
+                       annotations_dir: Path | None = None) -> dict:
+    """Counts of matched and unmatched annotation rows, in total and per file that lost some."""
+    return {
+        "folder": str(annotations_dir) if annotations_dir is not None else None,
+        "max_distance_mm": float(max_distance_mm),
+        "files": len(matches),
+        "rows": sum(match.rows for match in matches),
+        "matched": sum(match.matched for match in matches),
+        "unmatched": sum(match.unmatched for match in matches),
+        "files_with_unmatched_rows": {match.file.name: [match.unmatched, match.rows]
+                                      for match in matches if match.unmatched},
+        "files_left_out": [path.name for path in left_out],
+    }
+
+
+def check_annotation_matches(annotations_dir: Path, matches: tuple[AnnotationMatch, ...],
+                             meta: pd.DataFrame, max_distance_mm: float) -> None:
+    """Warn about each annotation file with rows that found no lesion; refuse a folder in which no
+    row found one, or whose matched rows hold only one class.
+
+    Unmatched rows are a warning, not a refusal: a rater may mark a lesion the participant level
+    dropped (below ``--min-lesion-volume``, or outside the brain mask), and refusing would make the
+    user delete annotations to train. A folder in which *nothing* matched is a refusal: it is the
+    wrong folder, or its coordinates are not QSM world RAS mm (voxel indices, another space), and
+    no model can be trained on it. The warning names the tolerance, since a centroid further than
+    it from every lesion (and outside every lesion) is what "unmatched" means.
+    """
+    for match in matches:
+        if match.unmatched:
+            LOGGER.warning("%s: %d of %d rim annotation(s) matched no lesion (none inside a lesion or within "
+                           "%.3g mm of a lesion centroid, in QSM world RAS mm): they are not used",
+                           match.file, match.unmatched, match.rows, max_distance_mm)
+    rows, matched = sum(m.rows for m in matches), sum(m.matched for m in matches)
+    if matched == 0:
+        raise InputError(f"{annotations_dir}: none of the {rows} rim annotation(s) in {len(matches)} file(s) matched "
+                         f"a lesion (inside it or within {max_distance_mm:.3g} mm of its centroid); training needs "
+                         "both rim+ and rim- annotated lesions (are x_mm, y_mm, z_mm in QSM world RAS mm?)")
+    labels = meta["label"].dropna()
+    if labels.nunique() < 2:
+        present = "rim+" if (labels == 1).any() else "rim-"
+        raise InputError(f"{annotations_dir}: training needs both rim+ and rim- annotated lesions; the {matched} "
+                         f"matched annotation(s) give only {present} ({len(labels)} lesion(s))")
 
 
 def _session_key(path: Path) -> tuple[str, str | None]:
@@ -94,7 +175,14 @@ def load_training_set(
     max_distance_mm: float = 4.0,
 ) -> TrainingSet:
     """Every participant-level patch under ``output_dir``, labelled where annotations exist; the
-    sessions the group level calls stale (written before a failed rerun) are left out, with a warning."""
+    sessions the group level calls stale (written before a failed rerun) are left out, with a warning.
+
+    With ``annotations_dir``, refuses (:class:`InputError`) an annotation file of a session without
+    participant-level outputs that never failed (a participant not processed, or a wrong label:
+    training on fewer labels than annotated would go unnoticed); one whose run failed is left
+    out with a warning, as the group level leaves failed participants out. Refuses too when no
+    annotation matches a lesion or only one class does (:func:`check_annotation_matches`).
+    """
     annotation_files: dict[tuple[str, str | None], Path] = {}
     if annotations_dir is not None:
         for path in sorted(annotations_dir.rglob("sub-*_desc-rim_annotations.tsv")):
@@ -105,14 +193,18 @@ def load_training_set(
 
     from bids_rim.group.aggregate import find_crash_files, find_lesion_tables, stale_tables_of
 
+    crashes = find_crash_files(output_dir)
     stale = {table.path for table in stale_tables_of(  # left over from before a failed rerun
-        output_dir, find_lesion_tables(output_dir), find_crash_files(output_dir))}
+        output_dir, find_lesion_tables(output_dir), crashes)}
     all_patches, metas, spacings, outlines = [], [], [], {}
+    matches: list[AnnotationMatch] = []
+    used: set[tuple[str, str | None]] = set()
     for patch_file in sorted(output_dir.glob("sub-*/**/anat/sub-*_desc-lesions_patches.npz")):
         subject, session = _session_key(patch_file)
         table_file = patch_file.with_name(patch_file.name.replace("_patches.npz", "_table.tsv"))
         if table_file in stale:
             continue
+        used.add((subject, session))
         labels_file = patch_file.with_name(
             patch_file.name.replace("_desc-lesions_patches.npz", "_space-QSM_desc-lesions_dseg.nii.gz"))
         patches, lesion_ids = load_patches(patch_file)
@@ -127,13 +219,18 @@ def load_training_set(
             "label": np.nan,
         })
         annotation_file = annotation_files.get((subject, session))
-        if annotation_file is not None and len(table):
-            meta["label"] = match_annotations(
-                table, nib.load(labels_file), read_annotations(annotation_file), max_distance_mm=max_distance_mm
-            ).to_numpy()
+        if annotation_file is not None:
+            annotations = read_annotations(annotation_file)
+            matched = 0
+            if len(table):
+                labels, matched = match_annotations_counted(table, nib.load(labels_file), annotations,
+                                                            max_distance_mm=max_distance_mm)
+                meta["label"] = labels.to_numpy()
+            matches.append(AnnotationMatch(annotation_file, len(annotations), matched))
         all_patches.append(patches)
-        metas.append(meta)
-        spacings.append(load_patch_spacing_mm(patch_file))
+        spacing = load_patch_spacing_mm(patch_file)
+        metas.append(meta.assign(spacing_mm=np.broadcast_to(spacing, len(meta)).astype(float)))
+        spacings.append(spacing)
         outlines.setdefault(_lesion_outline(table_file), patch_file.name)
     if not metas:
         raise InputError(f"{output_dir}: no participant-level patches found (run the participant level first)")
@@ -144,7 +241,34 @@ def load_training_set(
     meta = pd.concat(metas, ignore_index=True)
     LOGGER.info("Training set: %d lesions of %d participants, %d labelled (%d rim+)", len(meta),
                 meta["participant_id"].nunique(), int(meta["label"].notna().sum()), int((meta["label"] == 1).sum()))
-    return TrainingSet(np.concatenate(all_patches, axis=0), meta, np.concatenate(spacings), next(iter(outlines)))
+    left_out: tuple[Path, ...] = ()
+    if annotations_dir is not None:
+        left_out = annotations_without_outputs(annotations_dir, annotation_files, used,
+                                               {crash.participant_id for crash in crashes})
+        check_annotation_matches(annotations_dir, tuple(matches), meta, max_distance_mm)
+    return TrainingSet(np.concatenate(all_patches, axis=0), meta, np.concatenate(spacings), next(iter(outlines)),
+                       tuple(matches), left_out, float(max_distance_mm))
+
+
+def annotations_without_outputs(annotations_dir: Path, annotation_files: dict[tuple[str, str | None], Path],
+                                used: set[tuple[str, str | None]], failed_participants: set[str]) -> tuple[Path, ...]:
+    """The annotation files of sessions that contribute no patches: those of a participant whose
+    participant level failed (it has a crash file) are returned and warned about, as the group level
+    leaves failed participants out; any other is refused, since a participant never processed (or a
+    label the dataset does not have) means the training set silently lacks annotations the user made."""
+    missing = {key: path for key, path in annotation_files.items() if key not in used}
+    failed = tuple(path for (subject, _), path in sorted(missing.items(), key=lambda item: str(item[1]))
+                   if f"sub-{subject}" in failed_participants)
+    unprocessed = sorted(path.name for path in missing.values() if path not in failed)
+    if unprocessed:
+        shown = ", ".join(unprocessed[:5]) + (f" and {len(unprocessed) - 5} more" if len(unprocessed) > 5 else "")
+        raise InputError(f"{annotations_dir}: {len(unprocessed)} annotation file(s) belong to sessions without "
+                         f"participant-level outputs: {shown}; run the participant level for them (or move the "
+                         "files out of the folder)")
+    for path in failed:
+        LOGGER.warning("%s: its participant's participant-level run failed, so its session has no usable outputs: "
+                       "these annotations are not used", path)
+    return failed
 
 
 def _lesion_outline(table_file: Path) -> str:

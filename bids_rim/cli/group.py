@@ -40,7 +40,8 @@ def is_synthetic_dataset(bids_dir: Path) -> bool:
 
 def run_training(config: RunConfig) -> int:
     """``group --train``: gather patches and annotations, cross-validate, write the model, with
-    ``--omp-nthreads`` torch threads."""
+    ``--omp-nthreads`` torch threads. ``--init-from`` (a model file, or ``bundled``: the bundled
+    model for the outputs' ``--lesion-outline``) is checked with the other inputs before any training."""
     import torch
 
     from bids_rim.bidsio.training_data import load_training_set
@@ -63,13 +64,15 @@ def run_training(config: RunConfig) -> int:
         seed=config.execution.seed,
         patch_size=int(data.patches.shape[-1]),
         patch_spacing_mm=data.nominal_spacing_mm,
+        init_from=settings.init_from,  # "bundled" is resolved by train_rim_model, for data.lesion_outline
     )
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.execution.omp_nthreads)  # torch's default, every core of the node, oversubscribes
     try:                                                  # a SLURM or taskset allocation
         result = train_rim_model(data.patches, data.meta, train_config, config.output_dir / "models",
                                  resolve_device(config.execution.device), progress=True,
-                                 synthetic=is_synthetic_dataset(config.bids_dir), lesion_outline=data.lesion_outline)
+                                 synthetic=is_synthetic_dataset(config.bids_dir), lesion_outline=data.lesion_outline,
+                                 annotations=data.annotation_summary(settings.rim_annotations))
     finally:
         torch.set_num_threads(threads_before)  # main() may run again in this process (tests, the demo)
     if not is_neural(settings.arch):

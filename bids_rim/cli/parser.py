@@ -347,9 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=30,
         metavar="N",
-        help="most fine-tuning epochs: early stopping on the inner validation may end sooner, never before 10",
+        help="most fine-tuning epochs; early stopping on the inner validation may end sooner, but not before "
+        "epoch 10 (with N under 10, all N epochs run)",
     )
     group.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="training batch size")
+    group.add_argument(
+        "--init-from",
+        metavar="FILE|bundled",
+        help="fine-tune a model instead of training from scratch: every fold model and the final model start from "
+        "the final member of this bids_rim model file, or of the bundled model for the --lesion-outline of the "
+        "participant-level outputs with 'bundled' (the --arch, its configuration and the patch size must match; "
+        "add --pretrain-epochs 0 to skip pretraining); the model card names the file and its sha256",
+    )
 
     performance = parser.add_argument_group("Performance and execution")
     performance.add_argument(

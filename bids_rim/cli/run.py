@@ -100,7 +100,8 @@ UNREAD_AT_LEVEL = {
     "participant": ("covariates", "count_model"),
 }
 #: Options that only ``group --train`` reads.
-TRAINING_OPTIONS = ("rim_annotations", "arch", "folds", "pretrain_epochs", "finetune_epochs", "batch_size")
+TRAINING_OPTIONS = ("rim_annotations", "arch", "folds", "pretrain_epochs", "finetune_epochs", "batch_size",
+                    "init_from")
 #: Options that the group level reads only with --train (the participant level reads them too);
 #: --nprocs there only as the default of --omp-nthreads, the training threads.
 GROUP_TRAINING_ONLY = ("omp_nthreads", "device", "seed", "nprocs")
@@ -211,6 +212,7 @@ def build_config(args: Namespace) -> RunConfig:
         pretrain_epochs=args.pretrain_epochs,
         finetune_epochs=args.finetune_epochs,
         batch_size=args.batch_size,
+        init_from=args.init_from,
     )
     if args.train and args.analysis_level != "group":
         raise InputError("--train works at the group level: bids_rim BIDS_DIR OUTPUT_DIR group --train")

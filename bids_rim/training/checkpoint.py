@@ -13,15 +13,15 @@ no longer fit, and their temperature-only calibration gave probabilities near 0.
 
 from __future__ import annotations
 
-import os
+import hashlib
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bids_rim.bidsio.derivatives import atomic_write_with
 from bids_rim.errors import InputError
 from bids_rim.models import available_models, is_neural
 
@@ -68,15 +68,17 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    # The one atomic writer of the derivatives: mode 0644 like every other output (mkstemp gave 0600).
+    return atomic_write_with(path, lambda temporary: torch.save(payload, temporary))
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes: how participant-level sidecars and model cards name a model file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: Path, expected_arch: str | None = None) -> dict[str, Any]:
@@ -89,10 +91,12 @@ def load_checkpoint(path: Path, expected_arch: str | None = None) -> dict[str, A
     except pickle.UnpicklingError:  # torch's message here is advice on weights_only, not about the file
         raise InputError(f"{path}: not a bids_rim model file (not written by torch.save, or it holds objects "
                          "other than tensors and plain values, which are never loaded)") from None
-    except Exception as error:  # torch raises many types for a file that is not a model file
+    except Exception as error:  # torch raises many types (OSError, RuntimeError, EOFError) for a damaged file
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = next((line for line in lines if "error" in line.lower()), lines[0] if lines else type(error).__name__)
-        raise InputError(f"{path}: not a bids_rim model file ({reason})") from None
+        reason = reason.split(". ")[0].rstrip(".")  # torch's first sentence; the rest is advice
+        raise InputError(f"{path}: not a bids_rim model file, or a truncated or corrupt file "
+                         f"(torch: {reason})") from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise InputError(f"{path}: not a bids_rim model file (no format_version)")
     if payload["format_version"] == 1:

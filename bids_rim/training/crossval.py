@@ -113,8 +113,44 @@ def patient_folds(meta: pd.DataFrame, n_folds: int, seed: int) -> list[list[str]
     labelled = meta[meta["label"].notna()]
     n_patients = labelled["participant_id"].nunique()
     if n_patients < n_folds:
-        raise ValueError(f"{n_folds}-fold cross-validation needs at least {n_folds} labelled patients, got {n_patients}")
+        raise InputError(f"{n_folds}-fold cross-validation needs at least {n_folds} patients with annotated lesions, "
+                         f"got {n_patients}: use fewer folds (--folds, at least 2) or annotate more patients")
     return balanced_patient_groups(labelled, n_folds, seed)
+
+
+def fold_seed(config: TrainConfig, fold: int) -> int:
+    """The seed of fold ``fold``'s member (1..K); the final model's is ``config.seed``."""
+    return config.seed + 100 * fold
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    """The labelled patients one ensemble member is tested, fitted and validated on."""
+
+    name: str  # "fold k" or "final"
+    test_patients: list[str]
+    fit_patients: list[str]
+    validation_patients: list[str]
+
+
+def training_plan(meta: pd.DataFrame, config: TrainConfig) -> list[MemberPlan]:
+    """The splits :func:`cross_validate` and the final model will use, drawn without training.
+
+    Pure and cheap (the same seeded draws as the training): it lets the inputs be judged, and
+    refused, before any work. Members whose training patients are fewer than 2 raise the
+    :class:`InputError` of :func:`inner_split`.
+    """
+    meta = meta.reset_index(drop=True)
+    labelled = meta[meta["label"].notna()]
+    plans = []
+    for fold, test_patients in enumerate(patient_folds(meta, config.folds, config.seed), start=1):
+        training = labelled[~labelled["participant_id"].isin(test_patients)]
+        fit, validation = inner_split(training, config.inner_val_fraction, fold_seed(config, fold))
+        plans.append(MemberPlan(f"fold {fold}", list(test_patients), fit, validation))
+    if config.train_final_model:
+        fit, validation = inner_split(labelled, config.inner_val_fraction, config.seed)
+        plans.append(MemberPlan("final", [], fit, validation))
+    return plans
 
 
 def inner_split(meta: pd.DataFrame, fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -133,15 +169,21 @@ def inner_split(meta: pd.DataFrame, fraction: float, seed: int) -> tuple[list[st
     return next((split for split in splits if has_rim[split[0]].any() and has_rim[split[1]].any()), splits[0])
 
 
-def initialise_from_model_file(model: torch.nn.Module, config: TrainConfig) -> None:
-    """Load the final member of ``config.init_from`` into ``model`` (same architecture and configuration)."""
+def load_init_model(config: TrainConfig) -> dict:
+    """The model file ``config.init_from``, checked to fit the training (architecture, its
+    configuration, patch size); any misfit is a one-line :class:`InputError` naming the file."""
     payload = load_checkpoint(Path(config.init_from), expected_arch=config.arch)
     if payload["arch_config"] != config.model_kwargs():
         raise InputError(f"{config.init_from}: model configuration {payload['arch_config']} differs from the "
                          f"training configuration {config.model_kwargs()}")
     if payload["patch_size"] != config.patch_size:
         raise InputError(f"{config.init_from}: model patches are {payload['patch_size']}³, training patches {config.patch_size}³")
-    model.load_state_dict(payload["state_dicts"][-1])
+    return payload
+
+
+def initialise_from_model_file(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Load the final member of ``config.init_from`` into ``model`` (same architecture and configuration)."""
+    model.load_state_dict(load_init_model(config)["state_dicts"][-1])
 
 
 def train_member(
@@ -225,7 +267,7 @@ def cross_validate(
     members, rows, predictions = [], [], []
     for fold, test_patients in enumerate(folds, start=1):
         train_patients = [p for p in all_patients if p not in set(test_patients)]
-        member = train_member(patches, meta, train_patients, config, device, seed=config.seed + 100 * fold,
+        member = train_member(patches, meta, train_patients, config, device, seed=fold_seed(config, fold),
                               context=context, progress=progress, name=f"fold {fold}/{config.folds}")
         test_rows = np.flatnonzero(meta["participant_id"].isin(test_patients).to_numpy() & meta["label"].notna().to_numpy())
         probabilities = member_probabilities(member, config, patches[test_rows], device)

@@ -31,17 +31,36 @@ METRIC_DESCRIPTIONS = {
     "ece": "expected calibration error (10 equal-width bins)", "n_patients": "test patients",
     "count_icc": "ICC(2,1) between true and predicted rim+ counts per patient",
     "count_mean_abs_error": "mean absolute error of the per-patient rim+ count",
-    "prl4_kappa": "Cohen's kappa of the per-patient decision '4 or more rim+ lesions'",
+    "prl4_kappa": "Cohen's kappa of the per-patient decision '4 or more rim+ lesions'; n/a when truth and model "
+                  "each give every patient the same decision (kappa is 0/0 then)",
 }
 
 
-def write_fold_metrics(fold_metrics: pd.DataFrame, pooled: dict[str, float], path: Path) -> Path:
-    """Per-fold metrics TSV (+ pooled row) with a JSON sidecar describing each column."""
-    table = pd.concat([fold_metrics, pd.DataFrame([{"fold": "pooled", **pooled}])], ignore_index=True)
+def write_fold_metrics(fold_metrics: pd.DataFrame, pooled: dict[str, float], path: Path,
+                       intervals: dict[str, tuple[float, float]] | None = None) -> Path:
+    """Per-fold metrics TSV (+ pooled row) with a JSON sidecar describing each column.
+
+    ``intervals`` (the bootstrap over patients of the pooled predictions) become ``<metric>_ci_low``
+    and ``<metric>_ci_high`` columns, filled in the pooled row only (n/a in the fold rows: a fold's
+    handful of test patients has no interval of its own here).
+    """
+    pooled_row = {"fold": "pooled", **pooled}
+    for name, (low, high) in (intervals or {}).items():
+        pooled_row[f"{name}_ci_low"], pooled_row[f"{name}_ci_high"] = low, high
+    table = pd.concat([fold_metrics, pd.DataFrame([pooled_row])], ignore_index=True)
     table.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.6g", lineterminator="\n")
-    sidecar = {column: {"Description": METRIC_DESCRIPTIONS.get(column, column)} for column in table.columns}
+    sidecar = {column: {"Description": _column_description(column)} for column in table.columns}
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     return path
+
+
+def _column_description(column: str) -> str:
+    for suffix, bound in (("_ci_low", "lower"), ("_ci_high", "upper")):
+        if column.endswith(suffix):
+            metric = column.removesuffix(suffix)
+            return (f"{bound} bound of the 95 % bootstrap interval (over patients) of {metric}, pooled row only: "
+                    + METRIC_DESCRIPTIONS.get(metric, metric))
+    return METRIC_DESCRIPTIONS.get(column, column)
 
 
 def plot_curves(predictions: pd.DataFrame, out_dir: Path, stem: str) -> dict[str, Path]:
@@ -91,6 +110,35 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def _annotation_lines(annotations: dict[str, Any] | None) -> list[str]:
+    """The model card's line on how many rim annotations matched a lesion, and which files lost some."""
+    if not annotations:
+        return []
+    lines = [(f"- Annotations: {annotations['matched']} of {annotations['rows']} rows in {annotations['files']} "
+              f"file(s) matched a lesion, {annotations['unmatched']} unmatched (matched: inside the lesion or within "
+              f"{annotations['max_distance_mm']:.3g} mm of its centroid)")]
+    lines += [f"  - `{name}`: {unmatched} of {rows} unmatched"
+              for name, (unmatched, rows) in annotations.get("files_with_unmatched_rows", {}).items()]
+    left_out = annotations.get("files_left_out", [])
+    if left_out:
+        lines.append("  - not used (their participant-level run failed): " + ", ".join(f"`{n}`" for n in left_out))
+    return lines
+
+
+def _init_lines(init_from: dict[str, str] | None) -> list[str]:
+    """The model card's line naming the model file training started from."""
+    if not init_from:
+        return ["- Starting point: trained from scratch"]
+    return [f"- Starting point: initialised from {init_from['path']} (sha256 {init_from['sha256']})"]
+
+
+def _warning_lines(warnings: list[str]) -> list[str]:
+    """The training's warnings (few rim+ lesions in a fold), where the card's reader meets the numbers."""
+    if not warnings:
+        return []
+    return ["## Warnings", "", *[f"- {warning}" for warning in warnings], ""]
+
+
 def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[str, Any], pooled: dict[str, float],
                      intervals: dict[str, tuple[float, float]], fold_metrics: pd.DataFrame, synthetic: bool,
                      model_file: str, plots: dict[str, Path], threshold: float,
@@ -108,7 +156,10 @@ def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[s
               "- Sites: " + ", ".join(f"{site} ({n} lesions)" for site, n in data_summary["sites"].items()),
               f"- Lesion outlines: {data_summary.get('lesion_outline', 'given')} (the participant level's "
               "`--lesion-outline`; use the same setting with this model)",
-              f"- Patches: {config['patch_size']}³ voxels at {float(config['patch_spacing_mm']):.3g} mm", "",
+              f"- Patches: {config['patch_size']}³ voxels at {float(config['patch_spacing_mm']):.3g} mm",
+              *_annotation_lines(data_summary.get("annotations")),
+              *_init_lines(data_summary.get("init_from")), "",
+              *_warning_lines(data_summary.get("warnings", [])),
               "## Evaluation", "",
               f"{config['folds']}-fold cross-validation by patient (folds balanced in rim+ lesions, rim− lesions and sites). "
               "Pretraining in each fold saw only that fold's training patients. Each fold's threshold and "
