@@ -18,7 +18,7 @@ SETTINGS = {"min_volume_mm3": 14.1, "confluent_policy": "split", "outline": "giv
 def bundled_model() -> dict:
     checkpoint = load_checkpoint(bundled_model_path("given"))
     return {"name": "my {odd} model.pt", "sha256": "0" * 64, "threshold": 0.27346, "arch": checkpoint["arch"],
-            "training": checkpoint["training"]}
+            "arch_config": checkpoint["arch_config"], "training": checkpoint["training"]}
 
 
 def _citations_resolve(text: str, references: tuple[str, ...]) -> list[int]:
@@ -36,7 +36,8 @@ def test_a_run_with_the_bundled_model_is_described_as_it_ran(bundled_model):
     assert "14.1 mm³" in text and "split at narrow necks" in text and "32³ voxels" in text
     assert "redrawn" not in text  # given outlines
     assert "FiLM" in text and "pretrained self-supervised" in text and "supervised contrastive" in text
-    assert "0.273" in text and "my {odd} model.pt" in text and "0" * 64 in text
+    assert "reached 0.27346." in text and "my {odd} model.pt" in text and "0" * 64 in text
+    assert "per-voxel feature-wise linear modulation" in text and "read-out of the lesion's QSM edge" in text
     training = bundled_model["training"]["data"]
     assert f"{training['n_labelled_patients']} synthetic patients" in text
     assert set(methods.references) <= set(REFERENCES.values())
@@ -66,3 +67,15 @@ def test_a_fine_tuned_model_names_its_starting_point(bundled_model):
                                                                    "sha256": "f" * 64}}}
     text = " ".join(methods_boilerplate(SETTINGS, {**bundled_model, "training": training}).paragraphs)
     assert "started from the model file bids_rim_default_model.pt" in text and "f" * 64 in text
+
+
+def test_pretraining_and_architecture_are_described_from_the_model_file(bundled_model):
+    """A model whose members never pretrained (NaN embedding spread: a RimNet, or no objectives) is not
+    said to be pretrained; another conditioning is named as it is."""
+    training = {**bundled_model["training"], "pretrain_final_qsm_embedding_std": [float("nan")] * 4}
+    rimnet = " ".join(methods_boilerplate(SETTINGS, {**bundled_model, "arch": "rimnet", "arch_config": {},
+                                                     "training": training}).paragraphs)
+    assert "RimNet-style" in rimnet and "pretrained" not in rimnet and "FiLM" not in rimnet
+    channel = " ".join(methods_boilerplate(SETTINGS, {**bundled_model, "arch_config": {
+        **bundled_model["arch_config"], "conditioning": "film_channel", "readout_logit": False}}).paragraphs)
+    assert "per-channel feature-wise" in channel and "read-out" not in channel and "pretrained" in channel

@@ -143,3 +143,21 @@ def test_too_few_annotated_patients_exit_64_not_a_traceback(participant_run, tmp
     error = capsys.readouterr().err
     assert "2-fold cross-validation needs at least 2 patients with annotated lesions, got 1" in error
     assert "Traceback" not in error
+
+
+def test_annotation_files_are_keyed_by_run_and_a_second_copy_is_refused(tmp_path):
+    from bids_rim.bidsio.training_data import find_annotation_files
+
+    folder = tmp_path / "annotations"
+    for name in ("sub-01/ses-1/anat/sub-01_ses-1_run-1_desc-rim_annotations.tsv",
+                 "sub-01/ses-1/anat/sub-01_ses-1_run-2_desc-rim_annotations.tsv",
+                 "sub-02/anat/sub-02_desc-rim_annotations.tsv"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("x_mm\ty_mm\tz_mm\trim\n")
+    assert sorted(find_annotation_files(folder), key=str) == sorted(
+        [("01", "1", "1"), ("01", "1", "2"), ("02", None, None)], key=str)
+    copy = folder / "old" / "sub-02_desc-rim_annotations.tsv"
+    copy.parent.mkdir()
+    copy.write_text("x_mm\ty_mm\tz_mm\trim\n")
+    with pytest.raises(InputError, match="two annotation files for the same session: old/sub-02"):
+        find_annotation_files(folder)

@@ -69,6 +69,10 @@ def test_prl_kappa_is_undefined_when_nobody_reaches_four_on_either_side() -> Non
     result = patient_metrics(patients, labels, labels * 0.9, 0.5)
     assert np.isnan(result["prl4_kappa"])
     assert result["count_mean_abs_error"] == 0.0
+    # Truth puts every patient at >= 4, the model none: complete disagreement is kappa 0, not n/a.
+    labels = np.tile([1, 1, 1, 1, 0], 4)
+    disagree = patient_metrics(patients, labels, np.zeros(len(labels)), 0.5)
+    assert disagree["prl4_kappa"] == 0.0
 
 
 def test_fold_metrics_tsv_carries_the_pooled_intervals(tmp_path) -> None:
@@ -122,6 +126,10 @@ def test_fine_tuning_names_its_start_and_warns_before_replacing_a_model(first_mo
                for r in caplog.records)
     card = result.model_card_path.read_text()
     assert f"initialised from {start} (sha256 {digest})" in card
+    # The same patients trained the starting model: the cross-validation is optimistic, and says so.
+    n = meta["participant_id"].nunique()
+    overlap = f"{n} of the {n} participants here also trained {start}"
+    assert any(overlap in r.getMessage() for r in caplog.records) and overlap in card
     assert load_checkpoint(result.model_path)["training"]["data"]["init_from"]["sha256"] == digest
     for path in out.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -162,9 +162,26 @@ def check_annotation_matches(annotations_dir: Path, matches: tuple[AnnotationMat
                          f"matched annotation(s) give only {present} ({len(labels)} lesion(s))")
 
 
-def _session_key(path: Path) -> tuple[str, str | None]:
+def _session_key(path: Path) -> tuple[str, str | None, str | None]:
+    """(subject, session, run) of a BIDS file name; None where the entity is absent."""
     entities = parse_file_entities(str(path))
-    return entities["subject"], entities.get("session")
+    run = entities.get("run")
+    return entities["subject"], entities.get("session"), None if run is None else str(run)
+
+
+def find_annotation_files(annotations_dir: Path) -> dict[tuple[str, str | None, str | None], Path]:
+    """Every ``sub-*_desc-rim_annotations.tsv`` under ``annotations_dir`` by (subject, session, run);
+    two files for the same key (a copy in another folder) are refused: one would silently win."""
+    found: dict[tuple[str, str | None, str | None], Path] = {}
+    for path in sorted(annotations_dir.rglob("sub-*_desc-rim_annotations.tsv")):
+        key = _session_key(path)
+        if key in found:
+            raise InputError(f"{annotations_dir}: two annotation files for the same session: "
+                             f"{found[key].relative_to(annotations_dir)} and {path.relative_to(annotations_dir)}")
+        found[key] = path
+    if not found:
+        raise InputError(f"{annotations_dir}: no *_desc-rim_annotations.tsv files found")
+    return found
 
 
 def load_training_set(
@@ -183,12 +200,7 @@ def load_training_set(
     out with a warning, as the group level leaves failed participants out. Refuses too when no
     annotation matches a lesion or only one class does (:func:`check_annotation_matches`).
     """
-    annotation_files: dict[tuple[str, str | None], Path] = {}
-    if annotations_dir is not None:
-        for path in sorted(annotations_dir.rglob("sub-*_desc-rim_annotations.tsv")):
-            annotation_files[_session_key(path)] = path
-        if not annotation_files:
-            raise InputError(f"{annotations_dir}: no *_desc-rim_annotations.tsv files found")
+    annotation_files = find_annotation_files(annotations_dir) if annotations_dir is not None else {}
     sites = participants.set_index("participant_id")["site"] if "site" in participants else pd.Series(dtype=str)
 
     from bids_rim.group.aggregate import find_crash_files, find_lesion_tables, stale_tables_of
@@ -198,13 +210,15 @@ def load_training_set(
         output_dir, find_lesion_tables(output_dir), crashes)}
     all_patches, metas, spacings, outlines = [], [], [], {}
     matches: list[AnnotationMatch] = []
-    used: set[tuple[str, str | None]] = set()
+    used: set[tuple[str, str | None, str | None]] = set()
     for patch_file in sorted(output_dir.glob("sub-*/**/anat/sub-*_desc-lesions_patches.npz")):
-        subject, session = _session_key(patch_file)
+        subject, session, run = key = _session_key(patch_file)
         table_file = patch_file.with_name(patch_file.name.replace("_patches.npz", "_table.tsv"))
         if table_file in stale:
             continue
-        used.add((subject, session))
+        # A run's own annotations, else (annotated without the run entity) its session's.
+        annotation_key = key if key in annotation_files or run is None else (subject, session, None)
+        used |= {key, annotation_key}
         labels_file = patch_file.with_name(
             patch_file.name.replace("_desc-lesions_patches.npz", "_space-QSM_desc-lesions_dseg.nii.gz"))
         patches, lesion_ids = load_patches(patch_file)
@@ -218,7 +232,7 @@ def load_training_set(
             "lesion_id": table["lesion_id"].to_numpy(),
             "label": np.nan,
         })
-        annotation_file = annotation_files.get((subject, session))
+        annotation_file = annotation_files.get(annotation_key)
         if annotation_file is not None:
             annotations = read_annotations(annotation_file)
             matched = 0
@@ -250,14 +264,16 @@ def load_training_set(
                        tuple(matches), left_out, float(max_distance_mm))
 
 
-def annotations_without_outputs(annotations_dir: Path, annotation_files: dict[tuple[str, str | None], Path],
-                                used: set[tuple[str, str | None]], failed_participants: set[str]) -> tuple[Path, ...]:
+def annotations_without_outputs(annotations_dir: Path,
+                                annotation_files: dict[tuple[str, str | None, str | None], Path],
+                                used: set[tuple[str, str | None, str | None]],
+                                failed_participants: set[str]) -> tuple[Path, ...]:
     """The annotation files of sessions that contribute no patches: those of a participant whose
     participant level failed (it has a crash file) are returned and warned about, as the group level
     leaves failed participants out; any other is refused, since a participant never processed (or a
     label the dataset does not have) means the training set silently lacks annotations the user made."""
     missing = {key: path for key, path in annotation_files.items() if key not in used}
-    failed = tuple(path for (subject, _), path in sorted(missing.items(), key=lambda item: str(item[1]))
+    failed = tuple(path for (subject, *_), path in sorted(missing.items(), key=lambda item: str(item[1]))
                    if f"sub-{subject}" in failed_participants)
     unprocessed = sorted(path.name for path in missing.values() if path not in failed)
     if unprocessed:

@@ -165,7 +165,7 @@ def write_run_manifest(output_dir: Path, participant: str, run_id: str, table: P
     <session>_outputs.json``, beside the crash files a failed run leaves there.
 
     The group level reads it to tell a lesion table of an earlier run from one of the run that
-    crashed (:func:`bids_rim.group.aggregate.table_run_start`) without file times, which a copy of
+    crashed (:func:`bids_rim.group.aggregate.table_run_starts`) without file times, which a copy of
     OUTPUT_DIR may reset. It lives in ``log/``, not in the table's sidecar, so that a rerun leaves
     every derivative byte-identical.
     """

@@ -52,17 +52,40 @@ LESION_SOURCES = {
     "builtin": "Lesions were segmented from FLAIR by bids_rim's built-in segmentation.",
 }
 
-#: The network architectures a model file may hold, in words.
+#: The network architectures a model file may hold, in words (asym is described from its configuration).
 ARCHITECTURES = {
-    "asym": "an asymmetric network in which QSM carries the signal and FLAIR only conditions the QSM features, "
-            "through a per-voxel feature-wise linear modulation (FiLM) {film}",
     "qsm_only": "a network that reads QSM alone",
     "rimnet": "a RimNet-style network (two symmetric QSM and FLAIR branches fused early and late)",
     "qsmrimnet": "a QSMRim-Net-style network (a QSM and FLAIR residual network with radiomic rim features)",
     "early_fusion": "a 3D ResNet-18 on the stacked QSM, FLAIR and lesion-mask channels",
 }
 
-#: A citation in the paragraphs: ``{key}`` for a key of REFERENCES only, so that a file name with braces stays.
+#: How FLAIR enters the asym network (``arch_config["conditioning"]``), in words.
+ASYM_CONDITIONING = {
+    "film_spatial": "FLAIR only conditions the QSM features, through a per-voxel feature-wise linear "
+                    "modulation (FiLM) {film}",
+    "film_channel": "FLAIR only conditions the QSM features, through a per-channel feature-wise linear "
+                    "modulation (FiLM) {film}",
+    "gated_xattn": "FLAIR only conditions the QSM features, through gated cross-attention",
+    "none": "FLAIR is not read",
+    "input_stack": "QSM, FLAIR and the lesion mask enter one stem together (symmetric early fusion)",
+}
+
+
+def describe_architecture(arch: str, arch_config: Mapping[str, Any]) -> str:
+    """The network of a model file in words, from its architecture and configuration."""
+    if arch != "asym":
+        return ARCHITECTURES.get(arch, f"a {arch} network")
+    conditioning = arch_config.get("conditioning", "film_spatial")
+    text = (f"an asymmetric network in which QSM carries the signal and "
+            f"{ASYM_CONDITIONING.get(conditioning, f'FLAIR enters by {conditioning}')}")
+    if arch_config.get("rim_readout", True) and arch_config.get("readout_logit", True):
+        text += ("; beside its learned features, its logit includes a linear function of a parameter-free "
+                 "read-out of the lesion's QSM edge and core (their medians, differences and contrast-to-noise "
+                 "ratios)")
+    return text
+
+
 _CITATION = re.compile(r"\{(" + "|".join(REFERENCES) + r")\}")
 
 
@@ -113,7 +136,7 @@ def methods_boilerplate(settings: Mapping[str, Any], model: Mapping[str, Any] | 
     ``settings``: ``min_volume_mm3``, ``confluent_policy`` (split | merge), ``outline`` (given |
     refined), ``source`` (auto | mask | builtin), ``patch_size`` (voxels), ``patch_spacing_mm``.
     ``model``: None without inference, else ``name``, ``sha256``, ``threshold`` and the model file's
-    ``arch`` and ``training`` metadata (see ``bids_rim.training.checkpoint``).
+    ``arch``, ``arch_config`` and ``training`` metadata (see ``bids_rim.training.checkpoint``).
     """
     versions = {name: package_version(name) for name in ("bids_rim", "nipype", "antspyx", "torch", "monai")}
     paragraphs = [
@@ -126,7 +149,7 @@ def methods_boilerplate(settings: Mapping[str, Any], model: Mapping[str, Any] | 
         "MNI152NLin2009cAsym template's brain mask from TemplateFlow {templateflow} registered to FLAIR. "
         "FLAIR was registered rigidly (six degrees of freedom, mutual information) to the GRE magnitude "
         "image, or to the QSM map where there was no magnitude image, and resampled onto the QSM grid "
-        "with linear interpolation; the QSM map itself was never interpolated for the lesion measurements.",
+        "with linear interpolation.",
         _lesion_paragraph(settings),
     ]
     if model is not None:
@@ -142,19 +165,24 @@ def _lesion_paragraph(settings: Mapping[str, Any]) -> str:
     if settings["outline"] == "refined":
         text += (" Each lesion's border was then redrawn where FLAIR crosses half-way between the surrounding "
                  "white matter and the lesion, moving by at most 2.5 mm.")
-    return text + (f" Around each lesion a patch of {settings['patch_size']}³ voxels was cut at "
-                   f"{settings['patch_spacing_mm']:g} mm, or at the QSM's own voxel size where that is coarser, "
-                   "from the QSM map (relative to the median of the normal-appearing white matter, in ppm), "
-                   "FLAIR (divided by its normal-appearing white matter median) and the lesion mask.")
+    return text + (f" Around each lesion a patch of {settings['patch_size']}³ voxels was sampled on a grid "
+                   f"aligned with the world axes, at {settings['patch_spacing_mm']:g} mm or at the QSM's finest voxel "
+                   "size where that is coarser (coarser still for a lesion too large to fit; trilinear "
+                   "interpolation unless the samples fall on QSM voxel centres), from the QSM map (relative "
+                   "to the median of the normal-appearing white matter, in ppm), FLAIR (divided by its "
+                   "normal-appearing white matter median) and the lesion mask; the lesion measurements were "
+                   "made on the QSM grid itself.")
 
 
 def _model_paragraph(model: Mapping[str, Any], versions: Mapping[str, str]) -> str:
     training = model.get("training", {})
     config = training.get("config", {})
     data = training.get("data", {})
-    architecture = ARCHITECTURES.get(model["arch"], f"a {model['arch']} network")
-    training_text = (" The network was pretrained self-supervised on every lesion patch, labelled or not, then"
-                     if config.get("pretrain_epochs", 0) > 0 else " The network was")
+    architecture = describe_architecture(model["arch"], model.get("arch_config", {}))
+    # Pretraining ran only where a member recorded its final embedding spread (finite: NaN marks none).
+    pretrained = any(value == value for value in training.get("pretrain_final_qsm_embedding_std", []))
+    training_text = (" The network was pretrained self-supervised on the training patients' lesion patches, "
+                     "labelled or not, then" if pretrained else " The network was")
     training_text += " fine-tuned on annotated lesions"
     if config.get("supcon_weight", 0) > 0:
         training_text += " with a supervised contrastive regulariser {supcon}"
@@ -166,9 +194,9 @@ def _model_paragraph(model: Mapping[str, Any], versions: Mapping[str, str]) -> s
         origin = "synthetic " if training.get("synthetic_data") else ""
         training_text += (f" It was trained on {data['n_labelled']} annotated lesions ({data['n_rim_positive']} "
                           f"rim+) of {data['n_labelled_patients']} {origin}patients.")
-    return (f"Each lesion was given a probability of being a paramagnetic rim lesion by {architecture}, with "
-            f"PyTorch {versions['torch']}" + " {pytorch} and MONAI " + versions["monai"] + " {monai}."
-            + training_text + " Its probabilities were calibrated by Platt scaling {platt} on validation "
+    return (f"Each lesion was given a probability of being a paramagnetic rim lesion by {architecture}. "
+            f"It is implemented with PyTorch {versions['torch']}" + " {pytorch} and MONAI " + versions["monai"]
+            + " {monai}." + training_text + " Its probabilities were calibrated by Platt scaling {platt} on validation "
             "patients and averaged over the model's test-time views (the patch and its left-right flip); a "
-            f"lesion was called rim+ when its probability reached {model['threshold']:.3f}. Model file "
+            f"lesion was called rim+ when its probability reached {model['threshold']:.6g}. Model file "
             f"{model['name']} (SHA-256 {model['sha256']}).")

@@ -9,6 +9,7 @@ The set is written into a hidden staging folder in ``out_dir`` and moved into pl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -89,9 +90,12 @@ def check_training_inputs(patches: np.ndarray, meta: pd.DataFrame, config: Train
         raise InputError("training labels must be 1 (rim+), 0 (rim-) or empty (unlabelled)")
     if labels.nunique() < 2:
         raise InputError("training needs both rim+ and rim- annotated lesions")
+    warnings = []
     if config.init_from:
-        load_init_model(config)  # a missing, damaged or misfitting model file stops the run now
-    return check_fold_contents(meta, config)
+        init_model = load_init_model(config)  # a missing, damaged or misfitting model file stops the run now
+        overlap = init_overlap_warning(init_model, meta, config.init_from)
+        warnings += [overlap] if overlap else []
+    return warnings + check_fold_contents(meta, config)
 
 
 def check_fold_contents(meta: pd.DataFrame, config: TrainConfig) -> list[str]:
@@ -164,7 +168,28 @@ def _data_summary(meta: pd.DataFrame) -> dict:
         "prevalence": float(labelled["label"].mean()), "n_patients": int(meta["participant_id"].nunique()),
         "n_labelled_patients": int(labelled["participant_id"].nunique()),
         "sites": {str(k): int(v) for k, v in meta["site"].value_counts().sort_index().items()},
+        "participant_sha256": participant_hashes(meta["participant_id"]),
     }
+
+
+def participant_hashes(participant_ids: pd.Series) -> list[str]:
+    """Sorted SHA-256 digests of the training participants' ids: enough to tell, when the model later
+    starts another training (``--init-from``), which of that training's patients it has seen,
+    without writing the ids into a file that may be shared."""
+    return sorted(hashlib.sha256(str(pid).encode()).hexdigest() for pid in pd.unique(participant_ids))
+
+
+def init_overlap_warning(init_model: dict, meta: pd.DataFrame, init_from: str) -> str | None:
+    """A warning when patients of this training also trained the ``--init-from`` model: their
+    cross-validation folds start from weights that have seen their test patients, so the
+    metrics are optimistic. Model files from before the record (the bundled ones) say nothing."""
+    seen = set(init_model.get("training", {}).get("data", {}).get("participant_sha256", []))
+    overlap = seen & set(participant_hashes(meta["participant_id"]))
+    if not overlap:
+        return None
+    return (f"{len(overlap)} of the {meta['participant_id'].nunique()} participants here also trained {init_from}: "
+            "their test folds start from weights that have seen them, so the cross-validated metrics are "
+            "optimistic (start from a model trained on other patients, or from scratch, to measure)")
 
 
 def train_rim_model(

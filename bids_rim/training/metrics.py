@@ -77,10 +77,11 @@ def patient_metrics(
     counts = frame.groupby("patient")[["true", "predicted"]].sum()
     true_decision = counts["true"] >= PRL_PATIENT_THRESHOLD
     predicted_decision = counts["predicted"] >= PRL_PATIENT_THRESHOLD
-    # κ is undefined (0/0) when truth and model each give every patient the same decision, e.g. when
-    # nobody reaches 4 PRLs on either side: n/a, not the 1.0 of trivial agreement.
-    both_constant = true_decision.nunique() <= 1 and predicted_decision.nunique() <= 1
-    kappa = float("nan") if both_constant else float(skm.cohen_kappa_score(true_decision, predicted_decision))
+    # κ is undefined (0/0) when truth and model give every patient one and the same decision, e.g. when
+    # nobody reaches 4 PRLs on either side: n/a, not the 1.0 of trivial agreement. (Constant but
+    # opposite decisions are a defined κ of 0: observed and chance agreement are both 0.)
+    decisions = set(true_decision) | set(predicted_decision)
+    kappa = float("nan") if len(decisions) <= 1 else float(skm.cohen_kappa_score(true_decision, predicted_decision))
     return {
         "n_patients": float(len(counts)),
         "count_icc": icc_absolute_agreement(counts["true"].to_numpy(), counts["predicted"].to_numpy()),

@@ -32,7 +32,7 @@ METRIC_DESCRIPTIONS = {
     "count_icc": "ICC(2,1) between true and predicted rim+ counts per patient",
     "count_mean_abs_error": "mean absolute error of the per-patient rim+ count",
     "prl4_kappa": "Cohen's kappa of the per-patient decision '4 or more rim+ lesions'; n/a when truth and model "
-                  "each give every patient the same decision (kappa is 0/0 then)",
+                  "give every patient one and the same decision (kappa is 0/0 then)",
 }
 
 

@@ -93,8 +93,8 @@ def init_session_wf(config: RunConfig, unit: SessionInputs, warnings: list[str] 
                     run_id: str) -> pe.Workflow:
     """One session: FLAIR and QSM in, lesion table, patches and maps out.
 
-    ``run_id`` names the participant-level run (its ``log/<run id>/`` folder); the lesion table's
-    sidecar records it, so that the group level can tell a table of an earlier run from this one's.
+    ``run_id`` names the participant-level run (its ``log/<run id>/`` folder); the sink records there
+    which files the run wrote, so that the group level can tell a table of an earlier run from this one's.
 
     ::
 
@@ -259,7 +259,7 @@ def run_methods(config: RunConfig) -> Boilerplate:
         checkpoint = load_checkpoint(Path(config.model_path or bundled_model_path(settings.outline)))
         model = {"name": Path(provenance["Model"]).name, "sha256": provenance["ModelSHA256"],
                  "threshold": provenance["DecisionThreshold"], "arch": checkpoint["arch"],
-                 "training": checkpoint.get("training", {})}
+                 "arch_config": checkpoint.get("arch_config", {}), "training": checkpoint.get("training", {})}
     return methods_boilerplate({"min_volume_mm3": settings.min_volume_mm3,
                                 "confluent_policy": settings.confluent_policy, "outline": settings.outline,
                                 "source": settings.source, "patch_size": settings.patch_size,
