@@ -268,3 +268,20 @@ def test_group_training_leaves_stale_sessions_out(participant_run, tmp_path, cap
     assert "sub-002" in everyone and set(training.meta["participant_id"]) == set(everyone) - {"sub-002"}
     assert any(record.getMessage().startswith("sub-002: its latest participant-level run failed")
                for record in caplog.records)
+
+
+def test_a_session_with_two_runs_counts_its_lesions_once(tmp_path, caplog):
+    """Two QSM runs of one session give two tables; the group level uses the last run (run-10 after
+    run-2), so that no lesion is counted twice, and says which it left out."""
+    output_dir = tmp_path / "out"
+    rng = np.random.default_rng(4)
+    anat = output_dir / "sub-02" / "ses-01" / "anat"
+    anat.mkdir(parents=True)
+    for run, n_lesions in (("2", 3), ("10", 5)):
+        (anat / f"sub-02_ses-01_run-{run}_desc-lesions_table.tsv").write_text(lesion_table_text(rng, n_lesions, 2))
+    with caplog.at_level(logging.WARNING, logger="bids_rim.group"):
+        aggregated = aggregate_lesion_tables(output_dir, ["sub-02"])
+    assert [table.path.name for table in aggregated.sessions] == ["sub-02_ses-01_run-10_desc-lesions_table.tsv"]
+    assert len(aggregated.lesions) == 7  # run-10: 5 rim+ and 2 rim- lesions
+    messages = [record.getMessage() for record in caplog.records if "2 runs have lesion tables" in record.getMessage()]
+    assert len(messages) == 1 and "run-2_desc" in messages[0] and "\n" not in messages[0]

@@ -165,3 +165,20 @@ def test_empty_lesion_mask_gives_zero_lesions_and_a_warning(cohort_copy: Path, t
     assert not np.asarray(labels.dataobj).any()
     with np.load(anat / f"sub-{SUBJECT}_ses-01_desc-lesions_patches.npz") as patches:
         assert patches["patches"].shape[0] == 0 and patches["lesion_id"].size == 0
+
+
+def test_a_mask_on_a_flair_grid_of_the_qsm_matrix_size_is_judged_by_its_affine(session: SessionInputs) -> None:
+    """FLAIR and QSM with the same matrix size but other voxel sizes: the rater's mask drawn on FLAIR is on
+    FLAIR's grid (shape alone would take it for the QSM's and refuse its affine)."""
+    affine, shape = qsm_grid()
+    flair_affine = affine.copy()
+    flair_affine[:3, :3] *= 0.9
+    phantom = Phantom(noise_sd=0.05, seed=0)
+    nib.save(phantom.flair(flair_affine, shape), session.flair)
+    nib.save(phantom.lesion_mask(flair_affine, shape), session.lesion_mask)
+    assert _shape(session.flair) == _shape(session.qsm)
+    check_session_inputs(session)  # raises InputError if the mask were checked against the QSM
+    flair_affine[:3, 3] += 5.0  # a mask on neither grid is still refused, naming the mask
+    nib.save(phantom.lesion_mask(flair_affine, shape), session.lesion_mask)
+    with pytest.raises(InputError, match="lesion mask affine differs"):
+        check_session_inputs(session)

@@ -173,3 +173,13 @@ def test_order_and_formatting_helpers() -> None:
     assert summary["meets_prl_threshold"] is False
     assert format_value("rim_label", 1) == "rim+" and format_value("volume_mm3", np.nan) == "n/a"
     assert format_value("flag_confluent", True) == "yes"
+
+
+def test_a_qsm_saved_with_a_singleton_fourth_axis_is_reported(tmp_path: Path, phantom) -> None:
+    """X×Y×Z×1 passes the pre-flight checks, so the report must read it too (it used to fail the participant)."""
+    qsm = phantom["qsm"]
+    as_4d = nib.Nifti1Image(np.asarray(qsm.dataobj)[..., None], qsm.affine)
+    path = tmp_path / "sub-001_Chimap.nii.gz"
+    nib.save(as_4d, path)
+    html = _write(tmp_path / "out", {**phantom, "qsm": path}, _table(with_model=True)).read_text()
+    assert html.count("_mosaic.png") >= len(LESIONS)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 from bids import BIDSLayout
 from bids.layout import BIDSFile
 
@@ -177,15 +179,17 @@ def _units_of_session(
             f"{layout.root}: {where} has no QSM map (*_Chimap.nii[.gz]) in the raw dataset "
             "or in the derivative datasets given with -d"
         )
-    magnitude = _magnitude(layout, subject, session, filters.get("magnitude", {}))
+    magnitudes = _magnitudes(layout, subject, session, filters.get("magnitude", {}))
     masks = _lesion_masks(layout, subject, session)
 
     multiple_runs = len(qsms) > 1
     units = []
     for qsm in qsms:
         run = qsm.entities.get("run") if multiple_runs else None
-        flair = _matching_run(flairs, run, where, "FLAIR")
         mask = _matching_run(masks, run, where, "lesion mask") if masks else None
+        same_run = run is not None and any(candidate.entities.get("run") == run for candidate in flairs)
+        flair = _matching_run(flairs if same_run else _on_grid_of(flairs, mask), run, where, "FLAIR")
+        magnitude = _matching_run(magnitudes, run, where, "GRE magnitude") if magnitudes else None
         units.append(
             SessionInputs(
                 subject=subject,
@@ -212,16 +216,37 @@ def _matching_run(candidates: list[BIDSFile], run: Any, where: str, what: str) -
     return candidates[0]
 
 
-def _magnitude(layout: BIDSLayout, subject: str, session: str | None, extra: dict[str, Any]) -> BIDSFile | None:
+def _on_grid_of(flairs: list[BIDSFile], mask: BIDSFile | None) -> list[BIDSFile]:
+    """Of several FLAIRs, those on the lesion mask's grid (raters draw on one FLAIR), if any is; else all.
+
+    Only headers are read. A mask on the QSM grid matches no FLAIR and leaves the choice as it was.
+    """
+    if mask is None or len(flairs) < 2:
+        return flairs
+    mask_image = nib.load(mask.path)
+    same = [flair for flair in flairs if same_grid(nib.load(flair.path), mask_image)]
+    return same or flairs
+
+
+def same_grid(first: nib.Nifti1Image, second: nib.Nifti1Image) -> bool:
+    """True when two images share their voxel grid: shape (3D) and affine (to 0.001 mm)."""
+    return first.shape[:3] == second.shape[:3] and bool(np.allclose(first.affine, second.affine, atol=1e-3))
+
+
+def _magnitudes(layout: BIDSLayout, subject: str, session: str | None, extra: dict[str, Any]) -> list[BIDSFile]:
+    """The session's GRE magnitude images, one per run: its first echo, which has the best SNR for
+    registration (multi-echo GRE)."""
     for suffix in MAGNITUDE_SUFFIXES:
         found = [
             f for f in _query(layout, subject, session, suffix=suffix, scope="raw", **extra)
             if f.entities.get("part", "mag") == "mag"
         ]
-        if found:
-            # Multi-echo GRE: the first echo has the best SNR for registration.
-            return sorted(found, key=lambda f: (f.entities.get("echo", 0), f.path))[0]
-    return None
+        first_echo: dict[Any, BIDSFile] = {}
+        for image in sorted(found, key=lambda f: (f.entities.get("echo", 0), f.path)):
+            first_echo.setdefault(image.entities.get("run"), image)
+        if first_echo:
+            return list(first_echo.values())
+    return []
 
 
 def _lesion_masks(layout: BIDSLayout, subject: str, session: str | None) -> list[BIDSFile]:

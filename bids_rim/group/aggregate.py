@@ -271,6 +271,33 @@ def stale_tables_of(output_dir: Path, tables: Sequence[SessionTable], crashes: S
     return stale
 
 
+RUN_IN_NAME = re.compile(r"_run-([A-Za-z0-9]+)_")
+
+
+def one_run_per_session(tables: Sequence[SessionTable], output_dir: Path) -> list[SessionTable]:
+    """One lesion table per participant and session: of several runs (two QSM runs in one session
+    give a table each), the last in natural order, usually the rescan; a warning names the others.
+
+    The group statistics count lesions per session, so two runs of the same brain would count
+    every lesion twice. The participant level's per-run tables stay as they are.
+    """
+    from bids_rim.group.stats import natural_key  # the same ordering as the patient-level session
+
+    by_session: dict[tuple[str, str | None], list[SessionTable]] = {}
+    for table in tables:
+        by_session.setdefault((table.participant_id, table.session_id), []).append(table)
+    kept = []
+    for runs in by_session.values():
+        runs = sorted(runs, key=lambda table: natural_key(next(iter(RUN_IN_NAME.findall(table.path.name)), "")))
+        kept.append(runs[-1])
+        if len(runs) > 1:
+            LOGGER.warning("%s %s: %d runs have lesion tables; the group statistics use the last, %s, and leave "
+                           "out %s", runs[-1].participant_id, runs[-1].session_id or "", len(runs),
+                           runs[-1].path.relative_to(output_dir), ", ".join(
+                               str(table.path.relative_to(output_dir)) for table in runs[:-1]))
+    return kept
+
+
 def find_bids_sessions(bids_dir: Path) -> dict[str, list[str]]:
     """``{participant_id: [session_id, ...]}`` from the ``sub-*/ses-*`` folders of a raw BIDS dataset.
 
@@ -353,7 +380,7 @@ def aggregate_lesion_tables(output_dir: Path, participant_ids: Iterable[str] = (
     crashes, tables = find_crash_files(output_dir), find_lesion_tables(output_dir)
     crashed = latest_crash_reasons(crashes)
     stale = stale_tables_of(output_dir, tables, crashes)
-    sessions = [table for table in tables if table not in stale]
+    sessions = one_run_per_session([table for table in tables if table not in stale], output_dir)
     lesions = read_lesion_tables(sessions, progress=progress)
     with_table = {table.participant_id for table in sessions}
     # A participant left without any usable table failed for the newest crash that made its tables stale.

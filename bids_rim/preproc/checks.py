@@ -165,7 +165,8 @@ def check_lesion_mask(mask: nib.Nifti1Image, reference: nib.Nifti1Image,
     values = np.unique(data)
     if not np.all(np.isin(values, (0, 1))):
         shown = ", ".join(f"{v:g}" for v in values[:6]) + (", …" if values.size > 6 else "")
-        raise InputError(f"{name}: lesion mask is not binary (values {shown}); expected 0 and 1")
+        raise InputError(f"{name}: lesion mask is not binary (values {shown}); expected 0 and 1 (threshold a "
+                         "probability map, or set every label above 0 to 1, e.g. fslmaths IN -bin OUT)")
     if not np.any(data == 1):
         return f"{name}: no lesion in this mask (no voxel is 1): the session will have 0 lesions"
     return None

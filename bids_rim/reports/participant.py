@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bids_rim.errors import InputError
+from bids_rim.preproc import checks
 from bids_rim.reports import figures
 from bids_rim.reports.boilerplate import Boilerplate
 
@@ -100,7 +101,8 @@ def _clean_label(label: str | None, prefix: str, what: str) -> str | None:
 
 
 def _load_image(image: ImageLike, what: str) -> tuple[nib.Nifti1Image, str]:
-    """The image and a name for messages (its path, or what it is)."""
+    """The image and a name for messages (its path, or what it is); a trailing singleton 4th axis
+    (a 3D map saved as X×Y×Z×1, which the pre-flight checks accept) is dropped."""
     if isinstance(image, (str, Path)):
         path = Path(image)
         try:
@@ -110,8 +112,12 @@ def _load_image(image: ImageLike, what: str) -> tuple[nib.Nifti1Image, str]:
             raise InputError(f"{path}: {what} file not found") from None
         except Exception as error:  # nibabel raises many types for unreadable files
             raise InputError(f"{path}: cannot read {what} ({type(error).__name__}: {error})") from None
-        return loaded, str(path)
-    return image, what
+        image, name = loaded, str(path)
+    else:
+        name = what
+    if image.ndim > 3 and all(n == 1 for n in image.shape[3:]):
+        image = checks.ensure_3d(image, name)
+    return image, name
 
 
 def _load_table(table: pd.DataFrame | Path | str) -> tuple[pd.DataFrame, str]:
