@@ -52,3 +52,25 @@ def test_with_one_qsm_the_flair_on_the_masks_grid_is_chosen(tmp_path):
     raw, masks = _dataset(tmp_path, qsm_runs=("1",), flair_runs=("1", "2"), mask_run="2")
     (unit,), _ = collect_sessions(index_dataset(raw, (masks,)))
     assert unit.flair.name == "sub-01_ses-1_run-2_FLAIR.nii.gz" and unit.lesion_mask is not None
+    assert unit.choices == ()  # the mask decided: nothing to warn about
+    (unit,), _ = collect_sessions(index_dataset(raw))  # without the mask: the first, and a warning that says so
+    assert unit.flair.name == "sub-01_ses-1_run-1_FLAIR.nii.gz"
+    assert unit.choices == ("sub-01 ses-1: 2 FLAIR images and no matching run; using sub-01_ses-1_run-1_FLAIR.nii.gz "
+                            "(choose another with --bids-filter-file)",)
+
+
+def test_a_session_without_qsm_stops_its_participant_and_names_the_sessions_that_could_run(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "dataset_description.json").write_text(json.dumps({"Name": "raw", "BIDSVersion": "1.10.0"}))
+    for session in ("1", "2", "3"):
+        anat = raw / "sub-01" / f"ses-{session}" / "anat"
+        _image(anat / f"sub-01_ses-{session}_FLAIR.nii.gz", (10, 10, 8), 1.0)
+        if session != "2":
+            _image(anat / f"sub-01_ses-{session}_Chimap.nii.gz", (8, 8, 8), 1.5)
+    layout = index_dataset(raw)
+    units, failures = collect_sessions(layout)
+    assert units == [] and "ses-2 has no QSM map" in failures["01"]
+    assert failures["01"].endswith("its other session(s) can run alone with --session-label 1 3")
+    units, failures = collect_sessions(layout, session_labels=("1", "3"))
+    assert not failures and [unit.session for unit in units] == ["1", "3"]

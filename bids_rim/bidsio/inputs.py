@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from bids import BIDSLayout
 from bids.layout import BIDSFile
 
 from bids_rim.errors import InputError
-
-LOGGER = logging.getLogger("bids_rim.inputs")
 
 NIFTI_EXTENSIONS = [".nii", ".nii.gz"]
 #: ``label-``/``desc-`` values that name a lesion mask (``*_mask.nii[.gz]``).
@@ -43,6 +40,8 @@ class SessionInputs:
     qsm: Path
     magnitude: Path | None = None
     lesion_mask: Path | None = None
+    #: How an image was chosen among several candidates: warnings for the log, the sidecar and the report.
+    choices: tuple[str, ...] = ()
 
     @property
     def entities(self) -> dict[str, Any]:
@@ -135,11 +134,17 @@ def collect_sessions(
         sessions: list[str | None] = sorted(layout.get_sessions(subject=subject)) or [None]
         if session_labels:
             sessions = [session for session in sessions if session in session_labels]
-        try:
-            subject_units = [unit for session in sessions
-                             for unit in _units_of_session(layout, subject, session, filters)]
-        except InputError as error:
-            failures[subject] = str(error)
+        subject_units, errors, usable = [], [], []
+        for session in sessions:
+            try:
+                subject_units += _units_of_session(layout, subject, session, filters)
+                usable.append(session)
+            except InputError as error:
+                errors.append(str(error))
+        if errors:  # one unusable session stops its participant: a partial patient would skew its counts
+            hint = (f"; its other session(s) can run alone with --session-label {' '.join(map(str, usable))}"
+                    if usable and usable[0] is not None else "")
+            failures[subject] = errors[0] + hint
             continue
         units.extend(subject_units)
     if not units and not failures:
@@ -186,10 +191,11 @@ def _units_of_session(
     units = []
     for qsm in qsms:
         run = qsm.entities.get("run") if multiple_runs else None
-        mask = _matching_run(masks, run, where, "lesion mask") if masks else None
+        choices: list[str] = []
+        mask = _matching_run(masks, run, where, "lesion mask", choices) if masks else None
         same_run = run is not None and any(candidate.entities.get("run") == run for candidate in flairs)
-        flair = _matching_run(flairs if same_run else _on_grid_of(flairs, mask), run, where, "FLAIR")
-        magnitude = _matching_run(magnitudes, run, where, "GRE magnitude") if magnitudes else None
+        flair = _matching_run(flairs if same_run else _on_grid_of(flairs, mask), run, where, "FLAIR", choices)
+        magnitude = _matching_run(magnitudes, run, where, "GRE magnitude", choices) if magnitudes else None
         units.append(
             SessionInputs(
                 subject=subject,
@@ -199,20 +205,21 @@ def _units_of_session(
                 qsm=Path(qsm.path),
                 magnitude=Path(magnitude.path) if magnitude else None,
                 lesion_mask=Path(mask.path) if mask else None,
+                choices=tuple(choices),
             )
         )
     return units
 
 
-def _matching_run(candidates: list[BIDSFile], run: Any, where: str, what: str) -> BIDSFile:
-    """The candidate of the same run, else the only one, else the first (with a warning)."""
+def _matching_run(candidates: list[BIDSFile], run: Any, where: str, what: str, choices: list[str]) -> BIDSFile:
+    """The candidate of the same run, else the only one, else the first (a warning added to ``choices``)."""
     if run is not None:
         same_run = [c for c in candidates if c.entities.get("run") == run]
         if same_run:
             return same_run[0]
     if len(candidates) > 1:
-        LOGGER.warning("%s: %d %s images and no matching run; using %s", where, len(candidates), what,
-                       Path(candidates[0].path).name)
+        choices.append(f"{where}: {len(candidates)} {what} images and no matching run; using "
+                       f"{Path(candidates[0].path).name} (choose another with --bids-filter-file)")
     return candidates[0]
 
 

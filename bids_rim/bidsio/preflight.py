@@ -31,7 +31,7 @@ def check_session_inputs(unit: SessionInputs) -> list[str]:
         magnitude = checks.ensure_3d(checks.load_nifti(unit.magnitude), unit.magnitude)
         checks.check_finite(magnitude, unit.magnitude)
         checks.check_not_constant(magnitude, unit.magnitude, "GRE magnitude")
-    warnings = []
+    warnings = list(unit.choices)  # an image chosen among several: said in the log, the sidecar and the report
     if unit.lesion_mask is not None:
         mask = checks.ensure_3d(checks.load_nifti(unit.lesion_mask), unit.lesion_mask)
         # The workflow's rule (workflows.participant._mask_transform): the QSM grid when shape and affine
