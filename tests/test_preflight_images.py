@@ -51,6 +51,13 @@ def _shape(path: Path) -> tuple[int, ...]:
     return nib.load(path).shape
 
 
+def _refusal(session: SessionInputs) -> str:
+    """The one-line message with which the pre-flight checks refuse ``session``."""
+    with pytest.raises(InputError) as error:
+        check_session_inputs(session)
+    return str(error.value)
+
+
 def test_valid_session_passes_without_mask_warning(session: SessionInputs) -> None:
     warnings = check_session_inputs(session)
     assert not any(EMPTY_MASK_WARNING in warning for warning in warnings)
@@ -59,36 +66,26 @@ def test_valid_session_passes_without_mask_warning(session: SessionInputs) -> No
 @pytest.mark.parametrize("value, dtype", [(0, np.float32), (100, np.float32), (0, np.int16), (100, np.uint16)])
 def test_constant_flair_fails_preflight_naming_the_file(session: SessionInputs, value: int, dtype) -> None:
     _overwrite(session.flair, np.full(_shape(session.flair), value, dtype))
-    with pytest.raises(InputError) as error:
-        check_session_inputs(session)
-    assert str(error.value) == (f"{session.flair}: the FLAIR image is constant (every voxel {value}); "
-                                "nothing to register")
+    assert _refusal(session) == (f"{session.flair}: the FLAIR image is constant (every voxel {value}); "
+                                 "nothing to register")
 
 
 def test_constant_gre_magnitude_fails_preflight_naming_the_file(session: SessionInputs) -> None:
     _overwrite(session.magnitude, np.zeros(_shape(session.magnitude), np.float32))
-    with pytest.raises(InputError) as error:
-        check_session_inputs(session)
-    assert str(error.value) == (f"{session.magnitude}: the GRE magnitude image is constant (every voxel 0); "
-                                "nothing to register")
+    assert _refusal(session) == (f"{session.magnitude}: the GRE magnitude image is constant (every voxel 0); "
+                                 "nothing to register")
 
 
 def test_qsm_all_zero_or_constant(session: SessionInputs) -> None:
     _overwrite(session.qsm, np.zeros(_shape(session.qsm), np.float32))
-    with pytest.raises(InputError) as error:
-        check_session_inputs(session)
-    assert str(error.value) == f"{session.qsm}: QSM map is all zero"  # the existing message is kept
+    assert _refusal(session) == f"{session.qsm}: QSM map is all zero"  # the existing message is kept
     _overwrite(session.qsm, np.full(_shape(session.qsm), 0.1, np.float32))
-    with pytest.raises(InputError) as error:
-        check_session_inputs(session)
-    assert str(error.value) == f"{session.qsm}: the QSM image is constant (every voxel 0.1); nothing to register"
+    assert _refusal(session) == f"{session.qsm}: the QSM image is constant (every voxel 0.1); nothing to register"
 
 
 def test_qsm_in_ppb_gets_the_ppb_hint(session: SessionInputs) -> None:
     _overwrite(session.qsm, np.asarray(nib.load(session.qsm).dataobj) * 1000.0)
-    with pytest.raises(InputError) as error:
-        check_session_inputs(session)
-    message = str(error.value)
+    message = _refusal(session)
     assert "\n" not in message and message.startswith(f"{session.qsm}: QSM values span ")
     assert message.endswith("is it in ppb (then divide it by 1000), Hz or radians?")
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nib
-import numpy as np
 from bids import BIDSLayout
 from bids.layout import BIDSFile
 
 from bids_rim.errors import InputError
+from bids_rim.preproc.checks import same_grid
 
 NIFTI_EXTENSIONS = [".nii", ".nii.gz"]
 #: ``label-``/``desc-`` values that name a lesion mask (``*_mask.nii[.gz]``).
@@ -233,11 +233,6 @@ def _on_grid_of(flairs: list[BIDSFile], mask: BIDSFile | None) -> list[BIDSFile]
     mask_image = nib.load(mask.path)
     same = [flair for flair in flairs if same_grid(nib.load(flair.path), mask_image)]
     return same or flairs
-
-
-def same_grid(first: nib.Nifti1Image, second: nib.Nifti1Image) -> bool:
-    """True when two images share their voxel grid: shape (3D) and affine (to 0.001 mm)."""
-    return first.shape[:3] == second.shape[:3] and bool(np.allclose(first.affine, second.affine, atol=1e-3))
 
 
 def _magnitudes(layout: BIDSLayout, subject: str, session: str | None, extra: dict[str, Any]) -> list[BIDSFile]:

@@ -6,7 +6,7 @@ naming the file, instead of a traceback deep inside a workflow node.
 
 from __future__ import annotations
 
-from bids_rim.bidsio.inputs import SessionInputs, same_grid
+from bids_rim.bidsio.inputs import SessionInputs
 from bids_rim.preproc import checks
 
 
@@ -34,10 +34,10 @@ def check_session_inputs(unit: SessionInputs) -> list[str]:
     warnings = list(unit.choices)  # an image chosen among several: said in the log, the sidecar and the report
     if unit.lesion_mask is not None:
         mask = checks.ensure_3d(checks.load_nifti(unit.lesion_mask), unit.lesion_mask)
-        # The workflow's rule (workflows.participant._mask_transform): the QSM grid when shape and affine
-        # match it, else the FLAIR's. Shape alone would take a FLAIR-grid mask for a QSM-grid one whenever
+        # The workflow's rule (workflows.participant._mask_transform, the same checks.same_grid): the QSM
+        # grid when shape and affine match it, else the FLAIR's. Shape alone would take a FLAIR-grid mask for a QSM-grid one whenever
         # the two images have the same matrix size.
-        empty = checks.check_lesion_mask(mask, qsm if same_grid(mask, qsm) else flair, unit.lesion_mask)
+        empty = checks.check_lesion_mask(mask, qsm if checks.same_grid(mask, qsm) else flair, unit.lesion_mask)
         if empty:
             warnings.append(empty)
     if unit.magnitude is None:

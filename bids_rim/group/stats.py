@@ -150,10 +150,15 @@ def natural_key(label: str) -> tuple:
                  for part in re.split(r"(\d+)", str(label)) if part)
 
 
+def natural_rank(labels: pd.Series) -> pd.Series:
+    """Each label's position among the distinct labels in natural order (:func:`natural_key`)."""
+    return labels.map({label: position for position, label in enumerate(sorted(labels.unique(), key=natural_key))})
+
+
 def natural_session_order(subjects: pd.DataFrame) -> pd.DataFrame:
     """Rows sorted by participant, then session in natural order (ses-2 before ses-10), as a reader expects."""
     labels = subjects["session_id"].astype(str)
-    rank = labels.map({label: position for position, label in enumerate(sorted(labels.unique(), key=natural_key))})
+    rank = natural_rank(labels)
     return (subjects.assign(_rank=rank).sort_values(["participant_id", "_rank"], kind="stable")
             .drop(columns="_rank").reset_index(drop=True))
 
@@ -168,7 +173,7 @@ def patient_sessions(subjects: pd.DataFrame, acquisition_times: pd.Series | None
     if subjects.empty:
         return subjects.index, "no session to choose from"
     labels = subjects["session_id"].astype(str)
-    rank = labels.map({label: position for position, label in enumerate(sorted(labels.unique(), key=natural_key))})
+    rank = natural_rank(labels)
     times = (pd.Series(pd.NaT, index=subjects.index, dtype="datetime64[ns, UTC]") if acquisition_times is None
              else pd.to_datetime(acquisition_times.reindex(subjects.index), utc=True))
     by_time = times.notna().groupby(subjects["participant_id"]).transform("all")

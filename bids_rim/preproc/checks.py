@@ -59,6 +59,11 @@ def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
     return loaded
 
 
+def same_grid(first: nib.Nifti1Image, second: nib.Nifti1Image) -> bool:
+    """True when two images share their voxel grid: shape (3D) and affine (to 0.001 mm)."""
+    return first.shape[:3] == second.shape[:3] and bool(np.allclose(first.affine, second.affine, atol=1e-3))
+
+
 def ensure_3d(img: nib.Nifti1Image, path: str | os.PathLike | None = None) -> nib.Nifti1Image:
     """Return the image as 3D (a trailing singleton 4th axis is dropped); raise for 4D series."""
     shape = img.shape

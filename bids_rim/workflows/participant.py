@@ -277,11 +277,10 @@ def _mask_transform(mask: str, qsm: str, xfm: str) -> str:
     import nibabel as nib
     import numpy as np
 
+    from bids_rim.preproc.checks import same_grid
     from bids_rim.preproc.transforms import write_itk_rigid
 
-    mask_img, qsm_img = nib.load(mask), nib.load(qsm)
-    same_grid = mask_img.shape[:3] == qsm_img.shape[:3] and np.allclose(mask_img.affine, qsm_img.affine, atol=1e-3)
-    if not same_grid:
+    if not same_grid(nib.load(mask), nib.load(qsm)):
         return xfm
     identity = os.path.abspath("identity_xfm.txt")
     write_itk_rigid(np.eye(4), identity)
