@@ -7,3 +7,7 @@ class InputError(ValueError):
 
 class OutputError(OSError):
     """The output directory cannot be used (not writable, or inside the input dataset)."""
+
+
+class BusyError(RuntimeError):
+    """Another bids_rim run is using what this run needs (its working directory): retry when it ends."""

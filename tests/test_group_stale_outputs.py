@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bids_rim.bidsio.run_ids import new_run_id
 from bids_rim.cli.run import main
 from bids_rim.group.aggregate import (
     CrashFile,
@@ -48,7 +49,7 @@ def age(path: Path, age_s: float) -> None:
 
 def run_id(age_s: float) -> str:
     """The id of a participant-level run that started ``age_s`` seconds before ``NOW``."""
-    return time.strftime("%Y%m%d-%H%M%S", time.localtime(NOW - age_s))
+    return new_run_id(NOW - age_s)
 
 
 def record_run(output_dir: Path, table: Path, age_s: float) -> Path:

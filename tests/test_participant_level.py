@@ -66,7 +66,7 @@ def test_each_run_records_the_tables_it_wrote(participant_run: dict[str, Path]) 
         assert manifests, subject
         manifest = json.loads(manifests[-1].read_text())
         assert manifest["ParticipantLevelRun"] == manifests[-1].parent.name
-        assert re.fullmatch(r"\d{8}-\d{6}", manifest["ParticipantLevelRun"])
+        assert re.fullmatch(r"\d{8}-\d{6}Z", manifest["ParticipantLevelRun"])  # UTC
         written = {role: output_dir / path for role, path in manifest["Outputs"].items()}
         assert written["table"] == _session_files(output_dir, subject)["table"]
         assert all(path.is_file() for path in written.values())

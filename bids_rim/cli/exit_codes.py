@@ -14,6 +14,7 @@ EXIT_USAGE = 64  # EX_USAGE
 EXIT_INVALID_BIDS = 65  # EX_DATAERR
 EXIT_INTERNAL = 70  # EX_SOFTWARE
 EXIT_CANT_CREATE = 73  # EX_CANTCREAT
+EXIT_BUSY = 75  # EX_TEMPFAIL: try again later
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
@@ -34,6 +35,8 @@ DESCRIPTIONS = {
     "working directory to resume",
     EXIT_TERMINATED: "stopped by SIGTERM (a scheduler's time limit): the outputs written so far are complete; rerun "
     "with the same working directory to resume",
+    EXIT_BUSY: "another bids_rim run is processing one of the participants in the same working directory; "
+    "nothing was written: run again when it has ended, or with a working directory of its own (-w)",
     EXIT_CANT_CREATE: "the output directory cannot be created or written, lies inside the input dataset, or is "
     "another dataset (a -d input, or another pipeline's derivatives)",
 }

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 from bids_rim.bidsio.derivatives import atomic_write_text, dataset_roots, write_dataset_description
 from bids_rim.bidsio.inputs import SessionInputs, collect_sessions, index_dataset
 from bids_rim.bidsio.preflight import check_session_inputs
+from bids_rim.bidsio.run_ids import new_run_id
 from bids_rim.bidsio.validator import validate_dataset
 from bids_rim.cli.exit_codes import EXIT_INVALID_BIDS, EXIT_PARTICIPANTS_FAILED, EXIT_USAGE
 from bids_rim.cli.interruption import Interruption, plugin_args_with_callback, stop_on_signals
+from bids_rim.cli.work_lock import participant_locks
 from bids_rim.config import RunConfig
 from bids_rim.errors import InputError
 from bids_rim.preproc.template_space import resolve_template
@@ -129,8 +130,6 @@ def _stopped(interruption: Interruption, config: RunConfig) -> int:
 
 def run_participant_level(config: RunConfig) -> int:
     """Process every selected participant; returns the exit code."""
-    from bids_rim.workflows.participant import init_bids_rim_wf, run_methods
-
     if not _validate_input(config):
         return EXIT_INVALID_BIDS
     try:
@@ -149,7 +148,17 @@ def run_participant_level(config: RunConfig) -> int:
         print(f"bids_rim: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 
-    run_id = time.strftime("%Y%m%d-%H%M%S")
+    run_id = new_run_id()
+    subjects = [unit.subject for unit in units] + list(unusable)
+    with participant_locks(config.execution.work_dir, subjects, run_id):
+        return _process_participants(config, units, unusable, run_id, outline_warning)
+
+
+def _process_participants(config: RunConfig, units: list[SessionInputs], unusable: dict[str, str], run_id: str,
+                          outline_warning: str | None) -> int:
+    """Check, run and report every selected session (the run's working-directory locks held); returns the exit code."""
+    from bids_rim.workflows.participant import init_bids_rim_wf, run_methods
+
     failed: dict[str, str] = {}
     for subject, reason in unusable.items():
         failed[subject] = reason

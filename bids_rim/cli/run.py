@@ -16,6 +16,7 @@ from argparse import ArgumentParser, Namespace, _CountAction
 from pathlib import Path
 
 from bids_rim.cli.exit_codes import (
+    EXIT_BUSY,
     EXIT_CANT_CREATE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -25,7 +26,7 @@ from bids_rim.cli.exit_codes import (
 )
 from bids_rim.cli.parser import build_parser
 from bids_rim.config import ExecutionSettings, LesionSettings, RunConfig, TrainingSettings, usable_cpus
-from bids_rim.errors import InputError, OutputError
+from bids_rim.errors import BusyError, InputError, OutputError
 
 LOGGER = logging.getLogger("bids_rim")
 
@@ -308,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bids_rim: error: {error}", file=sys.stderr)
         return EXIT_CANT_CREATE
     code = dispatch(config)
-    if code in (EXIT_USAGE, EXIT_INVALID_BIDS, EXIT_INTERRUPTED, EXIT_TERMINATED) and first_created is not None:
+    refused_or_stopped = (EXIT_USAGE, EXIT_INVALID_BIDS, EXIT_BUSY, EXIT_INTERRUPTED, EXIT_TERMINATED)
+    if code in refused_or_stopped and first_created is not None:
         remove_empty_folders(config.output_dir, first_created)  # a refused run leaves no empty folders
     return code
 
@@ -329,6 +331,9 @@ def dispatch(config: RunConfig) -> int:
     except OutputError as error:
         print(f"bids_rim: error: {error}", file=sys.stderr)
         return EXIT_CANT_CREATE
+    except BusyError as error:
+        print(f"bids_rim: error: {error}", file=sys.stderr)
+        return EXIT_BUSY
     except KeyboardInterrupt:  # Ctrl-C outside the workflow (during validation or the group level)
         print("bids_rim: stopped by SIGINT", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -21,9 +21,10 @@ A lesion table written by a run that started before the latest failed run that c
 crash file of that run naming its session, or naming no single session) is *stale*: it is left
 out, its session (or, when none of its tables is left, its participant) is *failed*, and a
 warning names the crash file. Nothing is deleted. Runs are told apart by their ids, the
-``log/<YYYYmmdd-HHMMSS>/`` folders that hold a run's crash files and the manifest of the tables
-it wrote, so copying OUTPUT_DIR without its file times changes nothing; only tables and crash
-files of versions before run manifests fall back to their modification times.
+``log/<YYYYmmdd-HHMMSSZ>/`` folders (``bids_rim.bidsio.run_ids``) that hold a run's crash files
+and the manifest of the tables it wrote, so copying OUTPUT_DIR without its file times changes
+nothing; only tables and crash files of versions before run manifests fall back to their
+modification times.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ import io
 import json
 import logging
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from bids_rim.bidsio.run_ids import run_id_start
 from bids_rim.errors import InputError
 
 LOGGER = logging.getLogger("bids_rim.group")
@@ -152,15 +153,6 @@ def find_crash_files(output_dir: Path) -> list[CrashFile]:
         crashes.append(CrashFile(relative.parts[0], session, path, run_start(path),
                                  f"{crash_reason(path)} ({relative})"))
     return crashes
-
-
-def run_id_start(run_id: str) -> float | None:
-    """The start of the participant-level run named ``run_id`` (``YYYYmmdd-HHMMSS``, local time, as the
-    participant level names its runs) in seconds since the epoch; None if ``run_id`` is not such a name."""
-    try:
-        return time.mktime(time.strptime(run_id, "%Y%m%d-%H%M%S"))
-    except ValueError:
-        return None
 
 
 def run_start(crash_file: Path) -> float:

@@ -41,8 +41,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     patches = File(exists=True, mandatory=True)
     parameters = traits.Dict(desc="processing parameters recorded in the table's sidecar")
     warnings = traits.List(traits.Str, desc="the session's warnings from the checks before the run")
-    run_id = traits.Str(mandatory=True, desc="the participant-level run (YYYYmmdd-HHMMSS): its manifest of the "
-                                             "written files goes to sub-X/log/<run id>/")
+    run_id = traits.Str(mandatory=True, desc="the participant-level run (YYYYmmdd-HHMMSSZ, its start in UTC): "
+                                             "its manifest of the written files goes to sub-X/log/<run id>/")
     template_maps = traits.List(traits.Dict, desc="{space, desc, path, lesion_share_inside_brain} of "
                                                   "template-space masks")
     template_warnings = traits.List(traits.Str, desc="warnings of the normalisations' quality checks")
