@@ -75,9 +75,10 @@ def run_training(config: RunConfig) -> int:
                                  annotations=data.annotation_summary(settings.rim_annotations))
     finally:
         torch.set_num_threads(threads_before)  # main() may run again in this process (tests, the demo)
-    if not is_neural(settings.arch):
-        LOGGER.info("%s is a cross-validated baseline: no model file is written; metrics in %s",
-                    settings.arch, result.fold_metrics_path)
+    if not is_neural(settings.arch):  # its card, metrics and plots go to models/arch-<arch>/, beside the model set
+        LOGGER.info("%s is a cross-validated baseline: no model file is written, and %s keeps its model set; "
+                    "model card, metrics and plots in %s", settings.arch, config.output_dir / "models",
+                    result.model_card_path.parent)
     elif result.model_path is not None:  # None on the other ranks of a torchrun job: rank 0 writes
         LOGGER.info("Model written to %s (model card: %s)", result.model_path, result.model_card_path)
     return 0

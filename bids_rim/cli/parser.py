@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TRAINABLE_ARCHITECTURES,
         help="architecture to train: asym (ours: QSM primary, FLAIR conditions it), qsm_only (its QSM path "
         "alone), the rimnet- and qsmrimnet-style baselines, early_fusion (ResNet-18 on stacked channels) "
-        "or radiomics (hand-crafted features, random forest; cross-validated only, no model file)",
+        "or radiomics (hand-crafted features, random forest; cross-validated only: no model file, its card and "
+        "metrics go to OUTPUT_DIR/models/arch-radiomics/)",
     )
     group.add_argument("--folds", type=_fold_count, default=5, help="patient-level cross-validation folds (at least 2)")
     group.add_argument(

@@ -2,9 +2,12 @@
 
 Outputs in ``out_dir`` (``OUTPUT_DIR/models/``): ``desc-rim_model.pt`` (the model file),
 ``desc-rim_modelcard.md``, ``desc-rim_foldmetrics.tsv`` (+ ``.json``) and ROC / PR /
-reliability PNGs. Under ``torchrun`` every rank trains its share and only rank 0 writes.
+reliability PNGs. An architecture that is not a network (``radiomics``) writes no model file, so its
+card, metrics and plots go to ``out_dir/arch-<arch>/`` and leave the model set in ``out_dir`` as it
+was. Under ``torchrun`` every rank trains its share and only rank 0 writes.
 The set is written into a hidden staging folder in ``out_dir`` and moved into place when whole
-(:func:`publish_outputs`), so that a failure part-way leaves the previous set as it was.
+(:func:`publish_outputs`), so that a failure part-way leaves the previous set as it was; the
+staging folders of trainings killed outright are removed by the next one (:func:`remove_stale_staging`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +53,9 @@ META_COLUMNS = ("participant_id", "session_id", "site", "lesion_id", "label")
 #: Below this many rim+ lesions a test fold's or an inner validation's PR AUC, F1 and threshold
 #: rest on a handful of lesions (one lesion moves PR AUC by 0.1 or more): warned, not refused.
 FEW_RIM_LESIONS = 5
+STAGING_PREFIX = f".{STEM}_staging-"
+#: ``<prefix><host>-<pid>-<mkdtemp's random letters>``: the host and pid say whose staging folder it is.
+STAGING_NAME = re.compile(rf"{re.escape(STAGING_PREFIX)}(?P<host>.+)-(?P<pid>[1-9][0-9]{{0,8}})-[a-z0-9_]+")
 
 
 @dataclass
@@ -94,7 +102,8 @@ def check_training_inputs(patches: np.ndarray, meta: pd.DataFrame, config: Train
     if config.init_from:
         init_model = load_init_model(config)  # a missing, damaged or misfitting model file stops the run now
         overlap = init_overlap_warning(init_model, meta, config.init_from)
-        warnings += [overlap] if overlap else []
+        spacing = init_spacing_warning(init_model, config)
+        warnings += [warning for warning in (overlap, spacing) if warning]
     return warnings + check_fold_contents(meta, config)
 
 
@@ -192,6 +201,79 @@ def init_overlap_warning(init_model: dict, meta: pd.DataFrame, init_from: str) -
             "optimistic (start from a model trained on other patients, or from scratch, to measure)")
 
 
+def init_spacing_warning(init_model: dict, config: TrainConfig) -> str | None:
+    """A warning when the ``--init-from`` model was trained on patches of another spacing than
+    ``config.patch_spacing_mm`` (the patches' own, :func:`with_patch_spacing`). Its patch size must
+    match (:func:`load_init_model` refuses another), but at another voxel size the same patch covers
+    another field of view and a lesion spans another number of voxels: the pretrained filters were
+    learned at scales these patches do not have, so fine-tuning starts further from a good model."""
+    model_mm, patches_mm = float(init_model["patch_spacing_mm"]), float(config.patch_spacing_mm)
+    if np.isclose(model_mm, patches_mm, rtol=0, atol=1e-3):
+        return None
+    size = config.patch_size
+    return (f"{config.init_from} was trained on patches at {model_mm:.3g} mm ({size}³ voxels, {size * model_mm:.3g} "
+            f"mm across), these patches are at {patches_mm:.3g} mm ({size * patches_mm:.3g} mm across): its pretrained "
+            f"filters were learned at another voxel size, so a lesion spans {model_mm / patches_mm:.2g} times as many "
+            "voxels across here as one of its size did in their training (cut the patches at "
+            f"{model_mm:.3g} mm with the participant level's --patch-spacing to fine-tune at the model's scale)")
+
+
+def this_host() -> str:
+    """This machine's name as a staging folder's name holds it (anything but letters, digits, ``.`` and
+    ``-`` made ``_``, so that it cannot make a path), with the process-id namespace where the system has
+    one: containers on one host may share its name but not its process ids."""
+    try:
+        namespace = f".ns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        namespace = ""
+    return (re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "unknown") + namespace
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (signal 0 checks it and sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    return True
+
+
+def stale_staging_folders(out_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The staging folders that trainings left in ``out_dir``, as (stale, kept).
+
+    A training removes its staging folder when it ends, even on an error, but not when it is killed
+    outright (SIGKILL, the out-of-memory killer). The folder's name says whose it was
+    (:data:`STAGING_NAME`): stale are those of this host whose process is gone. Kept are those that may
+    still be written into: of another host (a training elsewhere on a shared file system, whose pid
+    means nothing here), of a live process (a concurrent training, or a reused pid), or whose name says
+    neither (an older bids_rim's).
+    """
+    stale, kept, host = [], [], this_host()
+    for folder in sorted(path for path in Path(out_dir).glob(f"{STAGING_PREFIX}*") if path.is_dir()):
+        match = STAGING_NAME.fullmatch(folder.name)
+        dead = match is not None and match["host"] == host and not pid_alive(int(match["pid"]))
+        (stale if dead else kept).append(folder)
+    return stale, kept
+
+
+def remove_stale_staging(out_dir: Path) -> None:
+    """Remove the stale staging folders of :func:`stale_staging_folders`, one log line each, and warn
+    about the kept ones, which a person may remove once no training writes into them."""
+    stale, kept = stale_staging_folders(out_dir)
+    for folder in stale:
+        try:
+            shutil.rmtree(folder)
+        except OSError as error:
+            LOGGER.warning("%s, left by a killed training, could not be removed: %s", folder, error)
+        else:
+            LOGGER.info("Removed %s, left by a training killed on this host (its process is gone)", folder)
+    for folder in kept:
+        LOGGER.warning("%s is left alone: a staging folder of a training on another host, of one still running "
+                       "here, or of an older bids_rim; remove it once no training writes into it", folder)
+
+
 def train_rim_model(
     patches: np.ndarray,
     meta: pd.DataFrame,
@@ -207,7 +289,9 @@ def train_rim_model(
 
     ``meta`` has one row per patch: participant_id, session_id, site, lesion_id, label (1, 0, NaN),
     and optionally spacing_mm (the patch's voxel size: the model file then records the patches'
-    nominal spacing instead of ``config.patch_spacing_mm``). ``synthetic=True`` makes the model card
+    nominal spacing instead of ``config.patch_spacing_mm``). A non-network ``config.arch`` writes its
+    card, metrics and plots to ``out_dir/arch-<arch>/``: it has no model file, and the model set in
+    ``out_dir`` stays as it was. ``synthetic=True`` makes the model card
     say the data were simulated. ``lesion_outline`` is the participant level's ``--lesion-outline``
     of the patches; the model file records it, so that inference can warn when lesions are outlined
     otherwise than in training, and ``config.init_from="bundled"`` picks the bundled model for it.
@@ -223,7 +307,7 @@ def train_rim_model(
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = rank_device(device)
     context = init_distributed(device)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if is_neural(config.arch) else Path(out_dir) / f"arch-{config.arch}"
     model_file = out_dir / f"{STEM}_model.pt"
     if context.is_main and is_neural(config.arch) and model_file.is_file():
         # Participant-level tables made with it name it by this sha256 (ModelSHA256 in their sidecars).
@@ -253,7 +337,7 @@ def train_rim_model(
         return TrainResult(None, out_dir / f"{STEM}_modelcard.md", out_dir / f"{STEM}_foldmetrics.tsv", pooled, intervals,
                            cv.fold_metrics, crossval=cv)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{STEM}_staging-"))
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{STAGING_PREFIX}{this_host()}-{os.getpid()}-"))
     try:
         metrics_path = write_fold_metrics(cv.fold_metrics, pooled, staging / f"{STEM}_foldmetrics.tsv", intervals)
         plots = plot_curves(oof, staging, STEM)
@@ -282,6 +366,7 @@ def train_rim_model(
         publish_outputs(staging, out_dir, last=[p.name for p in (model_path, card) if p is not None])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    remove_stale_staging(out_dir)
     LOGGER.info("Cross-validated PR AUC %.3f (95%% CI %.3f-%.3f), prevalence %.3f", pooled["pr_auc"],
                 *intervals["pr_auc"], pooled["prevalence"])
     return TrainResult(out_dir / model_path.name if model_path else None, out_dir / card.name,
