@@ -46,6 +46,7 @@ class ExecutionSettings:
     device: str = "auto"
     seed: int = 0
     verbosity: int = 0
+    clean_workdir: bool = False  # remove the selected participants' folders of work_dir before the run
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class RunConfig:
     output_spaces: tuple[str, ...] = ()
     model_path: Path | None = None
     run_inference: bool = True
+    boilerplate_only: bool = False  # write logs/CITATION.md for these options, process nobody
     covariates: tuple[str, ...] = ()
     count_model: str = "negbin"
     lesions: LesionSettings = field(default_factory=LesionSettings)

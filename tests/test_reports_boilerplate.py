@@ -79,3 +79,26 @@ def test_pretraining_and_architecture_are_described_from_the_model_file(bundled_
     channel = " ".join(methods_boilerplate(SETTINGS, {**bundled_model, "arch_config": {
         **bundled_model["arch_config"], "conditioning": "film_channel", "readout_logit": False}}).paragraphs)
     assert "per-channel feature-wise" in channel and "read-out" not in channel and "pretrained" in channel
+
+
+def test_boilerplate_only_writes_the_methods_text_and_processes_nobody(small_cohort, tmp_path):
+    from bids_rim.cli.run import main
+    from bids_rim.training.checkpoint import file_sha256
+
+    output_dir = tmp_path / "out"
+    code = main([str(small_cohort), str(output_dir), "participant", "--boilerplate-only", "--min-lesion-volume", "20",
+                 "-w", str(tmp_path / "work")])
+    assert code == 0
+    assert sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*")) == ["logs", "logs/CITATION.md"]
+    text = (output_dir / "logs" / "CITATION.md").read_text()
+    assert "20 mm³" in text and file_sha256(bundled_model_path("given")) in text
+    assert not (tmp_path / "work").exists()
+
+
+def test_boilerplate_only_refuses_a_model_the_run_could_not_apply(small_cohort, tmp_path, capsys):
+    from bids_rim.cli.run import main
+
+    code = main([str(small_cohort), str(tmp_path / "out"), "participant", "--boilerplate-only", "--patch-size", "16"])
+    assert code == 64
+    assert "the model expects 32³ patches, not --patch-size 16" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -34,7 +34,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except the empty ones (None, False, []) that say nothing."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS:
+        default = action.default
+        if default is None or default is False or default == [] or default is argparse.SUPPRESS:
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -311,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--covariates",
         nargs="+",
         metavar="COLUMN",
-        help="participants.tsv columns for the PRL count regression (default: EDSS, age, sex, disease_duration when present)",
+        help="participants.tsv columns for the PRL count regression (default: EDSS, age, sex, disease_duration "
+        "when present)",
     )
     group.add_argument(
         "--count-model",
@@ -404,6 +406,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="Nipype working directory, outside the input dataset; reusing it skips steps whose inputs did not "
         "change (default: ./work)",
+    )
+    workflow.add_argument(
+        "--clean-workdir",
+        action="store_true",
+        help="remove the selected participants' folders from the working directory first, so that every step is "
+        "computed anew (the folders of other participants, which other runs may be using, stay)",
+    )
+    workflow.add_argument(
+        "--boilerplate-only",
+        action="store_true",
+        help="write the methods text of this run's options and model (OUTPUT_DIR/logs/CITATION.md) and exit "
+        "without processing any participant",
     )
     workflow.add_argument("--seed", type=int, default=0, help="random seed for registration sampling and training")
     workflow.add_argument(

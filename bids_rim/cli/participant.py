@@ -19,7 +19,7 @@ from bids_rim.bidsio.run_ids import new_run_id
 from bids_rim.bidsio.validator import validate_dataset
 from bids_rim.cli.exit_codes import EXIT_INVALID_BIDS, EXIT_PARTICIPANTS_FAILED, EXIT_USAGE
 from bids_rim.cli.interruption import Interruption, plugin_args_with_callback, stop_on_signals
-from bids_rim.cli.work_lock import participant_locks
+from bids_rim.cli.work_dir import participant_locks, remove_folders
 from bids_rim.config import RunConfig
 from bids_rim.errors import InputError
 from bids_rim.preproc.template_space import resolve_template
@@ -130,6 +130,8 @@ def _stopped(interruption: Interruption, config: RunConfig) -> int:
 
 def run_participant_level(config: RunConfig) -> int:
     """Process every selected participant; returns the exit code."""
+    if config.boilerplate_only:
+        return write_boilerplate_only(config)
     if not _validate_input(config):
         return EXIT_INVALID_BIDS
     try:
@@ -149,9 +151,27 @@ def run_participant_level(config: RunConfig) -> int:
         return EXIT_USAGE
 
     run_id = new_run_id()
-    subjects = [unit.subject for unit in units] + list(unusable)
+    subjects = sorted({unit.subject for unit in units} | set(unusable))
     with participant_locks(config.execution.work_dir, subjects, run_id):
+        if config.execution.clean_workdir:
+            from bids_rim.workflows.participant import participant_work_dir
+
+            remove_folders([participant_work_dir(config.execution.work_dir, subject) for subject in subjects])
         return _process_participants(config, units, unusable, run_id, outline_warning)
+
+
+def write_boilerplate_only(config: RunConfig) -> int:
+    """``--boilerplate-only``: the methods text of these options and model (``logs/CITATION.md``), nothing else."""
+    from bids_rim.workflows.participant import run_methods
+
+    try:
+        check_inference_options(config)  # the model file the text describes must be one this run could apply
+    except InputError as error:
+        print(f"bids_rim: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    citation = atomic_write_text(config.output_dir / "logs" / "CITATION.md", run_methods(config).markdown())
+    LOGGER.info("Methods text for your manuscript: %s (--boilerplate-only: no participant processed)", citation)
+    return 0
 
 
 def _process_participants(config: RunConfig, units: list[SessionInputs], unusable: dict[str, str], run_id: str,

@@ -97,7 +97,8 @@ def config_file_tokens(parser: ArgumentParser, values: dict, path: Path) -> tupl
 UNREAD_AT_LEVEL = {
     "group": ("participant_label", "session_label", "bids_filter_file", "derivatives", "skip_bids_validation",
               "output_spaces", "model", "no_inference", "lesion_source", "min_lesion_volume", "confluent_policy",
-              "lesion_outline", "patch_size", "patch_spacing", "mem", "use_plugin", "work_dir"),
+              "lesion_outline", "patch_size", "patch_spacing", "mem", "use_plugin", "work_dir", "clean_workdir",
+              "boilerplate_only"),
     "participant": ("covariates", "count_model"),
 }
 #: Options that only ``group --train`` reads.
@@ -196,6 +197,7 @@ def build_config(args: Namespace) -> RunConfig:
         device=args.device,
         seed=args.seed,
         verbosity=args.verbose_count,
+        clean_workdir=args.clean_workdir,
     )
     lesions = LesionSettings(
         source=args.lesion_source,
@@ -229,6 +231,7 @@ def build_config(args: Namespace) -> RunConfig:
         output_spaces=tuple(args.output_spaces or ()),
         model_path=args.model,
         run_inference=not args.no_inference,
+        boilerplate_only=args.boilerplate_only,
         covariates=tuple(args.covariates or ()),
         count_model=args.count_model,
         lesions=lesions,

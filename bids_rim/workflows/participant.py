@@ -44,10 +44,20 @@ def bundled_model_path(lesion_outline: str = "given") -> Path:
     return Path(__file__).resolve().parent.parent / "data" / BUNDLED_MODELS[lesion_outline]
 
 
+def top_workflow_name() -> str:
+    """The top workflow's Nipype name, and so its folder in the working directory (one per version)."""
+    return f"bids_rim_{__version__.replace('.', '_').replace('+', '_')}_wf"
+
+
+def participant_work_dir(work_dir: Path, subject: str) -> Path:
+    """The folder of participant ``subject``'s nodes in the working directory ``work_dir``."""
+    return work_dir / top_workflow_name() / f"sub_{subject}_wf"
+
+
 def init_bids_rim_wf(config: RunConfig, units_by_subject: dict[str, list[SessionInputs]], *, run_id: str,
                      warnings: dict[str, list[str]] | None = None) -> pe.Workflow:
     """The top workflow: one sub-workflow per participant, in the Nipype work directory."""
-    workflow = pe.Workflow(name=f"bids_rim_{__version__.replace('.', '_').replace('+', '_')}_wf")
+    workflow = pe.Workflow(name=top_workflow_name())
     workflow.base_dir = str(config.execution.work_dir)
     workflow.config["execution"] = {
         "crashfile_format": "txt",

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from bids_rim.cli.run import main
-from bids_rim.cli.work_lock import participant_locks
+from bids_rim.cli.work_dir import participant_locks
 from bids_rim.errors import BusyError
 
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from bids_rim.cli.work_lock import participant_locks
+from bids_rim.cli.work_dir import participant_locks
 with participant_locks(Path(sys.argv[1]), ["001"], "20261204-180505Z"):
     print("held", flush=True)
     time.sleep(120)
@@ -72,3 +72,20 @@ def test_the_cli_refuses_a_participant_another_run_is_processing(small_cohort: P
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bids_rim: error:")]
     assert len(errors) == 1 and f"pid {pid}" in errors[0] and str(work_dir) in errors[0], errors
     assert not output_dir.exists()  # nothing written, not even an empty folder
+
+
+def test_clean_workdir_recomputes_the_selected_participant_and_leaves_the_others(small_cohort: Path,
+                                                                                 tmp_path: Path) -> None:
+    from bids_rim.workflows.participant import participant_work_dir
+
+    work_dir, output_dir = tmp_path / "work", tmp_path / "out"
+    left_over = {subject: participant_work_dir(work_dir, subject) / "left_over.txt" for subject in ("001", "002")}
+    for path in left_over.values():  # what an earlier run left; 002's may be in use by another run
+        path.parent.mkdir(parents=True)
+        path.write_text("stale")
+    code = main([str(small_cohort), str(output_dir), "participant", "--participant-label", "001", "--clean-workdir",
+                 "--skip-bids-validation", "--no-inference", "-w", str(work_dir), "--nprocs", "1"])
+    assert code == 0
+    assert not left_over["001"].exists() and left_over["002"].read_text() == "stale"
+    assert any(participant_work_dir(work_dir, "001").rglob("result_*.pklz"))  # 001's steps ran anew there
+    assert list(output_dir.glob("sub-001/ses-*/anat/*_desc-lesions_table.tsv"))

@@ -1,4 +1,4 @@
-"""One participant-level run per participant and working directory at a time.
+"""The participant level's working directory: one run per participant at a time, and cleaning.
 
 Two runs of one participant on one ``-w`` share Nipype's node folders and overwrite each other's
 intermediate files; the second then failed with an internal error. Each run holds an exclusive
@@ -6,13 +6,16 @@ intermediate files; the second then failed with an internal error. Each run hold
 until it ends. The system releases a lock when its process ends, however it ends (SIGKILL too), so
 a lock is never stale. Runs of different participants may share a working directory (one job per
 participant on a cluster). A run that finds a participant's lock held refuses before it writes
-anything, naming the participant and the run that holds it.
+anything, naming the participant and the run that holds it. With the locks held, ``--clean-workdir``
+removes the run's participants' folders (:func:`remove_folders`) and no other's.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import shutil
 import socket
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import IO, Iterator
 from bids_rim.errors import BusyError, InputError
 
 LOCK_FOLDER = ".bids_rim_locks"
+LOGGER = logging.getLogger("bids_rim.participant")
 
 
 @contextmanager
@@ -65,3 +69,11 @@ def _write_holder(lock_file: IO[str], run_id: str) -> None:
 def _holder(lock_file: IO[str]) -> str:
     lock_file.seek(0)
     return lock_file.read().strip() or "identity not yet written"
+
+
+def remove_folders(folders: list[Path]) -> None:
+    """Remove each of ``folders`` that exists, with one log line each (``--clean-workdir``)."""
+    for folder in folders:
+        if folder.exists():
+            shutil.rmtree(folder)
+            LOGGER.info("Removed %s (--clean-workdir): its steps are computed anew", folder)
