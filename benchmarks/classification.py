@@ -75,7 +75,8 @@ METHOD_DESCRIPTIONS = {
     "asym_no_pretrain": "ablation: asym without pretraining (pretrain_epochs=0)",
     # How FLAIR conditions QSM, each against asym_no_pretrain (spatial FiLM at P/2): pretraining is
     # held off in all four, as its effect is mixed (docs/training.md) and it costs half of the training time.
-    "asym_no_pretrain_film_channel": "ablation: asym_no_pretrain with channel FiLM (pooled FLAIR) instead of spatial FiLM",
+    "asym_no_pretrain_film_channel": ("ablation: asym_no_pretrain with channel FiLM (pooled FLAIR) "
+                                      "instead of spatial FiLM"),
     "asym_no_pretrain_gated_xattn": ("ablation: asym_no_pretrain with gated cross-attention (QSM voxels attend to "
                                      "pooled FLAIR) instead of spatial FiLM"),
     "asym_no_pretrain_film_two_stages": "ablation: asym_no_pretrain with spatial FiLM at P/2 and at P/4",
@@ -725,13 +726,15 @@ def interpretation(table: pd.DataFrame, noise_study: bool = False) -> str:
                 sentences.append(f"Against {ablation} the full model differs by {delta:+.3f} PR AUC"
                                  f"{' (the ablated variant is better)' if delta < 0 else ''}.")
     if "oracle" in methods and "contrast_observer" in methods:
-        sentences.append(f"The plain image-contrast observer reaches {_value(table, 'contrast_observer', 'pr_auc'):.3f}: "
+        sentences.append("The plain image-contrast observer reaches "
+                         f"{_value(table, 'contrast_observer', 'pr_auc'):.3f}: "
                          f"the gap to the oracle is what veins, blooming and bright neighbours cost a naive reader.")
     prevalence = _value(table, methods[0], "prevalence") if methods else float("nan")
     at_chance = [m for m in methods if m not in OBSERVERS and _value(table, m, "pr_auc", "ci_low") <= prevalence]
     if at_chance:
         sentences.append(f"The PR AUC interval of {', '.join(at_chance)} reaches down to chance: on this cohort "
-                         f"{'it has' if len(at_chance) == 1 else 'they have'} not shown that {'it' if len(at_chance) == 1 else 'they'} "
+                         f"{'it has' if len(at_chance) == 1 else 'they have'} not shown that "
+                         f"{'it' if len(at_chance) == 1 else 'they'} "
                          f"learned the rim.")
     sentences.append(f"Chance PR AUC is the prevalence, {prevalence:.3f}. With this many patients the "
                      f"bootstrap intervals are wide; differences inside them are not evidence.")
@@ -996,7 +999,8 @@ def run_tasks(tasks: list[FoldTask], configs: dict, data_folder: Path, execution
     return []
 
 
-def folds_of_incomplete_methods(finished: Mapping[str, list[dict]], complete: Collection[str]) -> dict[str, pd.DataFrame]:
+def folds_of_incomplete_methods(finished: Mapping[str, list[dict]],
+                                complete: Collection[str]) -> dict[str, pd.DataFrame]:
     """Per method that finished some of its folds but not all (cut by ``--time-budget`` or failed in
     another fold): the predictions of the folds it finished, by fold and row.
 
@@ -1225,7 +1229,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples over patients")
     parser.add_argument("--jobs", type=int, default=1,
                         help="worker processes for the cohort and for the (method, fold) training tasks")
-    parser.add_argument("--nprocs", type=int, help="subjects the participant level runs at once (default max(2, --jobs))")
+    parser.add_argument("--nprocs", type=int,
+                        help="subjects the participant level runs at once (default max(2, --jobs))")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
                         help="torch threads per training process")
     parser.add_argument("--device", default="auto", help="training device: auto (CUDA when present), cpu, cuda[:N]")

@@ -325,7 +325,8 @@ def outline_comparison(work: Path, predictions: pd.DataFrame, patch_spacing_mm: 
     labelled = np.isfinite(rater)
     with_outlines = np.array(patches, dtype=np.float32)
     with_outlines[:, 2] = outlines
-    three = rim_readout_of_patches(patches, outlines=3)  # as given first (the pipeline-mask read-out), then eroded, dilated
+    # as given first (the pipeline-mask read-out), then eroded, dilated
+    three = rim_readout_of_patches(patches, outlines=3)
     variants = {PIPELINE_MASKS: (three[:, : three.shape[1] // 3], labelled),
                 TRUE_OUTLINES: (rim_readout_of_patches(with_outlines), labelled & has_outline),
                 THREE_OUTLINES: (three, labelled)}
@@ -406,7 +407,8 @@ def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], sourc
                   "The same patches, folds and rater labels; only the mask channel that the read-out measures "
                   "the lesion's edge, core and ring by differs (the true outline: the true lesion that overlaps "
                   "the pipeline lesion most; three outlines: the read-out of the pipeline's mask eroded, as given "
-                  "and dilated by one voxel, 21 numbers, which needs no truth). Median Dice of the two masks in the patches: "
+                  "and dilated by one voxel, 21 numbers, which needs no truth). "
+                  "Median Dice of the two masks in the patches: "
                   f"{counts['patch_dice_median']:.2f}. Scored: the {counts['scored']} test lesions that overlap a "
                   f"true lesion ({counts['without_outline']} left out that do not).", "",
                   *_table(outline_results, "pr_auc", ["all lesions"], sizes), "",

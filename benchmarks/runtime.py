@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_inference or not bundled_model_path().is_file():
             command.append("--no-inference")
         start = time.perf_counter()
-        completed = subprocess.run(command, check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+        completed = subprocess.run(command, check=False, capture_output=True, text=True,
+                                   env={**os.environ, "OMP_NUM_THREADS": "2"})
         wall_s = time.perf_counter() - start
         if completed.returncode != 0:
             print(completed.stderr[-3000:], file=sys.stderr)

@@ -71,7 +71,8 @@ def main() -> int:
     models = output_dir / "models"
     bundled = DATA_DIR / BUNDLED_MODELS[args.lesion_outline]
     shutil.copyfile(next(models.glob("*_model.pt")), bundled)
-    shutil.copyfile(next(models.glob("*_modelcard.md")), bundled.with_name(bundled.name.replace("_model.pt", "_modelcard.md")))
+    shutil.copyfile(next(models.glob("*_modelcard.md")),
+                    bundled.with_name(bundled.name.replace("_model.pt", "_modelcard.md")))
     print(f"Bundled model written to {bundled} ({bundled.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -72,7 +72,8 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     analysis = (out / "error_analysis.md").read_text()
     one_method = predictions[predictions["method"] == "oracle"]
     bins = [int(n) for n in re.findall(r"CNR [^(|]*\((\d+) rim\+\)", analysis.split("Share called")[0])]
-    mimics = [int(n) for n in re.findall(r"\| [a-z_]+ \((\d+) rim−\)", analysis.split("## Truly rim−")[1].split("Share")[0])]
+    mimics = [int(n) for n in re.findall(r"\| [a-z_]+ \((\d+) rim−\)",
+                                         analysis.split("## Truly rim−")[1].split("Share")[0])]
     assert len(bins) == 4 and sum(bins) == int(one_method["true_label"].sum())
     assert len(mimics) == 4 and sum(mimics) == int((one_method["true_label"] == 0).sum())
     # --outlines rebuilt each patch's grid (its own check) and the pipeline-mask regression reproduced
@@ -94,7 +95,8 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
          "--bootstrap", "20", "--out", str(out / "readout_start.md")],
         capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert started.returncode == 0, started.stderr[-3000:]
-    rows = [line for line in (out / "readout_start.md").read_text().splitlines() if line.startswith("| ")][1:]  # less the header
+    # less the header
+    rows = [line for line in (out / "readout_start.md").read_text().splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 6 + len(QUICK_METHODS) - 1  # six steps; readout_logistic is the first of them
     assert all(re.match(r"\| .+ \| [01]\.\d{3} \|", row) for row in rows)
 
@@ -450,7 +452,8 @@ def test_a_run_cut_short_keeps_the_finished_folds_of_an_unfinished_method(tmp_pa
     (out / "classification_partial_predictions.tsv").write_text("stale\n")  # an earlier run's, to be replaced
     completed = subprocess.run(
         [sys.executable, "-c", CUT_RUN, str(REPO / "benchmarks"), "--quick", "--jobs", "1",
-         "--threads", "1", "--time-budget", "3600", "--methods", "radiomics,asym", "--out", str(out), "--work", str(tmp_path / "work")],
+         "--threads", "1", "--time-budget", "3600", "--methods", "radiomics,asym", "--out", str(out),
+         "--work", str(tmp_path / "work")],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"},
         cwd=REPO, timeout=600, check=False)
     assert completed.returncode == 3, completed.stderr[-3000:]  # written, but incomplete

@@ -57,7 +57,8 @@ def test_wilson_interval_known_values(successes, total, expected):
 
 
 def test_subject_row_counts_and_probability_of_four():
-    lesions = pd.DataFrame({"participant_id": "sub-01", "session_id": "n/a", "volume_mm3": [10.0, 20.0, 30.0, 40.0, 50.0],
+    lesions = pd.DataFrame({"participant_id": "sub-01", "session_id": "n/a",
+                            "volume_mm3": [10.0, 20.0, 30.0, 40.0, 50.0],
                             "rim_probability": [0.9, 0.8, 0.7, 0.6, 0.1], "rim_label": [1, 1, 1, 1, 0]})
     sessions = pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "session_id": ["n/a", "n/a"]})
     table = stats.subject_table(lesions, sessions, pd.DataFrame({"participant_id": ["sub-01"], "site": ["A"]}))
@@ -161,7 +162,8 @@ def test_sessions_without_a_table_are_listed(tmp_path):
     (bids_dir / "sub-03").mkdir()  # in BIDS_DIR, not in participants.tsv, never processed
     (output_dir / "sub-02" / "log").mkdir(parents=True)  # crash file straight under log/
     (output_dir / "sub-02" / "log" / "crash-node.txt").write_text("RuntimeError: ses-02 registration diverged\n")
-    aggregated = aggregate_lesion_tables(output_dir, ["sub-01", "sub-02"], expected_sessions=find_bids_sessions(bids_dir))
+    aggregated = aggregate_lesion_tables(output_dir, ["sub-01", "sub-02"],
+                                         expected_sessions=find_bids_sessions(bids_dir))
     listed = [(p.participant_id, p.session_id, p.status) for p in aggregated.problems]
     assert listed == [("sub-01", "ses-02", "missing"), ("sub-02", "ses-02", "failed"), ("sub-03", None, "missing")]
     assert "registration diverged" in aggregated.problems[1].reason
@@ -176,7 +178,8 @@ def test_aggregation_keeps_sessions_and_empty_tables(tmp_path):
         anat.mkdir(parents=True)
         (anat / f"sub-01_ses-{session}_desc-lesions_table.tsv").write_text(header + body)
     aggregated = aggregate_lesion_tables(output_dir)
-    assert [(t.participant_id, t.session_id) for t in aggregated.sessions] == [("sub-01", "ses-01"), ("sub-01", "ses-02")]
+    assert ([(t.participant_id, t.session_id) for t in aggregated.sessions]
+            == [("sub-01", "ses-01"), ("sub-01", "ses-02")])
     assert list(aggregated.lesions.columns[:2]) == ["participant_id", "session_id"]
     assert len(aggregated.lesions) == 2 and aggregated.lesions["volume_mm3"].isna().sum() == 1
     sessions = pd.DataFrame([(t.participant_id, t.session_id) for t in aggregated.sessions],
@@ -195,7 +198,8 @@ def test_missing_or_non_numeric_covariate_is_a_clear_error(tmp_path):
     participants.loc[4, "EDSS"] = "moderate"
     participants.to_csv(cohort.bids_dir / "participants.tsv", sep="\t", index=False)
     # Named with --covariates: the one-line refusal stays.
-    with pytest.raises(InputError, match=r"participants\.tsv: covariate column 'EDSS' is not numeric \('moderate' for sub-005\)"):
+    with pytest.raises(InputError,
+                       match=r"participants\.tsv: covariate column 'EDSS' is not numeric \('moderate' for sub-005\)"):
         run_group_level(cohort.bids_dir, cohort.output_dir, covariates=["EDSS", "age"], progress=False)
 
 
@@ -304,7 +308,8 @@ def test_outputs_have_sidecars_describing_every_column(planted_result, planted_c
         sidecar = json.loads(Path(path).with_suffix(".json").read_text())
         assert set(table.columns) <= set(sidecar), name
         assert all(sidecar[column].get("Description") for column in table.columns), name
-    assert json.loads(planted_result.tables["countmodel"].with_suffix(".json").read_text())["Model"]["NParticipants"] == 300
+    assert (json.loads(planted_result.tables["countmodel"].with_suffix(".json").read_text())["Model"]["NParticipants"]
+            == 300)
 
 
 # --------------------------------------------------------------------------- audit: models that must not be fitted
@@ -374,7 +379,8 @@ def test_an_absurd_standard_error_is_not_reported(monkeypatch):
 def test_site_dummies_are_built_after_excluding_incomplete_patients():
     """Reference site A loses every patient (no age): B becomes the reference, and the note says so."""
     rng = np.random.default_rng(3)
-    patients = pd.DataFrame({"participant_id": [f"s{i:02d}" for i in range(36)], "site": ["A"] * 12 + ["B"] * 12 + ["C"] * 12,
+    patients = pd.DataFrame({"participant_id": [f"s{i:02d}" for i in range(36)],
+                             "site": ["A"] * 12 + ["B"] * 12 + ["C"] * 12,
                              "age": rng.integers(20, 60, 36).astype(float), "rim_positive_count": rng.poisson(3, 36)})
     patients.loc[patients["site"] == "A", "age"] = np.nan
     result = stats.fit_count_model(patients, stats.encode_covariates(patients, ["age"]), "poisson")
@@ -430,7 +436,8 @@ def test_a_cohort_without_any_lesion_is_valid(tmp_path):
 
 # --------------------------------------------------------------------------- audit: which session
 def test_natural_order_of_session_labels():
-    assert sorted(["ses-10", "ses-2", "ses-1", "ses-pre"], key=stats.natural_key) == ["ses-1", "ses-2", "ses-10", "ses-pre"]
+    assert (sorted(["ses-10", "ses-2", "ses-1", "ses-pre"], key=stats.natural_key)
+            == ["ses-1", "ses-2", "ses-10", "ses-pre"])
     subjects = pd.DataFrame({"participant_id": ["sub-1"] * 3, "session_id": ["ses-1", "ses-2", "ses-10"],
                              "rim_positive_count": [1, 2, 10]})
     assert stats.patient_level(subjects)["session_id"].tolist() == ["ses-10"]
@@ -457,7 +464,8 @@ def write_session_dataset(root: Path) -> tuple[Path, Path]:
             (anat / f"{participant}_ses-{session}_desc-lesions_table.tsv").write_text(header + rows)
     (bids_dir / "sub-02" / "sub-02_sessions.tsv").write_text(
         "session_id\tacq_time\nses-1\t2023-03-01T10:00:00\nses-2\t2021-03-01T10:00:00\n")
-    (bids_dir / "sub-03" / "sub-03_sessions.tsv").write_text("session_id\tacq_time\nses-1\t2023-03-01T10:00:00\nses-2\tn/a\n")
+    (bids_dir / "sub-03" / "sub-03_sessions.tsv").write_text(
+        "session_id\tacq_time\nses-1\t2023-03-01T10:00:00\nses-2\tn/a\n")
     (bids_dir / "participants.tsv").write_text("participant_id\tsite\nsub-01\tA\nsub-02\tA\nsub-03\tA\n")
     return bids_dir, output_dir
 
@@ -468,7 +476,8 @@ def test_the_patient_level_session_is_recorded_and_explained(tmp_path):
     patients = result.subjects[result.subjects["patient_level_session"] == 1].set_index("participant_id")
     assert patients["session_id"].to_dict() == {"sub-01": "ses-10", "sub-02": "ses-1", "sub-03": "ses-2"}
     assert patients["rim_positive_count"].to_dict() == {"sub-01": 10, "sub-02": 1, "sub-03": 2}
-    assert result.sites.loc[0, "n_patients"] == 3 and result.sites.loc[0, "mean_rim_positive_count"] == pytest.approx(13 / 3)
+    assert (result.sites.loc[0, "n_patients"] == 3
+            and result.sites.loc[0, "mean_rim_positive_count"] == pytest.approx(13 / 3))
     written = pd.read_csv(result.tables["subjects"], sep="\t")
     assert written["session_id"].tolist()[:3] == ["ses-1", "ses-2", "ses-10"]  # natural order in the table too
     assert written["patient_level_session"].tolist() == [0, 0, 1, 1, 0, 0, 1]
@@ -506,7 +515,8 @@ def test_small_expected_counts_get_a_warning_and_a_permutation_test():
     codes = np.repeat([0, 1, 2], 3)
     statistics = Counter(stats._chi_square_statistic(np.array(order), outcome, 3)
                          for order in set(permutations(codes)))
-    exact = sum(n for value, n in statistics.items() if value >= permutation["statistic"] - 1e-9) / sum(statistics.values())
+    exact = (sum(n for value, n in statistics.items() if value >= permutation["statistic"] - 1e-9)
+             / sum(statistics.values()))
     assert permutation["p_value"] == pytest.approx(exact, abs=0.02)
     assert stats.permutation_chi_square(codes, outcome)[1] == permutation["p_value"]  # fixed seed: reruns agree
 

@@ -22,8 +22,8 @@ from bids_rim.training.inference import (
 from bids_rim.training.prediction import predict_logits
 from bids_rim.training.toy import make_toy_patches
 
-ARCH_CONFIG = {"width": 4, "conditioning": "film_spatial", "film_stages": [0], "dropout": 0.1, "region_pool_stages": [0, 1],
-               "rim_readout": True, "readout_logit": True, "readout_cnr": True}
+ARCH_CONFIG = {"width": 4, "conditioning": "film_spatial", "film_stages": [0], "dropout": 0.1,
+               "region_pool_stages": [0, 1], "rim_readout": True, "readout_logit": True, "readout_cnr": True}
 
 
 def _as_if_trained(network: torch.nn.Module) -> torch.nn.Module:
@@ -40,7 +40,8 @@ def _save(path, seeds=(0, 1), arch="asym", arch_config=ARCH_CONFIG, threshold=0.
         torch.manual_seed(seed)
         state_dicts.append(_as_if_trained(get_model(arch, **arch_config)).state_dict())
     return save_checkpoint(path, arch=arch, arch_config=arch_config, state_dicts=state_dicts,
-                           temperatures=[1.5] * len(seeds), biases=[-1.0] * len(seeds), threshold=threshold, patch_size=16, patch_spacing_mm=1.0,
+                           temperatures=[1.5] * len(seeds), biases=[-1.0] * len(seeds), threshold=threshold,
+                           patch_size=16, patch_spacing_mm=1.0,
                            training={"synthetic_data": True, "note": "test"})
 
 
@@ -95,7 +96,8 @@ def test_head_only_mc_dropout_matches_whole_network_dropout():
     network = _as_if_trained(get_model("asym", **{**ARCH_CONFIG, "dropout": 0.5}))
     patches, _ = make_toy_patches(1, 3, patch_size=16, seed=0)
     generator = torch.Generator().manual_seed(0)
-    head_samples = predict_logits(network, patches, torch.device("cpu"), mc_dropout_samples=400, generator=generator)[1:]
+    head_samples = predict_logits(network, patches, torch.device("cpu"), mc_dropout_samples=400,
+                                  generator=generator)[1:]
     network.train()
     torch.manual_seed(1)
     with torch.no_grad():

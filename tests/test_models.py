@@ -88,8 +88,10 @@ def test_asym_input_stack_is_early_fusion_in_the_same_trunk(toy):
     assert stacked.qsm_stem[0].in_channels == 3 and default.qsm_stem[0].in_channels == 2
     assert len(stacked.conditioners) == 0 and stacked.film_stages == ()
     assert stacked.embedding_dim == default.embedding_dim
-    stacked_shapes = {n: p.shape for n, p in stacked.named_parameters() if not n.startswith(("qsm_stem.0", "conditioners"))}
-    default_shapes = {n: p.shape for n, p in default.named_parameters() if not n.startswith(("qsm_stem.0", "conditioners"))}
+    stacked_shapes = {n: p.shape for n, p in stacked.named_parameters()
+                      if not n.startswith(("qsm_stem.0", "conditioners"))}
+    default_shapes = {n: p.shape for n, p in default.named_parameters()
+                      if not n.startswith(("qsm_stem.0", "conditioners"))}
     assert stacked_shapes == default_shapes
     batch = torch.from_numpy(toy[0][:3])
     changed_flair = batch.clone()
@@ -327,7 +329,8 @@ def test_fresh_asym_is_a_logistic_regression_on_its_read_out(toy):
     assert torch.count_nonzero(model(batch)["logit"]) == 0
     torch.nn.init.normal_(model.readout_logit.weight)
     readout = RimReadout()(scale_inputs(batch)[:, :1], batch[:, 2:3])
-    torch.testing.assert_close(model(batch)["logit"], readout @ model.readout_logit.weight[0] + model.readout_logit.bias)
+    torch.testing.assert_close(model(batch)["logit"],
+                               readout @ model.readout_logit.weight[0] + model.readout_logit.bias)
     assert get_model("asym", width=4, readout_logit=False).readout_logit is None
 
 

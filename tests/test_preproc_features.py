@@ -37,13 +37,16 @@ def test_table_has_the_contract_columns_and_one_row_per_lesion(phantom_session):
     table = lesion_table(qsm, flair, labels, brain, label_table=label_info)
     assert list(table.columns) == LESION_TABLE_COLUMNS
     assert len(table) == len(phantom.lesions)
-    assert np.allclose(table[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]], label_info[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]])
+    assert np.allclose(table[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]],
+                       label_info[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]])
     ijk = table[["centroid_i", "centroid_j", "centroid_k"]].to_numpy()
-    assert np.allclose(nib.affines.apply_affine(qsm.affine, ijk), table[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]])
+    assert np.allclose(nib.affines.apply_affine(qsm.affine, ijk),
+                       table[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]])
 
 
 def _row_of(table, lesion):
-    distances = np.linalg.norm(table[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy() - lesion.centre_mm, axis=1)
+    distances = np.linalg.norm(table[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy() - lesion.centre_mm,
+                               axis=1)
     return table.iloc[int(np.argmin(distances))]
 
 
@@ -81,7 +84,8 @@ def test_distance_to_ventricles(phantom_session):
     ventricles = np.asarray(ventricle_mask(flair, brain).dataobj) > 0
     truth = phantom.ventricles(np.array([[-7.0, 0.0, 0.0], [7.0, 0.0, 0.0]]))
     assert truth.all()
-    centre_ijk = np.round(nib.affines.apply_affine(np.linalg.inv(qsm.affine), [[-7.0, 0.0, 0.0], [7.0, 0.0, 0.0]])).astype(int)
+    centre_ijk = np.round(nib.affines.apply_affine(np.linalg.inv(qsm.affine),
+                                                   [[-7.0, 0.0, 0.0], [7.0, 0.0, 0.0]])).astype(int)
     assert ventricles[tuple(centre_ijk.T)].all()
     table = lesion_table(qsm, flair, labels, brain, label_table=label_info)
     # Lesion at (20, -12, 4) r 4.5; right ventricle centre (7, 0, 0), semi-axes (4, 14, 6): the
@@ -95,18 +99,21 @@ def test_distance_to_ventricles(phantom_session):
 
 
 def test_touching_brain_edge_and_confluent_flags():
-    lesions = (Lesion((0.0, 0.0, 31.0), 5.0, False), Lesion((-5.0, 20.0, 0.0), 5.0, False), Lesion((5.0, 20.0, 0.0), 5.0, False))
+    lesions = (Lesion((0.0, 0.0, 31.0), 5.0, False), Lesion((-5.0, 20.0, 0.0), 5.0, False),
+               Lesion((5.0, 20.0, 0.0), 5.0, False))
     phantom = Phantom(lesions=lesions)
     shape = (64, 72, 72)
     affine = grid_affine(shape, 1.0, centre_mm=(0.0, 8.0, 0.0))
     labels, info = label_lesions(phantom.lesion_mask(affine, shape))
-    table = lesion_table(phantom.qsm(affine, shape), phantom.flair(affine, shape), labels, phantom.brain_mask(affine, shape), label_table=info)
+    table = lesion_table(phantom.qsm(affine, shape), phantom.flair(affine, shape), labels,
+                         phantom.brain_mask(affine, shape), label_table=info)
     top = _row_of(table, lesions[0])
     assert top["flag_touches_brain_edge"]
     pair = table[table["centroid_z_mm"].abs() < 2]
     assert len(pair) == 2 and pair["flag_confluent"].all()
     # Without the label table, touching lesions are still flagged.
-    fallback = lesion_table(phantom.qsm(affine, shape), phantom.flair(affine, shape), labels, phantom.brain_mask(affine, shape))
+    fallback = lesion_table(phantom.qsm(affine, shape), phantom.flair(affine, shape), labels,
+                            phantom.brain_mask(affine, shape))
     assert fallback.loc[pair.index, "flag_confluent"].all()
 
 
@@ -164,7 +171,8 @@ def test_patches_work_on_oblique_grids():
     assert len(patches) == len(phantom.lesions)
     for n, lesion in enumerate(phantom.lesions):
         row = _row_of(info, lesion)
-        assert np.linalg.norm(row[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy(float) - lesion.centre_mm) < 1.0
+        assert np.linalg.norm(row[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy(float)
+                              - lesion.centre_mm) < 1.0
     assert all(patches[n, 2][7, 7, 7] == 1 for n in range(len(patches)))
 
 

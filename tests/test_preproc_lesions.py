@@ -29,7 +29,8 @@ def test_ids_follow_world_position_and_table_is_right():
     assert list(table["lesion_id"]) == [1, 2, 3]
     # Ordered by centroid x (RAS): -8, 0, 8.
     assert np.allclose(table["centroid_x_mm"], [-8.0, 0.0, 8.0], atol=0.05)
-    voxel_counts = [np.asarray(sphere_mask(shape, affine, [s]).dataobj).sum() for s in (spheres[1], spheres[2], spheres[0])]
+    voxel_counts = [np.asarray(sphere_mask(shape, affine, [s]).dataobj).sum()
+                    for s in (spheres[1], spheres[2], spheres[0])]
     assert np.allclose(table["volume_mm3"], voxel_counts)  # 1 mm³ voxels
     data = np.asarray(labels.dataobj)
     assert set(np.unique(data)) == {0, 1, 2, 3}
@@ -100,7 +101,8 @@ def test_nawm_is_white_matter_away_from_lesions_and_edges():
     brain = phantom.brain_mask(affine, shape)
     lesions = phantom.lesion_mask(affine, shape)
     classes = flair_tissue_classes(flair, brain)
-    assert FLAIR_LEVELS["csf"] < classes.csf_wm_boundary < FLAIR_LEVELS["wm"] < classes.wm_gm_boundary < FLAIR_LEVELS["gm"]
+    assert (FLAIR_LEVELS["csf"] < classes.csf_wm_boundary < FLAIR_LEVELS["wm"] < classes.wm_gm_boundary
+            < FLAIR_LEVELS["gm"])
     assert classes.gm_level == pytest.approx(FLAIR_LEVELS["gm"], abs=0.08)
     nawm = np.asarray(nawm_mask(flair, brain, lesions).dataobj) > 0
     assert nawm.sum() > 1000

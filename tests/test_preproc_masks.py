@@ -76,7 +76,8 @@ def test_n4_removes_a_smooth_bias_field():
     corrected = n4_bias_correct(biased, brain)
     assert np.allclose(corrected.affine, biased.affine)
     nawm = (np.asarray(brain.dataobj) > 0) & (np.abs(np.asarray(phantom.flair(affine, shape).dataobj) - 1.0) < 0.05)
-    nawm &= phantom.depth_mm(np.stack(np.meshgrid(*[np.arange(48)] * 3, indexing="ij"), -1).reshape(-1, 3) @ affine[:3, :3].T + affine[:3, 3]).reshape(shape) > 8
+    nawm &= phantom.depth_mm(np.stack(np.meshgrid(*[np.arange(48)] * 3, indexing="ij"), -1).reshape(-1, 3)
+                             @ affine[:3, :3].T + affine[:3, 3]).reshape(shape) > 8
     before = np.asarray(biased.dataobj)[nawm]
     after = np.asarray(corrected.dataobj)[nawm]
     cv_before = before.std() / before.mean()

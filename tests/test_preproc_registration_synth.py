@@ -65,7 +65,8 @@ def test_the_cohort_has_a_thick_slice_2d_flair(cohort):
 @pytest.mark.parametrize("sub", SUBJECTS)
 def test_registration_recovers_known_motion(cohort, sub):
     case = cohort[sub]
-    angle_deg, shift_mm = _errors(register_rigid(case["flair"], case["magnitude"], seed=0), case["truth"], case["magnitude"])
+    angle_deg, shift_mm = _errors(register_rigid(case["flair"], case["magnitude"], seed=0), case["truth"],
+                                  case["magnitude"])
     assert angle_deg < MAX_ANGLE_DEG, f"{sub}: {angle_deg:.2f}° off"
     assert shift_mm < MAX_SHIFT_MM, f"{sub}: {shift_mm:.2f} mm off"
 

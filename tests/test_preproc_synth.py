@@ -56,7 +56,8 @@ def subject(tmp_path_factory):
         "brain": qsm_support_mask(qsm),
         "mask": load_nifti(root / "derivatives" / "lesion_masks" / "sub-001" / "ses-01" / "anat"
                            / "sub-001_ses-01_space-FLAIR_label-lesion_mask.nii.gz"),
-        "truth_labels": np.asarray(load_nifti(truth_dir / "sub-001_ses-01_desc-truth_lesions.nii.gz").dataobj).astype(int),
+        "truth_labels": np.asarray(
+            load_nifti(truth_dir / "sub-001_ses-01_desc-truth_lesions.nii.gz").dataobj).astype(int),
         "truth": pd.read_csv(truth_dir / "sub-001_ses-01_truth.tsv", sep="\t"),
         "true_qsm_to_flair": np.asarray(registration["qsm_to_flair_ras"]),
         "qsm_to_flair": qsm_to_flair,
@@ -84,7 +85,8 @@ def test_given_mask_finds_the_rated_lesions(subject):
     found = np.asarray(labels.dataobj) > 0
     truth_img = nib.Nifti1Image(subject["truth_labels"].astype(np.int32), subject["qsm"].affine)
     flair_to_qsm = np.linalg.inv(subject["true_qsm_to_flair"])
-    truth_on_flair = np.asarray(resample_to_reference(truth_img, subject["mask"], flair_to_qsm, interpolation="nearest").dataobj)
+    truth_on_flair = np.asarray(resample_to_reference(truth_img, subject["mask"], flair_to_qsm,
+                                                      interpolation="nearest").dataobj)
     rater_mask = np.asarray(subject["mask"].dataobj) > 0
     flair_voxel_mm3 = abs(np.linalg.det(subject["mask"].affine[:3, :3]))
     rated = [lesion for lesion in subject["truth"]["lesion_id"]

@@ -103,7 +103,8 @@ def test_flair_and_qsm_are_misaligned_in_world_space(cohort):
         labels_img = nib.load(cohort / "sourcedata" / "synth_truth" /
                               f"{prefix}_desc-truth_lesions.nii.gz")
         flair_c = mask_img.affine[:3, :3] @ np.argwhere(np.asarray(mask_img.dataobj)).mean(0) + mask_img.affine[:3, 3]
-        qsm_c = labels_img.affine[:3, :3] @ np.argwhere(np.asarray(labels_img.dataobj) > 0).mean(0) + labels_img.affine[:3, 3]
+        qsm_c = (labels_img.affine[:3, :3] @ np.argwhere(np.asarray(labels_img.dataobj) > 0).mean(0)
+                 + labels_img.affine[:3, 3])
         offsets.append(np.linalg.norm(flair_c - qsm_c))
     assert max(offsets) > 1.0
 

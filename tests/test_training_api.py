@@ -35,7 +35,8 @@ def toy():
 def trained(toy, tmp_path_factory):
     patches, meta = toy
     out = tmp_path_factory.mktemp("train")
-    return out, train_rim_model(patches, meta, TINY, out / "models", torch.device("cpu"), progress=False, synthetic=True)
+    return out, train_rim_model(patches, meta, TINY, out / "models", torch.device("cpu"), progress=False,
+                                synthetic=True)
 
 
 def test_train_rim_model_writes_model_card_metrics_and_plots(toy, trained):

@@ -196,7 +196,8 @@ def _labelled_fit_and_validation(toy):
 @pytest.mark.parametrize("train_readout_logit", [False, True])
 def test_fixed_read_out_path_stays_the_logistic_regression(toy, train_readout_logit):
     (fit_patches, fit_labels), (val_patches, val_labels) = _labelled_fit_and_validation(toy)
-    config = TrainConfig(width=4, batch_size=16, finetune_epochs=2, patch_size=16, train_readout_logit=train_readout_logit)
+    config = TrainConfig(width=4, batch_size=16, finetune_epochs=2, patch_size=16,
+                         train_readout_logit=train_readout_logit)
     torch.manual_seed(0)
     model = get_model("asym", **config.model_kwargs())
     regression = get_model("asym", **config.model_kwargs())
@@ -293,7 +294,8 @@ def test_head_logit_penalty_keeps_the_network_near_the_regression_it_starts_as(t
 
 def test_head_logit_penalty_is_refused_for_networks_without_a_read_out_path(toy):
     (fit_patches, fit_labels), (val_patches, val_labels) = _labelled_fit_and_validation(toy)
-    config = TrainConfig(arch="rimnet", width=4, batch_size=16, finetune_epochs=1, patch_size=16, head_logit_penalty=0.1)
+    config = TrainConfig(arch="rimnet", width=4, batch_size=16, finetune_epochs=1, patch_size=16,
+                         head_logit_penalty=0.1)
     with pytest.raises(ValueError, match="head_logit_penalty"):
         finetune(get_model("rimnet", **config.model_kwargs()), fit_patches, fit_labels, val_patches, val_labels,
                  config, CPU, seed=0)

@@ -36,7 +36,8 @@ def test_weighted_bce_weights_positives_only():
 
 def test_supcon_prefers_class_clusters():
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
-    clustered = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3) + 0.01 * torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    clustered = (torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3)
+                 + 0.01 * torch.randn(6, 2, generator=torch.Generator().manual_seed(0)))
     mixed = clustered[[0, 3, 1, 4, 2, 5]]
     assert losses.supcon_loss(clustered, labels, 0.1) < losses.supcon_loss(mixed, labels, 0.1)
     lonely = losses.supcon_loss(torch.randn(2, 4, requires_grad=True), torch.tensor([0, 1]))

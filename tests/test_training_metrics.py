@@ -91,10 +91,12 @@ def test_temperature_and_threshold_from_validation():
     temperature, bias = fit_platt(overconfident, labels)
     assert 3.0 < temperature < 5.5 and abs(bias) < 0.3
     probabilities = calibrated(overconfident, temperature, bias)
-    assert expected_calibration_error(labels, probabilities) < expected_calibration_error(labels, sigmoid(overconfident))
+    assert (expected_calibration_error(labels, probabilities)
+            < expected_calibration_error(labels, sigmoid(overconfident)))
     threshold = choose_threshold(probabilities, labels)
     assert lesion_metrics(labels, probabilities, threshold)["f1"] >= lesion_metrics(labels, probabilities, 0.9)["f1"]
-    assert fit_platt(overconfident, np.zeros(2000)) == (1.0, 0.0) and choose_threshold(probabilities, np.zeros(2000)) == 0.5
+    assert (fit_platt(overconfident, np.zeros(2000)) == (1.0, 0.0)
+            and choose_threshold(probabilities, np.zeros(2000)) == 0.5)
 
 
 def test_platt_bias_undoes_a_balanced_training_prior_that_temperature_cannot():

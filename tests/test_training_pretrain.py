@@ -24,7 +24,8 @@ def _spread_history(patches, objectives, seed, batch_size=32, region_pool_stages
     torch.manual_seed(seed)
     model = get_model("asym", width=4, region_pool_stages=region_pool_stages, rim_readout=rim_readout,
                       conditioning=conditioning)
-    config = TrainConfig(width=4, batch_size=batch_size, pretrain_epochs=6, pretrain_objectives=objectives, patch_size=16,
+    config = TrainConfig(width=4, batch_size=batch_size, pretrain_epochs=6, pretrain_objectives=objectives,
+                         patch_size=16,
                          region_pool_stages=region_pool_stages, rim_readout=rim_readout, conditioning=conditioning)
     return pretrain(model, patches, config, CPU, seed=seed)
 

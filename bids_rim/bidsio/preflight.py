@@ -35,8 +35,8 @@ def check_session_inputs(unit: SessionInputs) -> list[str]:
     if unit.lesion_mask is not None:
         mask = checks.ensure_3d(checks.load_nifti(unit.lesion_mask), unit.lesion_mask)
         # The workflow's rule (workflows.participant._mask_transform, the same checks.same_grid): the QSM
-        # grid when shape and affine match it, else the FLAIR's. Shape alone would take a FLAIR-grid mask for a QSM-grid one whenever
-        # the two images have the same matrix size.
+        # grid when shape and affine match it, else the FLAIR's. Shape alone would take a FLAIR-grid mask
+        # for a QSM-grid one whenever the two images have the same matrix size.
         empty = checks.check_lesion_mask(mask, qsm if checks.same_grid(mask, qsm) else flair, unit.lesion_mask)
         if empty:
             warnings.append(empty)

@@ -19,7 +19,8 @@ LESION_TABLE_COLUMNS: dict[str, dict[str, str]] = {
     "volume_mm3": {"Description": "Lesion volume on the QSM grid", "Units": "mm^3"},
     "qsm_shell_ppb": {"Description": "Mean susceptibility of the lesion's edge shell (the voxels within "
                                      "1.5 mm, or one voxel where voxels are larger, of the lesion border, "
-                                     "inside and outside it; other lesions and voxels outside the brain excluded), relative to the "
+                                     "inside and outside it; other lesions and voxels outside the brain excluded), "
+                                     "relative to the "
                                      "normal-appearing white matter median", "Units": "ppb"},
     "qsm_core_ppb": {"Description": "Mean susceptibility of the lesion core (the lesion voxels deeper than "
                                     "the shell; in a lesion too small to have such voxels, its deepest "

@@ -14,7 +14,8 @@ SUBJECT_COLUMNS: dict[str, dict[str, str]] = {
     "participant_id": {"Description": "Participant label (sub-<label>)"},
     "session_id": {"Description": "Session label (ses-<label>), n/a when the dataset has no sessions"},
     "n_lesions": {"Description": "Number of lesions in the participant-level lesion table"},
-    "n_lesions_without_probability": {"Description": "Lesions with no rim probability (left out of the expected count)"},
+    "n_lesions_without_probability": {"Description": "Lesions with no rim probability "
+                                                     "(left out of the expected count)"},
     "lesion_volume_mm3": {"Description": "Total lesion volume", "Units": "mm^3"},
     "rim_positive_count": {"Description": "Rim+ lesions (PRL) at the model's threshold: sum of rim_label"},
     "prl_volume_mm3": {"Description": "Total volume of the rim+ lesions", "Units": "mm^3"},

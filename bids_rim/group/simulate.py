@@ -56,7 +56,8 @@ def simulate_cohort_tables(root: Path, *, n_subjects: int, site_log_rate: Mappin
     rng = np.random.default_rng(seed)
     bids_dir, output_dir = Path(root) / "bids", Path(root) / "out"
     bids_dir.mkdir(parents=True, exist_ok=True)
-    (bids_dir / "dataset_description.json").write_text(json.dumps({"Name": "simulated tables", "BIDSVersion": "1.10.0"}))
+    (bids_dir / "dataset_description.json").write_text(
+        json.dumps({"Name": "simulated tables", "BIDSVersion": "1.10.0"}))
     sites = list(site_log_rate)
     width = max(3, len(str(n_subjects)))
     participants = pd.DataFrame({

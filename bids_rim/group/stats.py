@@ -200,7 +200,8 @@ def patient_level(subjects: pd.DataFrame, acquisition_times: pd.Series | None = 
 
 # --------------------------------------------------------------------------- sites
 def site_table(patients: pd.DataFrame, lesions: pd.DataFrame) -> pd.DataFrame:
-    """Per site, in natural order: patients, shares with ≥ 1 and ≥ 4 PRL (Wilson 95 %), count and probability summaries."""
+    """Per site, in natural order: patients, shares with ≥ 1 and ≥ 4 PRL (Wilson 95 %),
+    count and probability summaries."""
     lesions = lesions.merge(patients[["participant_id", "session_id", "site"]],
                             on=["participant_id", "session_id"], how="inner")
     rows = []
@@ -443,7 +444,8 @@ def build_design(patients: pd.DataFrame, covariates: Covariates) -> tuple[pd.Dat
     sites = sorted(patients["site"].dropna().unique(), key=natural_key) if "site" in patients else []
     if len(sites) >= 2:
         for site in sites[1:]:
-            design[f"site[{site} vs {sites[0]}]"] = (patients["site"] == site).astype(float).where(patients["site"].notna())
+            design[f"site[{site} vs {sites[0]}]"] = ((patients["site"] == site).astype(float)
+                                                     .where(patients["site"].notna()))
         notes.append(f"site as a categorical term, reference site {sites[0]}")
     design.insert(0, "Intercept", 1.0)
     return design, notes
@@ -635,7 +637,8 @@ def fit_count_model(patients: pd.DataFrame, covariates: Covariates, count_model:
             return refused(f"Poisson model failed: {error}")
     terms = [term for term in design.columns if term != "Intercept"]
     std_errors = fit.bse[design.columns]
-    unusable = [term for term in design.columns if not np.isfinite(std_errors[term]) or std_errors[term] > MAX_STD_ERROR]
+    unusable = [term for term in design.columns
+                if not np.isfinite(std_errors[term]) or std_errors[term] > MAX_STD_ERROR]
     if unusable:
         shown = ", ".join(f"{term} {std_errors[term]:.3g}" for term in unusable)
         return refused(f"standard error on the log scale too large to be usable ({shown}; at most "

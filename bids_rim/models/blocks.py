@@ -46,7 +46,8 @@ class SqueezeExcite(nn.Module):
         super().__init__()
         hidden = max(channels // reduction, 4)
         self.gate = nn.Sequential(
-            nn.AdaptiveAvgPool3d(1), nn.Conv3d(channels, hidden, 1), nn.GELU(), nn.Conv3d(hidden, channels, 1), nn.Sigmoid()
+            nn.AdaptiveAvgPool3d(1), nn.Conv3d(channels, hidden, 1), nn.GELU(), nn.Conv3d(hidden, channels, 1),
+            nn.Sigmoid()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,8 @@ def rim_features(patches: torch.Tensor) -> torch.Tensor:
     octant_weight = shell_plus_edge * octants
     octant_mean = (qsm * octant_weight).flatten(2).sum(2) / octant_weight.flatten(2).sum(2).clamp_min(1)
     octant_present = octant_weight.flatten(2).sum(2) > 0
-    coverage = ((octant_mean > RIM_THRESHOLD_PPM) & octant_present).float().sum(1) / octant_present.float().sum(1).clamp_min(1)
+    coverage = (((octant_mean > RIM_THRESHOLD_PPM) & octant_present).float().sum(1)
+                / octant_present.float().sum(1).clamp_min(1))
     min_octant = torch.where(octant_present, octant_mean, torch.full_like(octant_mean, float("inf"))).min(1).values
     min_octant = torch.where(torch.isinf(min_octant), torch.zeros_like(min_octant), min_octant)
     return torch.stack(

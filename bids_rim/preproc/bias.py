@@ -15,7 +15,8 @@ from .brainmask import otsu_threshold
 FIT_VOXEL_MM = 6.0
 
 
-def n4_bias_correct(flair: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *, shrink_factor: int | None = None) -> nib.Nifti1Image:
+def n4_bias_correct(flair: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *,
+                    shrink_factor: int | None = None) -> nib.Nifti1Image:
     """Return FLAIR with its smooth multiplicative bias field removed (N4, four fitting levels).
 
     ``mask`` (same grid as ``flair``) limits the field estimate; without it the head foreground

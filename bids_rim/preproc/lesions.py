@@ -94,7 +94,8 @@ def segment_lesions_flair(
     return nib.Nifti1Image(lesion.astype(np.uint8), flair_on_qsm.affine)
 
 
-def _split_component(component: np.ndarray, zooms: np.ndarray, split_depth_mm: float, structure: np.ndarray) -> tuple[np.ndarray, int]:
+def _split_component(component: np.ndarray, zooms: np.ndarray, split_depth_mm: float,
+                     structure: np.ndarray) -> tuple[np.ndarray, int]:
     """Lobe labels (1..n) of one component and the number of deep cores it has."""
     depth = ndimage.distance_transform_edt(np.pad(component, 1), sampling=zooms)[1:-1, 1:-1, 1:-1]
     cores, n_cores = ndimage.label(depth > split_depth_mm, structure=structure)
@@ -166,7 +167,8 @@ def label_lesions(
             "flag_confluent": bool(confluent),
         })
     table = pd.DataFrame.from_records(
-        records, columns=["lesion_id", "volume_mm3", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "flag_confluent"]
+        records,
+        columns=["lesion_id", "volume_mm3", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "flag_confluent"]
     )
     img = nib.Nifti1Image(labels, mask.affine)
     img.set_qform(mask.affine, code=1)

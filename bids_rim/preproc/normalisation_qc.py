@@ -24,7 +24,8 @@ def lesion_share_inside_brain(lesions_in_template: np.ndarray, template_brain: n
     """
     lesions = np.asarray(lesions_in_template) > 0
     if lesions.shape != np.shape(template_brain):
-        raise ValueError(f"lesion mask {lesions.shape} and template brain mask {np.shape(template_brain)} differ in shape")
+        raise ValueError(f"lesion mask {lesions.shape} and template brain mask {np.shape(template_brain)} "
+                         "differ in shape")
     total = int(lesions.sum())
     if total == 0:
         return None

@@ -137,7 +137,8 @@ def resample_isotropic(img: nib.Nifti1Image, spacing_mm: float) -> nib.Nifti1Ima
     old_centre = (np.array(data.shape) - 1) / 2.0
     new_centre = (np.array(shape) - 1) / 2.0
     affine[:3, 3] = nib.affines.apply_affine(img.affine, old_centre) - affine[:3, :3] @ new_centre
-    return resample_to_reference(nib.Nifti1Image(smoothed, img.affine), nib.Nifti1Image(np.zeros(shape, np.uint8), affine))
+    return resample_to_reference(nib.Nifti1Image(smoothed, img.affine),
+                                 nib.Nifti1Image(np.zeros(shape, np.uint8), affine))
 
 
 def normalised_mutual_information(
@@ -167,7 +168,8 @@ def normalised_mutual_information(
         return 0.0
     edges_a = np.linspace(*np.percentile(a, [0.5, 99.5]), bins + 1)
     edges_b = np.linspace(*np.percentile(b, [0.5, 99.5]), bins + 1)
-    joint, _, _ = np.histogram2d(np.clip(a, edges_a[0], edges_a[-1]), np.clip(b, edges_b[0], edges_b[-1]), bins=(edges_a, edges_b))
+    joint, _, _ = np.histogram2d(np.clip(a, edges_a[0], edges_a[-1]), np.clip(b, edges_b[0], edges_b[-1]),
+                                 bins=(edges_a, edges_b))
     joint /= joint.sum()
 
     def entropy(p: np.ndarray) -> float:
@@ -251,7 +253,8 @@ def register_rigid(
     moving_iso = resample_isotropic(moving_flair, ISOTROPIC_MM)
     fixed_ants, moving_ants = to_ants(fixed_iso), to_ants(moving_iso)
     candidates = [
-        _run_ants(fixed_ants, moving_ants, start, "Rigid", SEARCH, seed) for start in start_transforms(moving_iso, fixed_iso)
+        _run_ants(fixed_ants, moving_ants, start, "Rigid", SEARCH, seed)
+        for start in start_transforms(moving_iso, fixed_iso)
     ]
     scores = [normalised_mutual_information(fixed_iso, moving_iso, matrix) for matrix in candidates]
     best = candidates[int(np.argmax(scores))]

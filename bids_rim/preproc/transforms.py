@@ -43,7 +43,8 @@ def translation_mm(matrix: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(matrix, dtype=float)[:3, 3]))
 
 
-def rigid_matrix(rotation_deg_xyz: tuple[float, float, float], translation_xyz_mm: tuple[float, float, float]) -> np.ndarray:
+def rigid_matrix(rotation_deg_xyz: tuple[float, float, float],
+                 translation_xyz_mm: tuple[float, float, float]) -> np.ndarray:
     """Build a 4×4 rigid matrix from rotations about x, y, z (degrees, applied x then y then z)."""
     ax, ay, az = np.radians(rotation_deg_xyz)
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])

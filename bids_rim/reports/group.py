@@ -111,7 +111,8 @@ def plot_rate_ratio_forest(table: pd.DataFrame, model_name: str, out_png: Path) 
     figure, axis = plt.subplots(figsize=(7.5, height), constrained_layout=True)
     positions = np.arange(len(table))[::-1]
     axis.errorbar(table["rate_ratio"], positions,
-                  xerr=[table["rate_ratio"] - table["rate_ratio_ci_low"], table["rate_ratio_ci_high"] - table["rate_ratio"]],
+                  xerr=[table["rate_ratio"] - table["rate_ratio_ci_low"],
+                        table["rate_ratio_ci_high"] - table["rate_ratio"]],
                   fmt="o", color="#1d2b3a", ecolor="#1f5a99", capsize=3)
     axis.axvline(1.0, color="#868e96", linestyle="--", linewidth=1)
     axis.set_xscale("log")

@@ -181,7 +181,8 @@ def lesion_fields(row: Mapping[str, Any], columns: Sequence[str]) -> list[tuple[
             if column in ("centroid_x_mm", "centroid_i"):
                 axes = ("x_mm", "y_mm", "z_mm") if column == "centroid_x_mm" else ("i", "j", "k")
                 header = "Centroid x, y, z (mm, RAS)" if column == "centroid_x_mm" else "Centroid i, j, k (QSM voxel)"
-                fields.append((header, ", ".join(format_value(f"centroid_{a}", row.get(f"centroid_{a}")) for a in axes)))
+                fields.append((header, ", ".join(format_value(f"centroid_{a}", row.get(f"centroid_{a}"))
+                                                 for a in axes)))
             continue
         fields.append((column_header(column), format_value(column, row[column])))
     return fields

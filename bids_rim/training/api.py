@@ -173,7 +173,8 @@ def with_patch_spacing(config: TrainConfig, meta: pd.DataFrame) -> TrainConfig:
 def _data_summary(meta: pd.DataFrame) -> dict:
     labelled = meta[meta["label"].notna()]
     return {
-        "n_lesions": int(len(meta)), "n_labelled": int(len(labelled)), "n_rim_positive": int((labelled["label"] == 1).sum()),
+        "n_lesions": int(len(meta)), "n_labelled": int(len(labelled)),
+        "n_rim_positive": int((labelled["label"] == 1).sum()),
         "prevalence": float(labelled["label"].mean()), "n_patients": int(meta["participant_id"].nunique()),
         "n_labelled_patients": int(labelled["participant_id"].nunique()),
         "sites": {str(k): int(v) for k, v in meta["site"].value_counts().sort_index().items()},
@@ -319,7 +320,8 @@ def train_rim_model(
     per_lesion_threshold = oof["threshold"].to_numpy()
     pooled = all_metrics(oof["participant_id"].to_numpy(), oof["label"].to_numpy(), oof["rim_probability"].to_numpy(),
                          per_lesion_threshold)
-    intervals = bootstrap_ci(oof["participant_id"].to_numpy(), oof["label"].to_numpy(), oof["rim_probability"].to_numpy(),
+    intervals = bootstrap_ci(oof["participant_id"].to_numpy(), oof["label"].to_numpy(),
+                             oof["rim_probability"].to_numpy(),
                              per_lesion_threshold, n_resamples=config.bootstrap_resamples, seed=config.seed)
     members = list(cv.folds)
     if config.train_final_model:
@@ -334,8 +336,8 @@ def train_rim_model(
     if config.init_from:
         summary["init_from"] = {"path": str(config.init_from), "sha256": file_sha256(Path(config.init_from))}
     if not context.is_main:
-        return TrainResult(None, out_dir / f"{STEM}_modelcard.md", out_dir / f"{STEM}_foldmetrics.tsv", pooled, intervals,
-                           cv.fold_metrics, crossval=cv)
+        return TrainResult(None, out_dir / f"{STEM}_modelcard.md", out_dir / f"{STEM}_foldmetrics.tsv", pooled,
+                           intervals, cv.fold_metrics, crossval=cv)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{STAGING_PREFIX}{this_host()}-{os.getpid()}-"))
     try:
@@ -344,10 +346,12 @@ def train_rim_model(
         model_path = None
         if is_neural(config.arch):
             training_meta = {
-                "bids_rim_version": __version__, "torch_version": str(torch.__version__), "synthetic_data": bool(synthetic),
+                "bids_rim_version": __version__, "torch_version": str(torch.__version__),
+                "synthetic_data": bool(synthetic),
                 "config": json.loads(json.dumps(config.as_dict())), "data": summary,
                 "pooled_metrics": {k: float(v) for k, v in pooled.items()},
-                "members": [f"fold {i + 1}" for i in range(len(cv.folds))] + (["final"] if config.train_final_model else []),
+                "members": ([f"fold {i + 1}" for i in range(len(cv.folds))]
+                            + (["final"] if config.train_final_model else [])),
                 "pretrain_final_qsm_embedding_std": [m.pretrain_history[-1]["qsm_embedding_std"] if m.pretrain_history
                                                      else float("nan") for m in members],
             }
@@ -359,7 +363,8 @@ def train_rim_model(
                 training=training_meta)
         card = write_model_card(staging / f"{STEM}_modelcard.md", config=config.as_dict(), data_summary=summary,
                                 pooled=pooled, intervals=intervals, fold_metrics=cv.fold_metrics, synthetic=synthetic,
-                                model_file=model_path.name if model_path else "none (a scikit-learn baseline is not saved)",
+                                model_file=(model_path.name if model_path
+                                            else "none (a scikit-learn baseline is not saved)"),
                                 plots=plots, threshold=deployed_threshold,
                                 pretrain_embedding_std=[m.pretrain_history[-1]["qsm_embedding_std"]
                                                         for m in members if m.pretrain_history])

@@ -2,9 +2,9 @@
 
 Keys: ``format_version``, ``arch``, ``arch_config`` (kwargs of ``get_model``), ``state_dicts``
 (the ensemble: fold models and the final model), ``temperatures`` and ``biases`` (one Platt
-scaling ``σ(z / T + b)`` per member), ``temperature`` (their median, for display), ``threshold`` (decision threshold on the ensemble
-probability), ``patch_size``, ``patch_spacing_mm``, ``training`` (metadata: config, counts,
-metrics, synthetic or not).
+scaling ``σ(z / T + b)`` per member), ``temperature`` (their median, for display), ``threshold``
+(decision threshold on the ensemble probability), ``patch_size``, ``patch_spacing_mm``,
+``training`` (metadata: config, counts, metrics, synthetic or not).
 
 Versions: 2 added ``biases`` and came with a new ``asym`` network (light FLAIR stem, lesion
 region pooling). Version 1 files are refused with a message saying to retrain: their asym weights

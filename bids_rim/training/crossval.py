@@ -98,7 +98,8 @@ def balanced_patient_groups(meta: pd.DataFrame, n_groups: int, seed: int) -> lis
     sizes = np.zeros(n_groups, dtype=int)
     group_of = np.empty(len(counts), dtype=int)
     for patient in order:
-        spreads = [float(np.var((loads + np.outer(np.eye(n_groups)[group], quantities[patient])) / totals, axis=0).sum())
+        spreads = [float(np.var((loads + np.outer(np.eye(n_groups)[group], quantities[patient])) / totals,
+                                axis=0).sum())
                    for group in range(n_groups)]
         # An empty group has the lowest share of everything, so no group stays empty.
         group = min(range(n_groups), key=lambda g: (spreads[g], sizes[g]))
@@ -161,7 +162,8 @@ def inner_split(meta: pd.DataFrame, fraction: float, seed: int) -> tuple[list[st
     """
     patients = sorted(meta["participant_id"].unique())
     if len(patients) < 2:
-        raise InputError(f"fine-tuning needs at least 2 labelled training patients (one for validation), got {len(patients)}")
+        raise InputError("fine-tuning needs at least 2 labelled training patients (one for validation), "
+                         f"got {len(patients)}")
     n_groups = int(min(max(round(1 / fraction), 2), len(patients)))
     groups = balanced_patient_groups(meta, n_groups, seed)
     has_rim = meta.groupby("participant_id")["label"].apply(lambda s: bool((s == 1).any()))
@@ -177,7 +179,8 @@ def load_init_model(config: TrainConfig) -> dict:
         raise InputError(f"{config.init_from}: model configuration {payload['arch_config']} differs from the "
                          f"training configuration {config.model_kwargs()}")
     if payload["patch_size"] != config.patch_size:
-        raise InputError(f"{config.init_from}: model patches are {payload['patch_size']}³, training patches {config.patch_size}³")
+        raise InputError(f"{config.init_from}: model patches are {payload['patch_size']}³, "
+                         f"training patches {config.patch_size}³")
     return payload
 
 
@@ -236,13 +239,15 @@ def train_member(
                       seed=seed + 1, context=context, progress=progress, description=f"finetune {name}".strip(),
                       after_epoch=after_finetune_epoch)
     stage_seconds["finetune"] = time.perf_counter() - started
-    LOGGER.info("%s: %s", name or "model", ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in stage_seconds.items()))
+    LOGGER.info("%s: %s", name or "model",
+                ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in stage_seconds.items()))
     return FoldModel(result.state_dict, result.temperature, result.threshold, pretrain_patients, fit_patients,
                      val_patients, pretrain_history, result.history, bias=result.bias, stage_seconds=stage_seconds,
                      best_epoch=result.best_epoch)
 
 
-def member_probabilities(member: FoldModel, config: TrainConfig, patches: np.ndarray, device: torch.device) -> np.ndarray:
+def member_probabilities(member: FoldModel, config: TrainConfig, patches: np.ndarray,
+                         device: torch.device) -> np.ndarray:
     """Calibrated rim+ probabilities of one member (no test-time augmentation)."""
     if member.estimator is not None:
         return member.estimator.predict_proba(patches)
@@ -269,7 +274,8 @@ def cross_validate(
         train_patients = [p for p in all_patients if p not in set(test_patients)]
         member = train_member(patches, meta, train_patients, config, device, seed=fold_seed(config, fold),
                               context=context, progress=progress, name=f"fold {fold}/{config.folds}")
-        test_rows = np.flatnonzero(meta["participant_id"].isin(test_patients).to_numpy() & meta["label"].notna().to_numpy())
+        test_rows = np.flatnonzero(meta["participant_id"].isin(test_patients).to_numpy()
+                                   & meta["label"].notna().to_numpy())
         probabilities = member_probabilities(member, config, patches[test_rows], device)
         test_meta = meta.iloc[test_rows]
         metrics = all_metrics(test_meta["participant_id"].to_numpy(), test_meta["label"].to_numpy(), probabilities,
@@ -282,5 +288,6 @@ def cross_validate(
             "fold": fold, "rim_probability": probabilities, "threshold": member.threshold,
         }))
         members.append(member)
-        LOGGER.info("fold %d: PR AUC %.3f, ROC AUC %.3f, F1 %.3f", fold, metrics["pr_auc"], metrics["roc_auc"], metrics["f1"])
+        LOGGER.info("fold %d: PR AUC %.3f, ROC AUC %.3f, F1 %.3f", fold, metrics["pr_auc"], metrics["roc_auc"],
+                    metrics["f1"])
     return CrossValResult(members, folds, pd.DataFrame(rows), pd.concat(predictions, ignore_index=True))

@@ -227,7 +227,8 @@ def finetune(
     if after_epoch is not None:
         after_epoch(0, model)
     history: list[dict[str, float]] = []
-    epochs = tqdm(range(config.finetune_epochs), desc=description, disable=not (progress and context.is_main), leave=False)
+    epochs = tqdm(range(config.finetune_epochs), desc=description, disable=not (progress and context.is_main),
+                  leave=False)
     for epoch in epochs:
         objective.train()
         sums: dict[str, float] = {}
@@ -249,7 +250,8 @@ def finetune(
         row = {"epoch": float(epoch + 1), **{k: v / max(len(batches), 1) for k, v in sums.items()}}
         row["supcon_weight"] = float(objective.supcon_weight().detach())
         val_logits = predict_logits(model, val_patches, device)[0]
-        val_loss = float(F.binary_cross_entropy_with_logits(torch.as_tensor(val_logits), torch.as_tensor(val_labels).float()))
+        val_loss = float(F.binary_cross_entropy_with_logits(torch.as_tensor(val_logits),
+                                                            torch.as_tensor(val_labels).float()))
         row["val_loss"] = val_loss
         row["val_pr_auc"] = float(average_precision_score(val_labels, val_logits)) if val_has_both else float("nan")
         # Without both classes in validation, early stopping falls back on the validation loss.

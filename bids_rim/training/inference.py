@@ -74,7 +74,8 @@ class RimModel:
         patches = np.asarray(patches)
         expected = (3, self.patch_size, self.patch_size, self.patch_size)
         if patches.ndim != 5 or patches.shape[1:] != expected:
-            raise InputError(f"patches of shape {patches.shape} do not fit this model (expected (N, {', '.join(map(str, expected))}))")
+            raise InputError(f"patches of shape {patches.shape} do not fit this model "
+                             f"(expected (N, {', '.join(map(str, expected))}))")
         if len(patches) == 0:
             return pd.DataFrame({"rim_probability": pd.Series(dtype=float), "rim_uncertainty": pd.Series(dtype=float),
                                  "rim_label": pd.Series(dtype=int)})

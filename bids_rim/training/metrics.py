@@ -90,9 +90,11 @@ def patient_metrics(
     }
 
 
-def all_metrics(patients: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
+def all_metrics(patients: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                threshold: float) -> dict[str, float]:
     """Lesion-level and patient-level metrics together."""
-    return {**lesion_metrics(labels, probabilities, threshold), **patient_metrics(patients, labels, probabilities, threshold)}
+    return {**lesion_metrics(labels, probabilities, threshold),
+            **patient_metrics(patients, labels, probabilities, threshold)}
 
 
 def bootstrap_ci(

@@ -34,7 +34,8 @@ def predict_logits(
     model.eval()
     rows: list[list[np.ndarray]] = [[] for _ in range(len(flips) * (1 + mc_dropout_samples))]
     for start in range(0, len(patches), batch_size):
-        batch = torch.as_tensor(np.ascontiguousarray(patches[start : start + batch_size]), dtype=torch.float32).to(device)
+        batch = torch.as_tensor(np.ascontiguousarray(patches[start : start + batch_size]),
+                                dtype=torch.float32).to(device)
         for view, dims in enumerate(flips):
             out = model(torch.flip(batch, dims) if dims else batch)
             rows[view].append(out["logit"].float().cpu().numpy())

@@ -77,7 +77,8 @@ class PretrainObjective(nn.Module):
         if "variance" in self.objectives:
             terms["variance"] = losses.variance_covariance_loss(qsm) + losses.variance_covariance_loss(flair)
         if "infonce" in self.objectives:
-            terms["infonce"] = losses.info_nce_loss(self.qsm_projector(qsm), self.flair_projector(flair), self.temperature)
+            terms["infonce"] = losses.info_nce_loss(self.qsm_projector(qsm), self.flair_projector(flair),
+                                                    self.temperature)
         if "masked" in self.objectives:
             hidden = patches.clone()
             hidden[:, 0:1] = hidden[:, 0:1] * (1 - block_mask)
@@ -112,9 +113,11 @@ def pretrain(
     trainable = wrap(objective, context, device)
     optimiser = torch.optim.AdamW(objective.parameters(), lr=config.pretrain_lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    augment = PatchAugmenter(seed + 1000 * context.rank, flair_shift_voxels=0, qsm_noise_std_ppm=config.qsm_noise_std_ppm)
+    augment = PatchAugmenter(seed + 1000 * context.rank, flair_shift_voxels=0,
+                             qsm_noise_std_ppm=config.qsm_noise_std_ppm)
     history: list[dict[str, float]] = []
-    epochs = tqdm(range(config.pretrain_epochs), desc=description, disable=not (progress and context.is_main), leave=False)
+    epochs = tqdm(range(config.pretrain_epochs), desc=description, disable=not (progress and context.is_main),
+                  leave=False)
     for epoch in epochs:
         objective.train()
         sums: dict[str, float] = {}

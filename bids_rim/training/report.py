@@ -18,10 +18,13 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 METRIC_DESCRIPTIONS = {
     "fold": "cross-validation fold (1..K); 'pooled' rows pool all out-of-fold predictions",
-    "threshold": "decision threshold on the calibrated rim probability, chosen (max F1) on the fold's inner validation patients",
+    "threshold": ("decision threshold on the calibrated rim probability, chosen (max F1) on the fold's "
+                  "inner validation patients"),
     "temperature": "temperature T of the Platt scaling sigma(logit / T + b) fitted on the inner validation patients",
-    "calibration_bias": "bias b of the Platt scaling sigma(logit / T + b): the shift from the balanced training prior to the real one",
-    "n_lesions": "labelled test lesions", "n_rim_positive": "rim+ test lesions", "prevalence": "fraction of rim+ test lesions",
+    "calibration_bias": ("bias b of the Platt scaling sigma(logit / T + b): the shift from the balanced training "
+                         "prior to the real one"),
+    "n_lesions": "labelled test lesions", "n_rim_positive": "rim+ test lesions",
+    "prevalence": "fraction of rim+ test lesions",
     "pr_auc": "area under the precision-recall curve (average precision); chance = prevalence",
     "roc_auc": "area under the ROC curve; chance = 0.5",
     "partial_roc_auc_fpr0.1": "McClish-standardised ROC AUC over false-positive rate 0-0.1; chance = 0.5",
@@ -149,7 +152,8 @@ def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[s
     lines = [f"# Model card: bids_rim rim classifier (`{config['arch']}`)", ""]
     if synthetic:
         lines += ["> **Trained on synthetic data.** This model has only seen lesions simulated by `bids_rim.synth`.",
-                  "> It must be fine-tuned on annotated local data before any research use, and it is never for clinical use.", ""]
+                  "> It must be fine-tuned on annotated local data before any research use, "
+                  "and it is never for clinical use.", ""]
     lines += ["## Data", "", f"- Lesions: {data_summary['n_lesions']} ({data_summary['n_labelled']} labelled, "
               f"{data_summary['n_rim_positive']} rim+, prevalence {_fmt(data_summary['prevalence'])})",
               f"- Patients: {data_summary['n_patients']} ({data_summary['n_labelled_patients']} with labels)",
@@ -161,9 +165,11 @@ def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[s
               *_init_lines(data_summary.get("init_from")), "",
               *_warning_lines(data_summary.get("warnings", [])),
               "## Evaluation", "",
-              f"{config['folds']}-fold cross-validation by patient (folds balanced in rim+ lesions, rim− lesions and sites). "
+              f"{config['folds']}-fold cross-validation by patient "
+              "(folds balanced in rim+ lesions, rim− lesions and sites). "
               "Pretraining in each fold saw only that fold's training patients. Each fold's threshold and "
-              "calibration (temperature and bias) were chosen on inner-validation patients; the numbers below pool the out-of-fold "
+              "calibration (temperature and bias) were chosen on inner-validation patients; "
+              "the numbers below pool the out-of-fold "
               "predictions, with 95 % bootstrap intervals over patients.", "",
               "| metric | pooled | 95 % CI | per-fold mean ± sd |", "|---|---|---|---|"]
     for name in headline:
@@ -174,7 +180,8 @@ def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[s
     lines += ["", f"Chance level for PR AUC is the prevalence ({_fmt(pooled.get('prevalence'))}).", "",
               "| fold | lesions | rim+ | PR AUC | ROC AUC | F1 | threshold |", "|---|---|---|---|---|---|---|"]
     for _, row in fold_metrics.iterrows():
-        lines.append(f"| {int(row['fold'])} | {int(row['n_lesions'])} | {int(row['n_rim_positive'])} | {_fmt(row['pr_auc'])} | "
+        lines.append(f"| {int(row['fold'])} | {int(row['n_lesions'])} | {int(row['n_rim_positive'])} | "
+                     f"{_fmt(row['pr_auc'])} | "
                      f"{_fmt(row['roc_auc'])} | {_fmt(row['f1'])} | {_fmt(row['threshold'])} |")
     lines.append("")
     if pretrain_embedding_std:
@@ -191,10 +198,14 @@ def write_model_card(path: Path, *, config: dict[str, Any], data_summary: dict[s
     if plots:
         lines += ["## Plots", ""] + [f"- {kind}: `{p.name}`" for kind, p in plots.items()] + [""]
     lines += ["## Intended use and limits", "",
-              "- Research tool: ranks MS lesions by the probability of a paramagnetic rim on QSM, conditioned on FLAIR.",
-              "- Not a medical device; a rater should review every rim+ call (veins along the lesion edge are the usual mimic).",
-              "- Input must follow bids_rim's patch contract (QSM minus NAWM median in ppm, FLAIR / NAWM median, lesion mask).",
-              "- Performance on a new site, scanner or QSM pipeline is unknown until measured there: fine-tune and re-validate.",
+              "- Research tool: ranks MS lesions by the probability of a paramagnetic rim on QSM, "
+              "conditioned on FLAIR.",
+              "- Not a medical device; a rater should review every rim+ call "
+              "(veins along the lesion edge are the usual mimic).",
+              "- Input must follow bids_rim's patch contract "
+              "(QSM minus NAWM median in ppm, FLAIR / NAWM median, lesion mask).",
+              "- Performance on a new site, scanner or QSM pipeline is unknown until measured there: "
+              "fine-tune and re-validate.",
               "", "## Training configuration", "", f"Model file: `{model_file}`", "", "```json",
               json.dumps(config, indent=2, sort_keys=True), "```", ""]
     path.write_text("\n".join(lines))
