@@ -3,8 +3,9 @@
 FLAIR on the QSM grid (skull-stripped with the brain mask) is registered to the template's
 T1w brain with antspyx, affine then SyN (mutual information, so the FLAIR/T1w contrast
 difference is no obstacle); lesion and rim masks follow with nearest-neighbour interpolation.
-Templates come from TemplateFlow and are never downloaded at run time: a template that is not
-in ``TEMPLATEFLOW_HOME`` is an error that says how to pre-fetch it.
+Templates come from TemplateFlow, which fetches a missing one where it can reach the internet;
+where it cannot (a cluster node, a container without network), a template that is not in
+``TEMPLATEFLOW_HOME`` is an error that says how to pre-fetch it.
 Each normalisation is checked afterwards (:mod:`bids_rim.preproc.normalisation_qc`).
 """
 
@@ -52,8 +53,8 @@ def resolve_template(space: str) -> tuple[Path, Path | None]:
         home = os.environ.get("TEMPLATEFLOW_HOME", "~/.cache/templateflow")
         name = f"tpl-{space}/tpl-{space}_res-0{TEMPLATE_RESOLUTION}_T1w.nii.gz"
         raise InputError(
-            f"{home}/{name}: template not found{reason}; bids_rim never downloads at run time — pre-fetch it on a "
-            f"machine with internet with: python -c \"from templateflow import api; "
+            f"{home}/{name}: template not found{reason}, and TemplateFlow could not fetch it here — pre-fetch it "
+            f"on a machine with internet with: python -c \"from templateflow import api; "
             f"api.get('{space}', resolution={TEMPLATE_RESOLUTION}, desc=None, suffix='T1w'); "
             f"api.get('{space}', resolution={TEMPLATE_RESOLUTION}, desc='brain', suffix='mask')\" "
             "and point TEMPLATEFLOW_HOME at it (the Docker image has it built in)"
