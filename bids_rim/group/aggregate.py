@@ -205,6 +205,25 @@ def table_run_starts(output_dir: Path, tables: Iterable[SessionTable]) -> dict[P
     return starts
 
 
+def current_template_masks(table: Path, masks: Sequence[Path], written: Mapping[Path, float]
+                           ) -> tuple[list[Path], list[Path]]:
+    """Split a session's template-space ``masks`` into those of the run that wrote its lesion ``table``
+    and those left over from an earlier run, by the participant's run manifests (``written``, from
+    :func:`written_by_runs`).
+
+    A rerun without ``--output-spaces`` (or with other lesions) writes a new table but leaves the
+    old masks in OUTPUT_DIR; pooled, they would add lesions that no current table has. A mask is
+    current when the latest run that wrote the table is also the latest that wrote the mask. When
+    no manifest lists the table (outputs of versions before manifests) the runs cannot be told
+    apart and every mask is kept, as before.
+    """
+    run = written.get(table)
+    if run is None:
+        return list(masks), []
+    current = [mask for mask in masks if written.get(mask) == run]
+    return current, [mask for mask in masks if written.get(mask) != run]
+
+
 def latest_crash_reasons(crashes: Iterable[CrashFile]) -> dict[str, str]:
     """``{participant_id: reason}`` of the last crash file (in path order) of each participant."""
     return {crash.participant_id: crash.reason for crash in crashes}

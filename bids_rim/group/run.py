@@ -272,8 +272,8 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, covariates: Sequence[st
                           ["participant_id", "session_id"]].itertuples(index=False, name=None)
     by_session = {(table.participant_id, table.session_id or "n/a"): table for table in aggregated.sessions}
     threshold, threshold_caption = decision_threshold([by_session[key] for key in scored if key in by_session])
-    frequency_maps = write_frequency_maps(output_dir, patients[["participant_id", "session_id"]].itertuples(
-        index=False, name=None))
+    frequency_maps = write_frequency_maps(output_dir, [by_session[key] for key in patients[
+        ["participant_id", "session_id"]].itertuples(index=False, name=None)])
     for item in frequency_maps:
         LOGGER.info("Frequency map (%s, %d patients): %s", item.desc, item.n_patients, item.path)
     report = write_group_report(output_dir, lesions=lesions, subjects=subjects, patients=patients, sites=sites,
