@@ -2,7 +2,9 @@
 
 Each participant's nodes write crash files to ``OUTPUT_DIR/sub-X/log/<run id>/``; a failed
 participant is named with the one-line reason of its crash, the others go on, and the exit
-code says whether any failed. Ctrl-C or SIGTERM stops the whole run (:mod:`bids_rim.cli.interruption`).
+code says whether any failed. Each participant the run processes gets ``bids_rim.json`` there
+too: how the run was invoked (:mod:`bids_rim.bidsio.run_record`). Ctrl-C or SIGTERM stops the
+whole run (:mod:`bids_rim.cli.interruption`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from bids_rim.bidsio.derivatives import atomic_write_text, dataset_roots, write_
 from bids_rim.bidsio.inputs import SessionInputs, collect_sessions, index_dataset
 from bids_rim.bidsio.preflight import check_session_inputs
 from bids_rim.bidsio.run_ids import new_run_id
+from bids_rim.bidsio.run_record import Invocation, run_record, write_run_record
 from bids_rim.bidsio.validator import validate_dataset
 from bids_rim.cli.exit_codes import EXIT_INVALID_BIDS, EXIT_PARTICIPANTS_FAILED, EXIT_USAGE
 from bids_rim.cli.interruption import Interruption, plugin_args_with_callback, stop_on_signals
 from bids_rim.cli.work_dir import participant_locks, remove_folders
 from bids_rim.config import RunConfig
-from bids_rim.errors import InputError
+from bids_rim.errors import InputError, OutputError
 from bids_rim.preproc.template_space import resolve_template
 
 LOGGER = logging.getLogger("bids_rim.participant")
@@ -128,8 +131,12 @@ def _stopped(interruption: Interruption, config: RunConfig) -> int:
     return interruption.exit_code
 
 
-def run_participant_level(config: RunConfig) -> int:
-    """Process every selected participant; returns the exit code."""
+def run_participant_level(config: RunConfig, invocation: Invocation | None = None) -> int:
+    """Process every selected participant; returns the exit code.
+
+    ``invocation`` (the command line :func:`bids_rim.cli.run.main` parsed) goes into each processed
+    participant's run record; None when called from Python, and then the record's ``CommandLine`` is null.
+    """
     if config.boilerplate_only:
         return write_boilerplate_only(config)
     if not _validate_input(config):
@@ -157,7 +164,7 @@ def run_participant_level(config: RunConfig) -> int:
             from bids_rim.workflows.participant import participant_work_dir
 
             remove_folders([participant_work_dir(config.execution.work_dir, subject) for subject in subjects])
-        return _process_participants(config, units, unusable, run_id, outline_warning)
+        return _process_participants(config, units, unusable, run_id, outline_warning, invocation)
 
 
 def write_boilerplate_only(config: RunConfig) -> int:
@@ -174,8 +181,28 @@ def write_boilerplate_only(config: RunConfig) -> int:
     return 0
 
 
+def record_invocation(config: RunConfig, run_id: str, by_subject: dict[str, list[SessionInputs]],
+                      invocation: Invocation | None) -> list[Path]:
+    """Write ``sub-X/log/<run id>/bids_rim.json`` for each participant about to be processed (and only
+    those: a participant refused before its workflow keeps nothing but its crash file).
+
+    A record that cannot be written stops the run as an output problem (exit 73), not as a bug.
+    """
+    from bids_rim.workflows.participant import model_provenance
+
+    model = model_provenance(config)  # cached: the workflow's report nodes read the same
+    try:
+        return [write_run_record(config.output_dir, run_record(config, run_id, subject=subject,
+                                                               sessions=[unit.name for unit in units],
+                                                               invocation=invocation, model=model))
+                for subject, units in by_subject.items()]
+    except OSError as error:
+        raise OutputError(f"{error.filename or config.output_dir}: cannot write the run record "
+                          f"({error.strerror or error})") from error
+
+
 def _process_participants(config: RunConfig, units: list[SessionInputs], unusable: dict[str, str], run_id: str,
-                          outline_warning: str | None) -> int:
+                          outline_warning: str | None, invocation: Invocation | None = None) -> int:
     """Check, run and report every selected session (the run's working-directory locks held); returns the exit code."""
     from bids_rim.workflows.participant import init_bids_rim_wf, run_methods
 
@@ -205,6 +232,7 @@ def _process_participants(config: RunConfig, units: list[SessionInputs], unusabl
     if by_subject:
         workflow = init_bids_rim_wf(config, dict(by_subject), run_id=run_id, warnings=warnings)
         log_dirs = [config.output_dir / f"sub-{subject}" / "log" / run_id for subject in by_subject]
+        record_invocation(config, run_id, dict(by_subject), invocation)  # the workflow is about to start
         with stop_on_signals(log_dirs) as interruption:
             try:
                 workflow.run(plugin=config.execution.plugin, plugin_args=plugin_args_with_callback(

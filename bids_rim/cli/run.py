@@ -14,6 +14,7 @@ import sys
 import tomllib
 from argparse import ArgumentParser, Namespace, _CountAction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bids_rim.cli.exit_codes import (
     EXIT_BUSY,
@@ -27,6 +28,9 @@ from bids_rim.cli.exit_codes import (
 from bids_rim.cli.parser import build_parser
 from bids_rim.config import ExecutionSettings, LesionSettings, RunConfig, TrainingSettings, usable_cpus
 from bids_rim.errors import BusyError, InputError, OutputError
+
+if TYPE_CHECKING:  # imported when used: it brings pandas, which --help and --version need not wait for
+    from bids_rim.bidsio.run_record import Invocation
 
 LOGGER = logging.getLogger("bids_rim")
 
@@ -311,20 +315,26 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as error:
         print(f"bids_rim: error: {error}", file=sys.stderr)
         return EXIT_CANT_CREATE
-    code = dispatch(config)
+    from bids_rim.bidsio.run_record import Invocation
+
+    command_line = (parser.prog, *map(str, sys.argv[1:] if argv is None else argv))  # what was parsed
+    code = dispatch(config, Invocation(command_line, args.config_file))
     refused_or_stopped = (EXIT_USAGE, EXIT_INVALID_BIDS, EXIT_BUSY, EXIT_INTERRUPTED, EXIT_TERMINATED)
     if code in refused_or_stopped and first_created is not None:
         remove_empty_folders(config.output_dir, first_created)  # a refused run leaves no empty folders
     return code
 
 
-def dispatch(config: RunConfig) -> int:
-    """Run the analysis level; every error ends as its exit code (the message already printed)."""
+def dispatch(config: RunConfig, invocation: Invocation | None = None) -> int:
+    """Run the analysis level; every error ends as its exit code (the message already printed).
+
+    ``invocation`` is how bids_rim was called, recorded by the participant level for each participant.
+    """
     try:
         if config.analysis_level == "participant":
             from bids_rim.cli.participant import run_participant_level
 
-            return run_participant_level(config)
+            return run_participant_level(config, invocation)
         from bids_rim.cli.group import run_group_level
 
         return run_group_level(config)
