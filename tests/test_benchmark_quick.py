@@ -88,6 +88,18 @@ def test_quick_benchmark_writes_every_method(tmp_path: Path) -> None:
     finite = statistics.dropna(subset=["estimate"])
     assert ((finite["estimate"] >= 0) & (finite["estimate"] <= 1)).all()
 
+    # The ranking by lesion volume: every scored lesion in one third, every method in every table.
+    by_volume = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "volume_analysis.py"), str(out), "--work", str(tmp_path / "work"),
+         "--bootstrap", "20"], capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert by_volume.returncode == 0, by_volume.stderr[-3000:]
+    thirds = re.findall(r"^\| (?:smallest|middle|largest) third \| [^|]+ \| (\d+) \| (\d+) \|",
+                        (out / "volume_analysis.md").read_text(), re.MULTILINE)
+    assert len(thirds) == 3 and sum(int(n) for n, _ in thirds) == len(one_method)
+    assert sum(int(rim) for _, rim in thirds) == int(one_method["true_label"].sum())
+    volume_statistics = pd.read_csv(out / "volume_analysis.tsv", sep="\t")
+    assert set(volume_statistics["method"]) == set(QUICK_METHODS)
+
     # The start of asym's read-out path, step by step; the first step reproduced the run's
     # readout_logistic (checked, else it exits non-zero) and every method of the run follows.
     started = subprocess.run(
@@ -498,6 +510,30 @@ def test_error_analysis_splits_the_errors_by_subgroup() -> None:
     assert result["pr_auc_rejected|diffuse"] == pytest.approx((1 + 1 + 3 / 4 + 4 / 6) / 4)
     assert result["pr_auc_rejected|none"] < result["pr_auc_rejected|diffuse"]
     assert result["pr_auc_rejected|calcification"] == result["pr_auc|all lesions"]  # nothing to reject
+
+
+def test_volume_analysis_scores_each_third_on_its_own_lesions() -> None:
+    """Within each third of lesions by volume: AUCs against every rim− and against diffuse rim−, PR AUC, and
+    the oracle's PR AUC minus the method's, on hand-checked rankings."""
+    volume = load_benchmark_script("volume_analysis")
+    labels = np.array([1, 0, 0] * 3)
+    third = np.repeat([0, 1, 2], 3)
+    diffuse = np.array([False, True, False, False, False, True, False, True, False])
+    oracle = [0.9, 0.1, 0.2] * 3
+    method = [0.5, 0.6, 0.1,  # the diffuse lesion outranks the rim, the plain one does not
+              0.8, 0.1, 0.2,  # the rim first
+              0.3, 0.4, 0.35]  # the rim last
+    result = volume.third_metrics(labels, np.column_stack([oracle, method]), third, diffuse, ["oracle", "m"])
+    smallest, middle, largest = volume.THIRDS
+    assert result[f"m|{smallest}|roc_auc"] == 0.5 and result[f"m|{smallest}|roc_auc_vs_diffuse"] == 0.0
+    assert result[f"m|{smallest}|pr_auc"] == 0.5 and result[f"m|{smallest}|oracle_minus"] == 0.5
+    assert result[f"m|{middle}|roc_auc"] == result[f"m|{middle}|pr_auc"] == 1.0
+    assert result[f"m|{middle}|oracle_minus"] == 0.0
+    assert result[f"m|{largest}|roc_auc"] == 0.0 and result[f"m|{largest}|pr_auc"] == pytest.approx(1 / 3)
+    assert result[f"m|{largest}|oracle_minus"] == pytest.approx(2 / 3)
+    assert all(result[f"oracle|{name}|pr_auc"] == 1.0 for name in volume.THIRDS)
+    edges_of = volume.volume_thirds(np.arange(1.0, 10.0))
+    assert list(edges_of[0]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
 def test_rank_shift_shows_a_method_that_learned_the_raters_false_rims() -> None:
