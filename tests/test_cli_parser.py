@@ -273,9 +273,10 @@ def test_one_v_shows_bids_rims_debug_messages_and_two_every_librarys() -> None:
     (["participant"], []),
     (["participant", "--no-inference", "--patch-size", "16", "--seed", "4"], []),
     (["participant", "--count-model", "poisson", "--folds", "3"], ["--count-model", "--folds"]),
-    (["group", "--participant-label", "01", "--no-inference", "--arch", "rimnet"],
-     ["--arch", "--no-inference", "--participant-label"]),
-    (["group", "--train", "--participant-label", "01", "--arch", "rimnet"], ["--participant-label"]),
+    (["group", "--session-label", "01", "--no-inference", "--arch", "rimnet"],
+     ["--arch", "--no-inference", "--session-label"]),
+    (["group", "--participant-label", "01", "--no-inference"], ["--no-inference"]),  # the group level selects
+    (["group", "--train", "--participant-label", "01", "--arch", "rimnet"], []),
     (["group", "--nprocs", "4", "--omp-nthreads", "2", "--lesion-outline", "refined", "--seed", "5"],
      ["--lesion-outline", "--nprocs", "--omp-nthreads", "--seed"]),
     (["group", "--train", "--nprocs", "4", "--omp-nthreads", "2", "--seed", "5", "--work-dir", "w"],

@@ -6,16 +6,21 @@ dataset's ``participants.tsv``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 
 from bids_rim.cli.exit_codes import EXIT_INTERNAL, EXIT_USAGE
 from bids_rim.config import RunConfig
 from bids_rim.errors import InputError
+
+if TYPE_CHECKING:
+    from bids_rim.bidsio.training_data import TrainingSet
 
 LOGGER = logging.getLogger("bids_rim.group")
 
@@ -38,13 +43,45 @@ def is_synthetic_dataset(bids_dir: Path) -> bool:
     return any(entry.get("Name") == "bids_rim-synth" for entry in description.get("GeneratedBy", []))
 
 
+def participant_of(path: Path) -> str:
+    """``sub-X`` of a BIDS file name (an annotation file's), or "" when it names none."""
+    return next((part for part in path.name.split("_") if part.startswith("sub-")), "")
+
+
+def select_training_set(data: TrainingSet, selected: Sequence[str]) -> TrainingSet:
+    """``data`` restricted to the ``selected`` participants' patches and annotation files (``--participant-label``).
+
+    Refuses (:class:`InputError`) a selection left without patches, or whose annotated lesions
+    hold only one class: cross-validation would fail later, or a model learn one answer.
+    """
+    keep = data.meta["participant_id"].isin(selected).to_numpy()
+    if not keep.any():
+        raise InputError(f"--participant-label: none of {', '.join(selected)} has participant-level patches "
+                         "(their participant-level runs failed?); nothing to train on")
+    meta = data.meta[keep].reset_index(drop=True)
+    labels = meta["label"].dropna()
+    if data.annotation_matches and labels.nunique() < 2:
+        raise InputError(f"--participant-label: training needs both rim+ and rim- annotated lesions; the selected "
+                         f"participants' annotations give {len(labels)} labelled lesion(s), "
+                         f"{'none' if labels.empty else 'all ' + ('rim+' if (labels == 1).all() else 'rim-')}")
+    LOGGER.info("Training set restricted by --participant-label to %d of %d participants: %d of %d lesions, "
+                "%d labelled", meta["participant_id"].nunique(), data.meta["participant_id"].nunique(), len(meta),
+                len(data.meta), len(labels))
+    return dataclasses.replace(
+        data, patches=data.patches[keep], meta=meta, spacing_mm=data.spacing_mm[keep],
+        annotation_matches=tuple(match for match in data.annotation_matches if participant_of(match.file) in selected),
+        annotations_left_out=tuple(path for path in data.annotations_left_out if participant_of(path) in selected))
+
+
 def run_training(config: RunConfig) -> int:
     """``group --train``: gather patches and annotations, cross-validate, write the model, with
     ``--omp-nthreads`` torch threads. ``--init-from`` (a model file, or ``bundled``: the bundled
-    model for the outputs' ``--lesion-outline``) is checked with the other inputs before any training."""
+    model for the outputs' ``--lesion-outline``) is checked with the other inputs before any training.
+    ``--participant-label`` trains on those participants alone (checked before anything is read)."""
     import torch
 
     from bids_rim.bidsio.training_data import load_training_set
+    from bids_rim.group.run import check_participant_selection
     from bids_rim.models.registry import is_neural
     from bids_rim.training.api import train_rim_model
     from bids_rim.training.config import TrainConfig
@@ -53,8 +90,14 @@ def run_training(config: RunConfig) -> int:
     settings = config.training
     if settings.rim_annotations is None:
         raise InputError("--train needs --rim-annotations DIR (a derivative dataset of *_desc-rim_annotations.tsv)")
-    data = load_training_set(config.output_dir, read_participants(config), settings.rim_annotations,
+    selected = check_participant_selection(config.output_dir, config.participant_labels)
+    participants = read_participants(config)
+    if selected:
+        participants = participants[participants["participant_id"].isin(selected)]
+    data = load_training_set(config.output_dir, participants, settings.rim_annotations,
                              max_distance_mm=config.lesions.annotation_match_mm)
+    if selected:
+        data = select_training_set(data, selected)
     train_config = TrainConfig(
         arch=settings.arch,
         folds=settings.folds,
@@ -92,7 +135,8 @@ def run_group_level(config: RunConfig) -> int:
         from bids_rim.group.run import run_group_level as run_statistics
 
         result = run_statistics(config.bids_dir, config.output_dir, covariates=list(config.covariates) or None,
-                                count_model=config.count_model, progress=True)
+                                count_model=config.count_model, progress=True,
+                                participant_labels=config.participant_labels)
     except InputError as error:
         print(f"bids_rim: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -198,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=_bids_label,
         metavar="LABEL",
-        help="participants to process, with or without 'sub-' (default: all)",
+        help=(
+            "participants to analyse, with or without 'sub-' (default: all). Participant level: the participants "
+            "to process. Group level: the only participants whose participant-level outputs and participants.tsv "
+            "rows enter the statistics, maps, tables and report (which say so) or --train, e.g. to leave QC-failed "
+            "participants out; a named participant without participant-level outputs is refused"
+        ),
     )
     selection.add_argument(
         "--session-label",

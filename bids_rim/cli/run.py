@@ -99,7 +99,7 @@ def config_file_tokens(parser: ArgumentParser, values: dict, path: Path) -> tupl
 
 #: Options (their dests) that an analysis level never reads.
 UNREAD_AT_LEVEL = {
-    "group": ("participant_label", "session_label", "bids_filter_file", "derivatives", "skip_bids_validation",
+    "group": ("session_label", "bids_filter_file", "derivatives", "skip_bids_validation",
               "output_spaces", "model", "no_inference", "lesion_source", "min_lesion_volume", "confluent_policy",
               "lesion_outline", "patch_size", "patch_spacing", "mem", "use_plugin", "work_dir", "clean_workdir",
               "boilerplate_only"),
@@ -115,7 +115,7 @@ GROUP_TRAINING_ONLY = ("omp_nthreads", "device", "seed", "nprocs")
 
 def ignored_options(parser: ArgumentParser, args: Namespace) -> list[str]:
     """The options given a value (other than their default) that this run will not read, so that
-    the user hears of it instead of believing, say, that ``group --participant-label 01`` chose one."""
+    the user hears of it instead of believing, say, that ``group --session-label 01`` chose one."""
     unread = set(UNREAD_AT_LEVEL[args.analysis_level])
     if not args.train:
         unread |= set(TRAINING_OPTIONS)

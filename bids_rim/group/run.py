@@ -10,6 +10,9 @@ Outputs under OUTPUT_DIR::
     group/space-S_desc-{lesionfreq,prlfreq}_map.nii.gz (+.json)   with --output-spaces S at participant level
     group/figures/*.png                       the report's figures
     group.html                                the group report
+
+With ``--participant-label`` only the named participants' outputs and ``participants.tsv`` rows
+enter these, and the report and every sidecar say so (``ParticipantSelection``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from bids_rim.bidsio.derivatives import atomic_write_tsv
+from bids_rim.bidsio.derivatives import atomic_write_json, atomic_write_tsv
 from bids_rim.bidsio.sidecars import DECIMALS_BY_SUFFIX, tidy_lesion_table
 from bids_rim.errors import InputError
 from bids_rim.group import sidecars, stats
@@ -52,6 +55,93 @@ class GroupResult:
     count_model: stats.CountModelResult
     problems: list[ParticipantProblem]
     frequency_maps: list[FrequencyMap]
+    selection: dict | None = None  # the --participant-label selection (see selection_record); None: everyone
+
+
+#: At most this many selected participants are named in the report's note (all of them in the sidecars).
+NAMED_IN_NOTE = 20
+
+
+def normalise_participant_ids(labels: Iterable[str]) -> list[str]:
+    """``sub-`` prefixed participant ids, in the order given, each once (``--participant-label`` gives bare labels)."""
+    return list(dict.fromkeys(label if label.startswith("sub-") else f"sub-{label}" for label in labels))
+
+
+def has_participant_outputs(output_dir: Path, participant_id: str) -> bool:
+    """Whether OUTPUT_DIR holds a lesion table or a crash file of ``participant_id``: what the group level reads.
+
+    File names only are looked at, so the check costs a few directory listings per participant.
+    """
+    folder = Path(output_dir) / participant_id
+    patterns = ("anat/*_desc-lesions_table.tsv", "ses-*/anat/*_desc-lesions_table.tsv", "log/crash-*",
+                "log/*/crash-*")
+    return folder.is_dir() and any(next(folder.glob(pattern), None) is not None for pattern in patterns)
+
+
+def check_participant_selection(output_dir: Path, labels: Iterable[str]) -> list[str]:
+    """The ``sub-`` prefixed ids of ``--participant-label``; refuses (:class:`InputError`, one line) a named
+    participant without participant-level outputs.
+
+    Checked before any table is read: a typo, or a participant the participant level never ran
+    for, would otherwise leave the group statistics silently one participant short, as the
+    participant level refuses an unknown participant before processing anyone.
+    """
+    selected = normalise_participant_ids(labels)
+    absent = [participant for participant in selected if not has_participant_outputs(output_dir, participant)]
+    if absent:
+        them = "it" if len(absent) == 1 else "them"
+        raise InputError(f"--participant-label: no participant-level outputs (lesion table or crash file) in "
+                         f"{output_dir} for {', '.join(absent)}; run the participant level for {them} first, "
+                         f"or leave {them} out")
+    return selected
+
+
+def select_participants(aggregated: AggregatedTables, selected: Iterable[str]) -> AggregatedTables:
+    """``aggregated`` restricted to the ``selected`` participants' lesion rows, tables and problems."""
+    keep = set(selected)
+    return AggregatedTables(
+        lesions=aggregated.lesions[aggregated.lesions["participant_id"].isin(keep)].reset_index(drop=True),
+        sessions=[table for table in aggregated.sessions if table.participant_id in keep],
+        problems=[problem for problem in aggregated.problems if problem.participant_id in keep],
+    )
+
+
+def participants_with_outputs(aggregated: AggregatedTables) -> set[str]:
+    """The participants with a lesion table or a crash file in OUTPUT_DIR (all of them stale or failed included)."""
+    return ({table.participant_id for table in aggregated.sessions}
+            | {problem.participant_id for problem in aggregated.problems if problem.status == "failed"})
+
+
+def selection_record(selected: Sequence[str], n_with_outputs: int) -> dict:
+    """The ``ParticipantSelection`` entry of the group sidecars: who was analysed, out of how many."""
+    return {
+        "Description": ("The group level ran with --participant-label: only these participants' lesion tables, "
+                        "template-space masks, crash files and participants.tsv rows entered the group tables, "
+                        "statistics and maps; the others' participant-level outputs were not used."),
+        "Option": "--participant-label",
+        "Participants": sorted(selected),
+        "NSelected": len(selected),
+        "NWithParticipantLevelOutputs": n_with_outputs,
+    }
+
+
+def selection_note(selection: dict) -> str:
+    """One sentence for the report: the statistics are of a subset (which participants, of how many)."""
+    names = selection["Participants"]
+    shown = ", ".join(names[:NAMED_IN_NOTE])
+    if len(names) > NAMED_IN_NOTE:
+        shown += f" and {len(names) - NAMED_IN_NOTE} more (listed in the tables' sidecars, ParticipantSelection)"
+    return (f"Participant selection (--participant-label): {selection['NSelected']} of the "
+            f"{selection['NWithParticipantLevelOutputs']} participants with participant-level outputs ({shown}); "
+            "every count, statistic, map and table of this report is of them alone.")
+
+
+def mark_frequency_maps(frequency_maps: Sequence[FrequencyMap], selection: dict) -> None:
+    """Add ``ParticipantSelection`` to the frequency maps' sidecars, whose NPatients count only the selection."""
+    for item in frequency_maps:
+        sidecar = item.path.with_name(item.path.name.replace(".nii.gz", ".json"))
+        content = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        atomic_write_json(sidecar, {**content, "ParticipantSelection": selection})
 
 
 def read_participants_tsv(bids_dir: Path) -> pd.DataFrame:
@@ -181,8 +271,12 @@ def _lesion_sidecar(aggregated: AggregatedTables, lesions: pd.DataFrame) -> dict
 
 def write_tables(group_dir: Path, aggregated: AggregatedTables, subjects: pd.DataFrame, sites: pd.DataFrame,
                  site_tests: pd.DataFrame, count_model: stats.CountModelResult,
-                 session_note: str = sidecars.PATIENT_LEVEL_NOTE) -> dict[str, Path]:
-    """Write the group TSVs (floats rounded, missing values n/a) and their sidecars atomically; returns their paths."""
+                 session_note: str = sidecars.PATIENT_LEVEL_NOTE, selection: dict | None = None) -> dict[str, Path]:
+    """Write the group TSVs (floats rounded, missing values n/a) and their sidecars atomically; returns their paths.
+
+    ``selection`` (:func:`selection_record`), when ``--participant-label`` chose a subset, goes into
+    every sidecar as ``ParticipantSelection``, so that a table read on its own says whose it is.
+    """
     lesions = aggregated.lesions
     model_sidecar = sidecars.describe_columns(count_model.table, sidecars.COUNT_MODEL_COLUMNS, "")
     model_sidecar["Model"] = {
@@ -211,19 +305,38 @@ def write_tables(group_dir: Path, aggregated: AggregatedTables, subjects: pd.Dat
                       sidecars.describe_columns(site_tests, sidecars.SITE_TEST_COLUMNS, "")),
         "countmodel": (tidy_group_table(count_model.table), model_sidecar),
     }
-    return {name: atomic_write_tsv(group_dir / f"desc-{name}_table.tsv", table, sidecar)
+    return {name: atomic_write_tsv(group_dir / f"desc-{name}_table.tsv", table,
+                                   sidecar if selection is None else {**sidecar, "ParticipantSelection": selection})
             for name, (table, sidecar) in outputs.items()}
 
 
 def run_group_level(bids_dir: Path, output_dir: Path, *, covariates: Sequence[str] | None = None,
-                    count_model: str = "negbin", progress: bool = True) -> GroupResult:
-    """Statistics across subjects and sites from OUTPUT_DIR's lesion tables and BIDS_DIR's participants.tsv."""
+                    count_model: str = "negbin", progress: bool = True,
+                    participant_labels: Sequence[str] = ()) -> GroupResult:
+    """Statistics across subjects and sites from OUTPUT_DIR's lesion tables and BIDS_DIR's participants.tsv.
+
+    ``participant_labels`` (``--participant-label``, with or without ``sub-``) restricts everything
+    to those participants, e.g. to leave QC-failed ones out without deleting their outputs: their
+    tables, masks, crash files and ``participants.tsv`` rows alone are used, and the report and
+    sidecars say so. A named participant without participant-level outputs is refused first.
+    """
     from bids_rim.reports.group import write_group_report
 
     bids_dir, output_dir = Path(bids_dir), Path(output_dir)
+    selected = check_participant_selection(output_dir, participant_labels)
     participants = read_participants_tsv(bids_dir)
+    expected_sessions = find_bids_sessions(bids_dir)
+    if selected:
+        participants = participants[participants["participant_id"].isin(selected)].reset_index(drop=True)
+        expected_sessions = {key: value for key, value in expected_sessions.items() if key in selected}
     aggregated = aggregate_lesion_tables(output_dir, participants["participant_id"],
-                                         expected_sessions=find_bids_sessions(bids_dir), progress=progress)
+                                         expected_sessions=expected_sessions, progress=progress)
+    selection = None
+    if selected:
+        selection = selection_record(selected, len(participants_with_outputs(aggregated) | set(selected)))
+        aggregated = select_participants(aggregated, selected)
+        LOGGER.info("Group level restricted by --participant-label to %d of %d participants with outputs: %s",
+                    selection["NSelected"], selection["NWithParticipantLevelOutputs"], ", ".join(selected))
     for problem in aggregated.problems:
         LOGGER.warning("%s %s: %s", problem.label, problem.status, problem.reason)
     if not aggregated.sessions:
@@ -267,7 +380,8 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, covariates: Sequence[st
     sites = stats.site_table(patients, lesions)
     site_tests = stats.site_difference_tests(patients)
 
-    tables = write_tables(output_dir / "group", aggregated, subjects, sites, site_tests, model, session_note)
+    tables = write_tables(output_dir / "group", aggregated, subjects, sites, site_tests, model, session_note,
+                          selection)
     scored = subjects.loc[subjects["n_lesions"] > subjects["n_lesions_without_probability"],
                           ["participant_id", "session_id"]].itertuples(index=False, name=None)
     by_session = {(table.participant_id, table.session_id or "n/a"): table for table in aggregated.sessions}
@@ -276,9 +390,13 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, covariates: Sequence[st
         ["participant_id", "session_id"]].itertuples(index=False, name=None)])
     for item in frequency_maps:
         LOGGER.info("Frequency map (%s, %d patients): %s", item.desc, item.n_patients, item.path)
+    report_note = session_note
+    if selection is not None:
+        mark_frequency_maps(frequency_maps, selection)
+        report_note = f"{selection_note(selection)} {session_note}"  # the report's summary note shows it first
     report = write_group_report(output_dir, lesions=lesions, subjects=subjects, patients=patients, sites=sites,
                                 site_tests=site_tests, count_model=model, problems=problems,
-                                tables=tables, frequency_maps=frequency_maps, session_note=session_note,
+                                tables=tables, frequency_maps=frequency_maps, session_note=report_note,
                                 decision_threshold=threshold, threshold_caption=threshold_caption)
     return GroupResult(report=report, tables=tables, subjects=subjects, sites=sites, site_tests=site_tests,
-                       count_model=model, problems=problems, frequency_maps=frequency_maps)
+                       count_model=model, problems=problems, frequency_maps=frequency_maps, selection=selection)
