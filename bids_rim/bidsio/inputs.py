@@ -3,7 +3,9 @@
 One :class:`SessionInputs` is one unit of work (a session, or a run of a session when QSM
 was acquired more than once). QSM maps are looked up in the raw dataset first, then in the
 derivative datasets given with ``-d`` (QSMxT writes ``*_Chimap.nii`` there). Lesion masks are
-looked up in the derivative datasets only.
+looked up in the derivative datasets only; a session that gets none from them but has one in a
+dataset under ``BIDS_DIR/derivatives/`` not given with ``-d`` keeps that file's path in
+:attr:`SessionInputs.unlisted_lesion_mask` (never read: the pre-flight check warns of it).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class SessionInputs:
     lesion_mask: Path | None = None
     #: How an image was chosen among several candidates: warnings for the log, the sidecar and the report.
     choices: tuple[str, ...] = ()
+    #: When no ``-d`` dataset gave a lesion mask: one with a recognised name for this session in a dataset
+    #: under ``BIDS_DIR/derivatives/`` that was not given with ``-d`` (a forgotten ``-d``); never read.
+    unlisted_lesion_mask: Path | None = None
 
     @property
     def entities(self) -> dict[str, Any]:
@@ -128,6 +133,7 @@ def collect_sessions(
             f"{layout.root}: no participant(s) {', '.join('sub-' + m for m in missing)} in the dataset"
         )
 
+    unlisted = _unlisted_derivatives(layout)
     units: list[SessionInputs] = []
     failures: dict[str, str] = {}
     for subject in subjects:
@@ -137,7 +143,7 @@ def collect_sessions(
         subject_units, errors, usable = [], [], []
         for session in sessions:
             try:
-                subject_units += _units_of_session(layout, subject, session, filters)
+                subject_units += _units_of_session(layout, subject, session, filters, unlisted)
                 usable.append(session)
             except InputError as error:
                 errors.append(str(error))
@@ -170,7 +176,8 @@ def _query(layout: BIDSLayout, subject: str, session: str | None, **entities: An
 
 
 def _units_of_session(
-    layout: BIDSLayout, subject: str, session: str | None, filters: dict[str, dict[str, Any]]
+    layout: BIDSLayout, subject: str, session: str | None, filters: dict[str, dict[str, Any]],
+    unlisted: tuple[Path, ...] = (),
 ) -> list[SessionInputs]:
     where = f"sub-{subject}" + (f" ses-{session}" if session else "")
     flairs = _query(layout, subject, session, suffix="FLAIR", scope="raw", **filters.get("flair", {}))
@@ -186,6 +193,7 @@ def _units_of_session(
         )
     magnitudes = _magnitudes(layout, subject, session, filters.get("magnitude", {}))
     masks = _lesion_masks(layout, subject, session)
+    unlisted_masks = [] if masks else _unlisted_lesion_masks(unlisted, subject, session)
 
     multiple_runs = len(qsms) > 1
     units = []
@@ -196,6 +204,8 @@ def _units_of_session(
         same_run = run is not None and any(candidate.entities.get("run") == run for candidate in flairs)
         flair = _matching_run(flairs if same_run else _on_grid_of(flairs, mask), run, where, "FLAIR", choices)
         magnitude = _matching_run(magnitudes, run, where, "GRE magnitude", choices) if magnitudes else None
+        same_run_masks = [path for path in unlisted_masks if run is not None and _entities(path).get("run") == run]
+        unlisted_mask = (same_run_masks or unlisted_masks or [None])[0]
         units.append(
             SessionInputs(
                 subject=subject,
@@ -206,6 +216,7 @@ def _units_of_session(
                 magnitude=Path(magnitude.path) if magnitude else None,
                 lesion_mask=Path(mask.path) if mask else None,
                 choices=tuple(choices),
+                unlisted_lesion_mask=unlisted_mask,
             )
         )
     return units
@@ -257,3 +268,77 @@ def _lesion_masks(layout: BIDSLayout, subject: str, session: str | None) -> list
         mask for mask in masks
         if mask.entities.get("label") in LESION_MASK_NAMES or mask.entities.get("desc") in LESION_MASK_NAMES
     ]
+
+
+def _unlisted_derivatives(layout: BIDSLayout) -> tuple[Path, ...]:
+    """Dataset folders under ``BIDS_DIR/derivatives/`` that a forgotten ``-d`` may have left out.
+
+    ``derivatives/<name>/`` and, for datasets nested one level deeper, ``derivatives/<name>/<other>/``
+    (not ``sub-*`` folders), except the ``-d`` datasets and what lies in them, and bids_rim's own
+    outputs (whose template-space ``desc-lesions_mask`` files are no rater's masks). Two directory
+    listings per dataset, no pybids indexing: this only feeds a warning.
+    """
+    derivatives = Path(layout.root) / "derivatives"
+    if not derivatives.is_dir():
+        return ()
+    given = [Path(child.root).resolve() for child in layout.derivatives.values()]
+    found: list[Path] = []
+    for dataset in _subfolders(derivatives):
+        found.append(dataset)
+        found.extend(nested for nested in _subfolders(dataset) if not nested.name.startswith("sub-"))
+    return tuple(
+        dataset for dataset in found
+        if not any(dataset.resolve().is_relative_to(root) for root in given) and not _written_by_bids_rim(dataset)
+    )
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The visible subfolders of ``folder``, sorted; none when it cannot be listed."""
+    try:
+        return sorted(child for child in folder.iterdir() if child.is_dir() and not child.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _written_by_bids_rim(dataset: Path) -> bool:
+    """Whether ``dataset_description.json`` names bids_rim in ``GeneratedBy`` (an earlier run's output folder)."""
+    try:
+        description = json.loads((dataset / "dataset_description.json").read_text())
+    except (OSError, ValueError):
+        return False
+    generated_by = description.get("GeneratedBy") if isinstance(description, dict) else None
+    return isinstance(generated_by, list) and any(
+        isinstance(entry, dict) and entry.get("Name") == "bids_rim" for entry in generated_by
+    )
+
+
+def _unlisted_lesion_masks(datasets: tuple[Path, ...], subject: str, session: str | None) -> list[Path]:
+    """Files with a recognised lesion-mask name (as :func:`_lesion_masks` takes them) of this subject and
+    session in ``datasets``, sorted: only the subject's (or session's) folder of each is searched."""
+    found: list[Path] = []
+    for dataset in datasets:
+        folder = dataset / f"sub-{subject}" / (f"ses-{session}" if session is not None else "")
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob(f"**/sub-{subject}_*_mask.nii*")):
+            entities = _entities(path)
+            if (path.is_file() and entities.get("sub") == subject
+                    and (session is None or entities.get("ses") == session)
+                    and (entities.get("label") in LESION_MASK_NAMES or entities.get("desc") in LESION_MASK_NAMES)):
+                found.append(path)
+    return found
+
+
+def _entities(path: Path) -> dict[str, Any]:
+    """The ``key-value`` entities of a BIDS file name (``run`` as an int, like pybids); none unless it ends
+    in ``_mask.nii`` or ``_mask.nii.gz``."""
+    name = path.name
+    stem = next((name[: -len(ext)] for ext in (".nii.gz", ".nii") if name.endswith(ext)), None)
+    if stem is None or not stem.endswith("_mask"):
+        return {}
+    entities: dict[str, Any] = {}
+    for part in stem.split("_")[:-1]:
+        key, dash, value = part.partition("-")
+        if dash and value:
+            entities[key] = int(value) if key == "run" and value.isdigit() else value
+    return entities

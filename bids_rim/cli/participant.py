@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bids_rim.bidsio.derivatives import atomic_write_text, dataset_roots, write_dataset_description
 from bids_rim.bidsio.inputs import SessionInputs, collect_sessions, index_dataset
-from bids_rim.bidsio.preflight import check_session_inputs
+from bids_rim.bidsio.preflight import check_session_inputs, unlisted_mask_hint
 from bids_rim.bidsio.run_ids import new_run_id
 from bids_rim.bidsio.run_record import Invocation, run_record, write_run_record
 from bids_rim.bidsio.validator import validate_dataset
@@ -67,9 +67,10 @@ def first_error_line(crash_file: Path) -> str:
 def preflight(unit: SessionInputs, config: RunConfig) -> list[str]:
     """Check a session's files before work starts; returns warnings, raises InputError."""
     if config.lesions.source == "mask" and unit.lesion_mask is None:
+        hint = unlisted_mask_hint(unit)
         raise InputError(f"{unit.name}: --lesion-source mask, but no lesion mask was found in the "
-                         "derivative datasets given with -d")
-    return check_session_inputs(unit)
+                         "derivative datasets given with -d" + (f"; {hint}" if hint else ""))
+    return check_session_inputs(unit, lesion_source=config.lesions.source)
 
 
 def model_outline_warning(config: RunConfig) -> str | None:
