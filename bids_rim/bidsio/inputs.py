@@ -18,7 +18,7 @@ from typing import Any
 
 import nibabel as nib
 from bids import BIDSLayout
-from bids.layout import BIDSFile
+from bids.layout import BIDSFile, parse_file_entities
 
 from bids_rim.errors import InputError
 from bids_rim.preproc.checks import same_grid
@@ -322,23 +322,14 @@ def _unlisted_lesion_masks(datasets: tuple[Path, ...], subject: str, session: st
             continue
         for path in sorted(folder.glob(f"**/sub-{subject}_*_mask.nii*")):
             entities = _entities(path)
-            if (path.is_file() and entities.get("sub") == subject
-                    and (session is None or entities.get("ses") == session)
+            if (path.is_file() and entities.get("suffix") == "mask" and entities.get("subject") == subject
+                    and (session is None or entities.get("session") == session)
                     and (entities.get("label") in LESION_MASK_NAMES or entities.get("desc") in LESION_MASK_NAMES)):
                 found.append(path)
     return found
 
 
 def _entities(path: Path) -> dict[str, Any]:
-    """The ``key-value`` entities of a BIDS file name (``run`` as an int, like pybids); none unless it ends
-    in ``_mask.nii`` or ``_mask.nii.gz``."""
-    name = path.name
-    stem = next((name[: -len(ext)] for ext in (".nii.gz", ".nii") if name.endswith(ext)), None)
-    if stem is None or not stem.endswith("_mask"):
-        return {}
-    entities: dict[str, Any] = {}
-    for part in stem.split("_")[:-1]:
-        key, dash, value = part.partition("-")
-        if dash and value:
-            entities[key] = int(value) if key == "run" and value.isdigit() else value
-    return entities
+    """The BIDS entities of a file name, as pybids reads them (``subject``, ``session``, ``run``, ``label``,
+    ``desc``, ``suffix``...), derivative entities included."""
+    return parse_file_entities(str(path), config=["bids", "derivatives"])
