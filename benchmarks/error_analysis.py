@@ -420,14 +420,33 @@ def report(results: pd.DataFrame, sizes: dict[str, str], sites: list[str], sourc
     return "\n".join([*lines, *(shift_lines or [])])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a classification.py --out folder")
+def run_analysis_parser(description: str, page: str, results_help: str) -> argparse.ArgumentParser:
+    """The options every analysis of one classification.py run takes: RESULTS, --work, --bootstrap,
+    --seed and --out (default RESULTS/``page``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("results", type=Path, help=results_help)
     parser.add_argument("--work", type=Path, required=True,
-                        help="that run's --work folder (bids/ with sourcedata/synth_truth, derivatives/)")
+                        help="a --work folder of the run's cohort (bids/ with sourcedata/synth_truth, derivatives/)")
     parser.add_argument("--bootstrap", type=int, default=500, help="patient bootstrap resamples (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    parser.add_argument("--out", type=Path, help="markdown file to write (default RESULTS/error_analysis.md)")
+    parser.add_argument("--out", type=Path, help=f"markdown file to write (default RESULTS/{page})")
+    return parser
+
+
+def read_run_predictions(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
+    """The run's ``classification_predictions.tsv`` and the code's commit (read before anything is written
+    into a tracked results folder); a missing file or truth folder is a usage error."""
+    path = args.results / "classification_predictions.tsv"
+    if not path.exists():
+        parser.error(f"{path}: missing; is {args.results} a classification.py --out folder?")
+    if not (args.work / "bids" / "sourcedata" / "synth_truth").is_dir():
+        parser.error(f"{args.work}: no bids/sourcedata/synth_truth; give the run's --work folder")
+    commit = _load_benchmark_script("classification").git_commit()
+    return pd.read_csv(path, sep="\t"), commit
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = run_analysis_parser(__doc__.splitlines()[0], "error_analysis.md", "a classification.py --out folder")
     parser.add_argument("--outlines", action="store_true",
                         help="also fit the read-out regression on the true lesion outlines in the same patches "
                              "(needs WORK/training_data, which classification.py writes)")
@@ -439,14 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rank_shift is not None and len(args.rank_shift.split(",")) != 2:
         parser.error(f"--rank-shift {args.rank_shift}: give two methods as A,B")
-    path = args.results / "classification_predictions.tsv"
-    if not path.exists():
-        parser.error(f"{path}: missing; is {args.results} a classification.py --out folder?")
-    if not (args.work / "bids" / "sourcedata" / "synth_truth").is_dir():
-        parser.error(f"{args.work}: no bids/sourcedata/synth_truth; give the run's --work folder")
-    # The commit is read before anything is written into a (tracked) results folder.
-    commit = _load_benchmark_script("classification").git_commit()
-    predictions = pd.read_csv(path, sep="\t")
+    predictions, commit = read_run_predictions(parser, args)
     truth = lesion_truth(args.work, predictions)
     results = analyse(predictions, truth, args.bootstrap, args.seed)
     out = args.out or args.results / "error_analysis.md"

@@ -22,7 +22,6 @@ the differences are paired).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from error_analysis import _load_benchmark_script, lesion_truth  # noqa: E402
+from error_analysis import lesion_truth, read_run_predictions, run_analysis_parser  # noqa: E402
 
 THIRDS = ("smallest third", "middle third", "largest third")
 REFERENCE = "oracle"
@@ -145,19 +144,11 @@ def report(results: pd.DataFrame, wide: pd.DataFrame, edges: np.ndarray, methods
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a classification.py --out folder (with an oracle)")
-    parser.add_argument("--work", type=Path, required=True,
-                        help="a --work folder of its cohort (bids/ with sourcedata/synth_truth, derivatives/)")
-    parser.add_argument("--bootstrap", type=int, default=500, help="patient bootstrap resamples (default 500)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    parser.add_argument("--out", type=Path, help="markdown file to write (default RESULTS/volume_analysis.md)")
+    parser = run_analysis_parser(__doc__.splitlines()[0], "volume_analysis.md",
+                                 "a classification.py --out folder (with an oracle)")
     args = parser.parse_args(argv)
+    predictions, commit = read_run_predictions(parser, args)
     path = args.results / "classification_predictions.tsv"
-    if not path.exists():
-        parser.error(f"{path}: missing; is {args.results} a classification.py --out folder?")
-    commit = _load_benchmark_script("classification").git_commit()
-    predictions = pd.read_csv(path, sep="\t")
     methods = list(dict.fromkeys(predictions["method"]))
     if REFERENCE not in methods:
         parser.error(f"{path}: no {REFERENCE} predictions; the run must include the oracle")
