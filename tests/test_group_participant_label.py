@@ -163,3 +163,25 @@ def test_group_train_trains_on_the_named_participants_alone(
     assert sorted(seen["meta"]["participant_id"].unique()) == ["sub-001", "sub-003"] and len(seen["meta"]) == 8
     assert seen["patches"][:, 0, 0, 0, 0].tolist() == [0, 1, 2, 3, 8, 9, 10, 11]  # rows stay with their metadata
     assert seen["annotations"]["files"] == 2 and seen["annotations"]["rows"] == 6
+
+
+def test_the_tables_of_participants_left_out_are_never_read(cohort: SimulatedCohort,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the selected participants' tables are opened: one left out (say, for a broken table) costs nothing."""
+    import bids_rim.group.aggregate as aggregate
+
+    opened: list[str] = []
+    read_lesion_tables = aggregate.read_lesion_tables
+
+    def spy(sessions, **kwargs):
+        opened.extend(table.participant_id for table in sessions)
+        return read_lesion_tables(sessions, **kwargs)
+
+    monkeypatch.setattr(aggregate, "read_lesion_tables", spy)
+    code = main([str(cohort.bids_dir), str(cohort.output_dir), "group", "--participant-label", *SELECTED,
+                 "--count-model", "poisson"])
+    assert code == 0
+    assert sorted(set(opened)) == SELECTED
+    assert group_table(cohort, "subjects")["participant_id"].tolist() == SELECTED
+    assert sidecar(cohort.output_dir / "group" / "desc-subjects_table.tsv")["ParticipantSelection"][
+        "NWithParticipantLevelOutputs"] == 17  # the 16 with tables and sub-099 with its crash file

@@ -35,7 +35,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -138,15 +138,26 @@ def crash_session(text: str) -> str | None:
     return f"ses-{labels.pop()}" if len(labels) == 1 else None
 
 
+def crash_file_paths(output_dir: Path) -> list[Path]:
+    """The paths of every ``sub-X/log/[<run>/]crash-*`` of OUTPUT_DIR, sorted (none is opened)."""
+    return sorted([*output_dir.glob("sub-*/log/crash-*"), *output_dir.glob("sub-*/log/*/crash-*")])
+
+
+def participants_with_outputs(output_dir: Path) -> set[str]:
+    """The participants (``sub-X``) with a lesion table or a crash file in OUTPUT_DIR: those the group
+    level knows of. File names only: nothing is read."""
+    return ({table.participant_id for table in find_lesion_tables(output_dir)}
+            | {path.relative_to(output_dir).parts[0] for path in crash_file_paths(output_dir)})
+
+
 def find_crash_files(output_dir: Path) -> list[CrashFile]:
     """Every ``sub-X/log/[<run>/]crash-*`` of OUTPUT_DIR, sorted by path (run folders by start time).
 
     A Nipype crash file concerns the one session it names (:func:`crash_session`); a pre-flight
     one (``crash-*-preflight.txt``, the participant was not processed at all) the whole participant.
     """
-    paths = [*output_dir.glob("sub-*/log/crash-*"), *output_dir.glob("sub-*/log/*/crash-*")]
     crashes = []
-    for path in sorted(paths):
+    for path in crash_file_paths(output_dir):
         relative = path.relative_to(output_dir)
         # A pre-flight refusal stops the whole participant, even when it names one bad session.
         session = None if path.name.endswith("-preflight.txt") else crash_session(path.read_text(errors="replace"))
@@ -378,17 +389,22 @@ def _missing_sessions(sessions: Sequence[SessionTable], expected_sessions: Mappi
 
 def aggregate_lesion_tables(output_dir: Path, participant_ids: Iterable[str] = (), *,
                             expected_sessions: Mapping[str, Sequence[str]] | None = None,
-                            progress: bool = False) -> AggregatedTables:
+                            only: Collection[str] | None = None, progress: bool = False) -> AggregatedTables:
     """Collect OUTPUT_DIR's lesion tables and list the participants (and sessions) without one.
 
     ``participant_ids`` are those expected (``participants.tsv`` and BIDS_DIR's ``sub-*``
     folders, ``sub-`` prefixed); one of them with neither a table nor a crash file is *missing*.
     ``expected_sessions`` (from :func:`find_bids_sessions`) adds the sessions without a table.
     Stale tables (written before a later failed run, see :func:`find_stale_tables`) are left out,
-    with a warning, and their sessions or participants listed as *failed*.
+    with a warning, and their sessions or participants listed as *failed*. ``only`` (``sub-`` prefixed
+    ids, ``--participant-label``) keeps those participants' tables and crash files alone, before any
+    table is read.
     """
     expected_sessions = expected_sessions or {}
     crashes, tables = find_crash_files(output_dir), find_lesion_tables(output_dir)
+    if only is not None:
+        crashes = [crash for crash in crashes if crash.participant_id in only]
+        tables = [table for table in tables if table.participant_id in only]
     crashed = latest_crash_reasons(crashes)
     stale = stale_tables_of(output_dir, tables, crashes)
     sessions = one_run_per_session([table for table in tables if table not in stale], output_dir)

@@ -37,6 +37,7 @@ from bids_rim.group.aggregate import (
     SessionTable,
     aggregate_lesion_tables,
     find_bids_sessions,
+    participants_with_outputs,
 )
 from bids_rim.group.frequency import FrequencyMap, write_frequency_maps
 
@@ -67,17 +68,6 @@ def normalise_participant_ids(labels: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(label if label.startswith("sub-") else f"sub-{label}" for label in labels))
 
 
-def has_participant_outputs(output_dir: Path, participant_id: str) -> bool:
-    """Whether OUTPUT_DIR holds a lesion table or a crash file of ``participant_id``: what the group level reads.
-
-    File names only are looked at, so the check costs a few directory listings per participant.
-    """
-    folder = Path(output_dir) / participant_id
-    patterns = ("anat/*_desc-lesions_table.tsv", "ses-*/anat/*_desc-lesions_table.tsv", "log/crash-*",
-                "log/*/crash-*")
-    return folder.is_dir() and any(next(folder.glob(pattern), None) is not None for pattern in patterns)
-
-
 def check_participant_selection(output_dir: Path, labels: Iterable[str]) -> list[str]:
     """The ``sub-`` prefixed ids of ``--participant-label``; refuses (:class:`InputError`, one line) a named
     participant without participant-level outputs.
@@ -87,29 +77,14 @@ def check_participant_selection(output_dir: Path, labels: Iterable[str]) -> list
     participant level refuses an unknown participant before processing anyone.
     """
     selected = normalise_participant_ids(labels)
-    absent = [participant for participant in selected if not has_participant_outputs(output_dir, participant)]
+    known = participants_with_outputs(Path(output_dir)) if selected else set()
+    absent = [participant for participant in selected if participant not in known]
     if absent:
         them = "it" if len(absent) == 1 else "them"
         raise InputError(f"--participant-label: no participant-level outputs (lesion table or crash file) in "
                          f"{output_dir} for {', '.join(absent)}; run the participant level for {them} first, "
                          f"or leave {them} out")
     return selected
-
-
-def select_participants(aggregated: AggregatedTables, selected: Iterable[str]) -> AggregatedTables:
-    """``aggregated`` restricted to the ``selected`` participants' lesion rows, tables and problems."""
-    keep = set(selected)
-    return AggregatedTables(
-        lesions=aggregated.lesions[aggregated.lesions["participant_id"].isin(keep)].reset_index(drop=True),
-        sessions=[table for table in aggregated.sessions if table.participant_id in keep],
-        problems=[problem for problem in aggregated.problems if problem.participant_id in keep],
-    )
-
-
-def participants_with_outputs(aggregated: AggregatedTables) -> set[str]:
-    """The participants with a lesion table or a crash file in OUTPUT_DIR (all of them stale or failed included)."""
-    return ({table.participant_id for table in aggregated.sessions}
-            | {problem.participant_id for problem in aggregated.problems if problem.status == "failed"})
 
 
 def selection_record(selected: Sequence[str], n_with_outputs: int) -> dict:
@@ -330,11 +305,11 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, covariates: Sequence[st
         participants = participants[participants["participant_id"].isin(selected)].reset_index(drop=True)
         expected_sessions = {key: value for key, value in expected_sessions.items() if key in selected}
     aggregated = aggregate_lesion_tables(output_dir, participants["participant_id"],
-                                         expected_sessions=expected_sessions, progress=progress)
+                                         expected_sessions=expected_sessions, only=set(selected) if selected else None,
+                                         progress=progress)
     selection = None
     if selected:
-        selection = selection_record(selected, len(participants_with_outputs(aggregated) | set(selected)))
-        aggregated = select_participants(aggregated, selected)
+        selection = selection_record(selected, len(participants_with_outputs(output_dir)))
         LOGGER.info("Group level restricted by --participant-label to %d of %d participants with outputs: %s",
                     selection["NSelected"], selection["NWithParticipantLevelOutputs"], ", ".join(selected))
     for problem in aggregated.problems:
