@@ -201,3 +201,17 @@ def write_dataset_description(output_dir: Path, roots: dict[str, str]) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / ".bidsignore", BIDSIGNORE)
     return atomic_write_json(output_dir / "dataset_description.json", description)
+
+
+def dataset_owner(folder: Path) -> str | None:
+    """Who made the dataset in ``folder``: the first ``GeneratedBy`` name of its
+    ``dataset_description.json`` ("unnamed" when it has none, ``None`` when there is no such file)."""
+    description = folder / "dataset_description.json"
+    if not description.is_file():
+        return None
+    try:
+        generated_by = json.loads(description.read_text()).get("GeneratedBy") or [{}]
+        first = generated_by[0] if isinstance(generated_by, list) else generated_by
+        return str(first.get("Name") or "unnamed")
+    except (OSError, ValueError, AttributeError, IndexError, KeyError, TypeError):  # unreadable or not BIDS
+        return "unnamed"

@@ -20,6 +20,7 @@ import nibabel as nib
 from bids import BIDSLayout
 from bids.layout import BIDSFile, parse_file_entities
 
+from bids_rim.bidsio.derivatives import dataset_owner
 from bids_rim.errors import InputError
 from bids_rim.preproc.checks import same_grid
 
@@ -288,7 +289,7 @@ def _unlisted_derivatives(layout: BIDSLayout) -> tuple[Path, ...]:
         found.extend(nested for nested in _subfolders(dataset) if not nested.name.startswith("sub-"))
     return tuple(
         dataset for dataset in found
-        if not any(dataset.resolve().is_relative_to(root) for root in given) and not _written_by_bids_rim(dataset)
+        if not any(dataset.resolve().is_relative_to(root) for root in given) and dataset_owner(dataset) != "bids_rim"
     )
 
 
@@ -298,18 +299,6 @@ def _subfolders(folder: Path) -> list[Path]:
         return sorted(child for child in folder.iterdir() if child.is_dir() and not child.name.startswith("."))
     except OSError:
         return []
-
-
-def _written_by_bids_rim(dataset: Path) -> bool:
-    """Whether ``dataset_description.json`` names bids_rim in ``GeneratedBy`` (an earlier run's output folder)."""
-    try:
-        description = json.loads((dataset / "dataset_description.json").read_text())
-    except (OSError, ValueError):
-        return False
-    generated_by = description.get("GeneratedBy") if isinstance(description, dict) else None
-    return isinstance(generated_by, list) and any(
-        isinstance(entry, dict) and entry.get("Name") == "bids_rim" for entry in generated_by
-    )
 
 
 def _unlisted_lesion_masks(datasets: tuple[Path, ...], subject: str, session: str | None) -> list[Path]:

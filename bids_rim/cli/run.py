@@ -8,7 +8,6 @@ used; 130 and 143 stopped by SIGINT or SIGTERM.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import tomllib
@@ -16,6 +15,7 @@ from argparse import ArgumentParser, Namespace, _CountAction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bids_rim.bidsio.derivatives import dataset_owner
 from bids_rim.cli.exit_codes import (
     EXIT_BUSY,
     EXIT_CANT_CREATE,
@@ -251,20 +251,6 @@ def check_work_dir(config: RunConfig) -> None:
     if config.analysis_level == "participant" and (work_dir == bids_dir or work_dir.is_relative_to(bids_dir)):
         raise InputError(f"{config.execution.work_dir}: the working directory must not lie inside the input "
                          f"dataset {bids_dir} (the default is ./work: run from another folder or give -w)")
-
-
-def dataset_owner(folder: Path) -> str | None:
-    """Who made the dataset in ``folder``: the first ``GeneratedBy`` name of its
-    ``dataset_description.json`` ("unnamed" when it has none, ``None`` when there is no such file)."""
-    description = folder / "dataset_description.json"
-    if not description.is_file():
-        return None
-    try:
-        generated_by = json.loads(description.read_text()).get("GeneratedBy") or [{}]
-        first = generated_by[0] if isinstance(generated_by, list) else generated_by
-        return str(first.get("Name") or "unnamed")
-    except (OSError, ValueError, AttributeError, IndexError, KeyError, TypeError):  # unreadable or not BIDS
-        return "unnamed"
 
 
 def check_output_dir(config: RunConfig) -> None:
