@@ -15,7 +15,6 @@ from argparse import ArgumentParser, Namespace, _CountAction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bids_rim.bidsio.derivatives import dataset_owner
 from bids_rim.cli.exit_codes import (
     EXIT_BUSY,
     EXIT_CANT_CREATE,
@@ -269,6 +268,8 @@ def check_output_dir(config: RunConfig) -> None:
         if output_dir == derivative or output_dir.is_relative_to(derivative) or derivative.is_relative_to(output_dir):
             raise OutputError(f"{config.output_dir}: the output directory must not be, lie in or hold the input "
                               f"derivative dataset {derivative} (-d); use a folder of its own")
+    from bids_rim.bidsio.derivatives import dataset_owner  # here: it brings pandas, which --help need not load
+
     owner = dataset_owner(output_dir)
     if owner not in (None, "bids_rim"):
         raise OutputError(f"{config.output_dir}: holds another dataset (dataset_description.json: GeneratedBy "
